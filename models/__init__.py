@@ -1,0 +1,1 @@
+"""Embedded default model (EfficientNet-Lite0, ONNX), its preprocessing and sample photos."""

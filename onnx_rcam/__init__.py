@@ -1,0 +1,14 @@
+"""onnx-rcam: Relevance-CAM generated into ONNX graphs (Lee et al., CVPR 2021).
+
+`augment(model, layers=("auto",))` returns the model with, per layer L, the outputs rcam/L/map, rcam/L/raw,
+rcam/L/relevance and rcam/L/activation, plus rcam/class and an optional rcam/target input. See DESIGN.md.
+"""
+
+from .augment import augment
+from .errors import CompositeError, LayerSelectionError, ModelError, RcamError, UnsupportedOpError
+from .models_path import default_model_path
+
+__version__ = "0.1.0"
+
+__all__ = ["augment", "default_model_path", "RcamError", "ModelError", "LayerSelectionError",
+           "UnsupportedOpError", "CompositeError", "__version__"]

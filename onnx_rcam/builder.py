@@ -1,0 +1,205 @@
+"""Emits the generated ONNX nodes: one small method per op, each returning the name of the tensor it creates.
+
+`None` stands for a tensor known to be zero, so rules can skip terms (x- of a non-negative input, W- of a pooling
+op) without special cases: arithmetic on `None` folds away at augment time instead of running at inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+PREFIX = "rcam/"
+
+
+class Builder:
+    def __init__(self, opset: int, taken_names: set[str]):
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._taken = set(taken_names)
+        self._counter = 0
+        self._constants: dict[tuple, str] = {}
+
+    # -- naming -----------------------------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        """A new tensor name under the rcam/ prefix that collides with nothing in the model."""
+        while True:
+            self._counter += 1
+            name = f"{PREFIX}{hint}_{self._counter}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def claim(self, name: str) -> str:
+        """Reserve an exact name (a contract output); a clash with the model's own names is a user-facing error."""
+        if name in self._taken:
+            raise ValueError(f"tensor name {name!r} already exists in the model")
+        self._taken.add(name)
+        return name
+
+    def node(self, op: str, inputs: list[str], hint: str | None = None, outputs: int = 1, out: str | None = None,
+             domain: str = "", **attrs) -> str | list[str]:
+        names = [out] if out is not None else [self.fresh(hint or op.lower()) for _ in range(outputs)]
+        node_name = self.fresh(f"node/{op}")
+        self.nodes.append(helper.make_node(op, inputs, names, name=node_name, domain=domain, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def const(self, value, hint: str = "const", dtype=np.float32) -> str:
+        array = np.asarray(value, dtype=dtype)
+        small = array.size <= 16
+        key = (array.dtype.str, array.shape, array.tobytes()) if small else None
+        if key is not None and key in self._constants:
+            return self._constants[key]
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self._constants[key] = name
+        return name
+
+    def ints(self, values, hint: str = "ints") -> str:
+        return self.const(np.asarray(values, dtype=np.int64), hint, np.int64)
+
+    # -- arithmetic, with None as an exact zero --------------------------------------------------------------
+    def add(self, a: str | None, b: str | None) -> str | None:
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return self.node("Add", [a, b])
+
+    def sum(self, terms) -> str | None:
+        present = [t for t in terms if t is not None]
+        if not present:
+            return None
+        if len(present) == 1:
+            return present[0]
+        return self.node("Sum", present)
+
+    def sub(self, a: str, b: str) -> str:
+        return self.node("Sub", [a, b])
+
+    def mul(self, a: str | None, b: str | None) -> str | None:
+        if a is None or b is None:
+            return None
+        return self.node("Mul", [a, b])
+
+    def scale(self, x: str | None, factor: float) -> str | None:
+        if x is None or factor == 0:
+            return None
+        if factor == 1:
+            return x
+        return self.mul(x, self.const(factor))
+
+    def div(self, a: str, b: str) -> str:
+        return self.node("Div", [a, b])
+
+    def neg(self, x: str) -> str:
+        return self.node("Neg", [x])
+
+    def relu(self, x: str) -> str:
+        return self.node("Relu", [x])
+
+    def negative_part(self, x: str) -> str:
+        return self.node("Min", [x, self.const(0.0)], "neg_part")
+
+    def where(self, cond: str, a: str, b: str) -> str:
+        return self.node("Where", [cond, a, b])
+
+    def equal(self, a: str, b: str) -> str:
+        return self.node("Equal", [a, b])
+
+    def greater(self, a: str, b: str) -> str:
+        return self.node("Greater", [a, b])
+
+    def greater_or_equal(self, a: str, b: str) -> str:
+        return self.node("GreaterOrEqual", [a, b])
+
+    def less(self, a: str, b: str) -> str:
+        return self.node("Less", [a, b])
+
+    def and_(self, a: str, b: str) -> str:
+        return self.node("And", [a, b])
+
+    def cast(self, x: str, to: int) -> str:
+        return self.node("Cast", [x], to=to)
+
+    def identity(self, x: str, out: str | None = None) -> str:
+        return self.node("Identity", [x], out=out)
+
+    # -- guarded division: no input may produce NaN or Inf (DESIGN.md section 1) --------------------------
+    def div_or_zero(self, numerator: str, denominator: str) -> str:
+        """numerator / denominator, and 0 where the denominator is exactly 0."""
+        zero = self.const(0.0)
+        is_zero = self.equal(denominator, zero)
+        safe = self.where(is_zero, self.const(1.0), denominator)
+        return self.where(is_zero, zero, self.div(numerator, safe))
+
+    def stabilize(self, z: str, eps: float) -> str:
+        """z + eps * sign(z) with sign(0) = +1."""
+        nonneg = self.greater_or_equal(z, self.const(0.0))
+        return self.add(z, self.where(nonneg, self.const(eps), self.const(-eps)))
+
+    # -- shapes ------------------------------------------------------------------------------------------------
+    def shape(self, x: str) -> str:
+        return self.node("Shape", [x])
+
+    def reshape(self, x: str, shape: str) -> str:
+        return self.node("Reshape", [x, shape])
+
+    def reshape_like(self, x: str, like: str) -> str:
+        return self.reshape(x, self.shape(like))
+
+    def transpose(self, x: str, perm) -> str:
+        return self.node("Transpose", [x], perm=list(perm))
+
+    def unsqueeze(self, x: str, axes) -> str:
+        return self.node("Unsqueeze", [x, self.ints(axes)])
+
+    def squeeze(self, x: str, axes) -> str:
+        return self.node("Squeeze", [x, self.ints(axes)])
+
+    def expand(self, x: str, shape: str) -> str:
+        return self.node("Expand", [x, shape])
+
+    def slice(self, x: str, starts, ends, axes) -> str:
+        return self.node("Slice", [x, self.ints(starts), self.ints(ends), self.ints(axes)])
+
+    def concat(self, xs: list[str], axis: int) -> str:
+        return self.node("Concat", xs, axis=axis)
+
+    def pad(self, x: str, pads) -> str:
+        return self.node("Pad", [x, self.ints(pads)], mode="constant")
+
+    # -- reductions: the axes moved from attribute to input at opset 18 ------------------------------------
+    def _reduce(self, op: str, x: str, axes, keepdims: bool) -> str:
+        keep = int(keepdims)
+        if op == "ReduceSum" or self.opset >= 18:
+            return self.node(op, [x, self.ints(axes)], keepdims=keep)
+        return self.node(op, [x], axes=list(axes), keepdims=keep)
+
+    def reduce_sum(self, x: str, axes, keepdims: bool = True) -> str:
+        return self._reduce("ReduceSum", x, axes, keepdims)
+
+    def reduce_max(self, x: str, axes, keepdims: bool = True) -> str:
+        return self._reduce("ReduceMax", x, axes, keepdims)
+
+    def reduce_min(self, x: str, axes, keepdims: bool = True) -> str:
+        return self._reduce("ReduceMin", x, axes, keepdims)
+
+    def argmax(self, x: str, axis: int) -> str:
+        return self.node("ArgMax", [x], axis=axis, keepdims=0)
+
+    # -- linear ops --------------------------------------------------------------------------------------------
+    def conv(self, x: str, weight: str, **attrs) -> str:
+        return self.node("Conv", [x, weight], **attrs)
+
+    def conv_transpose(self, g: str, weight: str, **attrs) -> str:
+        return self.node("ConvTranspose", [g, weight], **attrs)
+
+    def matmul(self, a: str, b: str) -> str:
+        return self.node("MatMul", [a, b])
+
+    def resize_linear(self, x: str, sizes: str) -> str:
+        return self.node("Resize", [x, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel")

@@ -1,0 +1,23 @@
+"""Errors a user can act on. The CLI prints their message and exits with `exit_code`; anything else is a bug."""
+
+
+class RcamError(Exception):
+    exit_code = 1
+
+
+class ModelError(RcamError):
+    """The model file cannot be read, is not a valid ONNX model, or is not an image classifier we can explain."""
+
+
+class LayerSelectionError(RcamError):
+    """A layer selector matches nothing, or something that is not a 4-D activation on the path to the logits."""
+
+
+class UnsupportedOpError(RcamError):
+    """An op on the relevance path has no propagator."""
+
+    exit_code = 2
+
+
+class CompositeError(RcamError):
+    """An unknown composite or rule name, or a rule given to an op it cannot serve."""

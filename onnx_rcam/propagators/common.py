@@ -1,0 +1,67 @@
+"""Helpers shared by propagators: static shapes and the exact transpose of a strided window op."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..builder import Builder
+from ..canonicalize import constant_value
+
+
+def static_shape(tensor: gs.Tensor) -> list:
+    return list(tensor.shape) if tensor.shape is not None else []
+
+
+def spatial_sizes(tensor: gs.Tensor) -> list[int]:
+    sizes = static_shape(tensor)[2:]
+    if not sizes or not all(isinstance(s, int) for s in sizes):
+        raise ValueError(f"tensor {tensor.name!r} has shape {tensor.shape}: spatial sizes must be static")
+    return sizes
+
+
+def window_attrs(node: gs.Node, kernel: list[int]) -> dict:
+    """Explicit strides, dilations and pads of a Conv/pool node, auto_pad resolved against the static input shape."""
+    rank = len(kernel)
+    strides = list(node.attrs.get("strides", [1] * rank))
+    dilations = list(node.attrs.get("dilations", [1] * rank))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        sizes = spatial_sizes(node.inputs[0])
+        begins, ends = [], []
+        for size, k, s, d in zip(sizes, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        pads = begins + ends
+    elif auto_pad == "VALID":
+        pads = [0] * (2 * rank)
+    else:
+        pads = list(node.attrs.get("pads", [0] * (2 * rank)))
+    return {"kernel_shape": list(kernel), "strides": strides, "dilations": dilations, "pads": pads}
+
+
+def transpose_window_op(b: Builder, g: str, weight: str, attrs: dict, group: int, in_sizes: list[int],
+                        out_sizes: list[int]) -> str:
+    """ConvTranspose that is the exact adjoint of a strided window op, cropped or padded to the input's size."""
+    rank = len(in_sizes)
+    begins = attrs["pads"][:rank]
+    end_pads, output_padding = [], []
+    for size, out, k, s, d, begin in zip(in_sizes, out_sizes, attrs["kernel_shape"], attrs["strides"],
+                                         attrs["dilations"], begins):
+        reach = (out - 1) * s + (k - 1) * d + 1 - begin  # last input position a window touches, plus one
+        end_pads.append(max(reach - size, 0))
+        output_padding.append(max(size - reach, 0))
+    return b.conv_transpose(g, weight, kernel_shape=attrs["kernel_shape"], strides=attrs["strides"],
+                            dilations=attrs["dilations"], pads=begins + end_pads, group=group,
+                            output_padding=output_padding)
+
+
+def constant_input(node: gs.Node, index: int) -> np.ndarray | None:
+    if len(node.inputs) <= index or node.inputs[index].name == "":
+        return None
+    return constant_value(node.inputs[index])

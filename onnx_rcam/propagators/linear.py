@@ -1,0 +1,77 @@
+"""Conv, Gemm and MatMul with a constant operand: linear layers with explicit weights."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..linear import LinearLayer, WeightRef
+from . import Context, register, unsupported
+from .common import constant_input, spatial_sizes, transpose_window_op, window_attrs
+
+
+@register("Conv")
+def conv(ctx: Context, node, relevance):
+    x, weight = node.inputs[0], constant_input(node, 1)
+    if weight is None:
+        raise unsupported(node, "the weight is computed at run time; only constant weights are supported")
+    attrs = window_attrs(node, list(weight.shape[2:]))
+    group = node.attrs.get("group", 1)
+    in_sizes, out_sizes = spatial_sizes(x), spatial_sizes(node.outputs[0])
+
+    def forward(b, xs, w):
+        return b.conv(xs[0], w.name(b), group=group, **attrs)
+
+    def transpose(b, g, w):
+        # The adjoint of a (grouped) Conv is ConvTranspose with the very same weight array and group.
+        return [transpose_window_op(b, g, w.name(b), attrs, group, in_sizes, out_sizes)]
+
+    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), constant_input(node, 2), forward,
+                        transpose, op="Conv")
+    return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
+
+
+@register("Gemm")
+def gemm(ctx: Context, node, relevance):
+    x, matrix = node.inputs[0], constant_input(node, 1)
+    if matrix is None or constant_input(node, 0) is not None:
+        raise unsupported(node, "only Gemm(activation, constant weight) is supported")
+    trans_a = node.attrs.get("transA", 0)
+    # One weight layout, [in_features, out_features], with alpha folded in.
+    weight = node.attrs.get("alpha", 1.0) * (matrix.T if node.attrs.get("transB", 0) else matrix)
+    bias = constant_input(node, 2)
+    bias = None if bias is None else node.attrs.get("beta", 1.0) * bias
+
+    def forward(b, xs, w):
+        return b.node("Gemm", [xs[0], w.name(b)], transA=trans_a)
+
+    def transpose(b, g, w):
+        grad = b.node("Gemm", [g, w.name(b)], transB=1)
+        return [b.transpose(grad, [1, 0]) if trans_a else grad]
+
+    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight.astype(np.float32)), bias, forward,
+                        transpose, op="Gemm")
+    return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
+
+
+@register("MatMul")
+def matmul(ctx: Context, node, relevance):
+    left, right = constant_input(node, 0), constant_input(node, 1)
+    if (left is None) == (right is None) or (left if right is None else right).ndim != 2:
+        raise unsupported(node, "only MatMul of an activation with a constant 2-D matrix is supported")
+    weight_on_right = right is not None
+    x = node.inputs[0] if weight_on_right else node.inputs[1]
+
+    def transposed(array):
+        return np.ascontiguousarray(array.T)
+
+    def forward(b, xs, w):
+        return b.matmul(xs[0], w.name(b)) if weight_on_right else b.matmul(w.name(b), xs[0])
+
+    def transpose(b, g, w):
+        w_t = w.name(b, transposed, key="T")
+        return [b.matmul(g, w_t) if weight_on_right else b.matmul(w_t, g)]
+
+    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(right if weight_on_right else left), None,
+                        forward, transpose, op="MatMul")
+    relevance_x = ctx.rule(node).linear(ctx.builder, layer, relevance[0])[0]
+    return [relevance_x, None] if weight_on_right else [None, relevance_x]

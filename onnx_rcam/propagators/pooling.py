@@ -1,0 +1,132 @@
+"""Pooling: average pools and spatial means are linear layers with implicit non-negative weights; MaxPool routes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from ..linear import LinearLayer, NonlinearOp, WeightRef
+from . import Context, register, unsupported
+from .common import constant_input, spatial_sizes, static_shape, transpose_window_op, window_attrs
+
+UNIT = WeightRef(np.array(1.0, dtype=np.float32))
+
+
+@register("GlobalAveragePool")
+def global_average_pool(ctx: Context, node, relevance):
+    x = node.inputs[0]
+    count = int(np.prod(spatial_sizes(x)))
+
+    def forward(b, xs, w):
+        return b.scale(b.node("GlobalAveragePool", [xs[0]]), w.scalar())
+
+    def transpose(b, g, w):
+        return [b.expand(b.scale(g, w.scalar() / count), b.shape(x.name))]
+
+    layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op)
+    return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
+
+
+@register("ReduceMean", "ReduceSum")
+def reduce_mean_or_sum(ctx: Context, node, relevance):
+    x = node.inputs[0]
+    shape = static_shape(x)
+    axes = node.attrs.get("axes")
+    if axes is None:
+        axes = constant_input(node, 1)
+    if axes is None or len(axes) == 0:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            raise unsupported(node, "noop_with_empty_axes is not supported")
+        axes = range(len(shape))
+    axes = sorted(int(a) % len(shape) for a in axes)
+    reduced = [shape[a] for a in axes]
+    if not all(isinstance(n, int) for n in reduced):
+        raise unsupported(node, f"it reduces axes {axes} of shape {shape}: reduced axes must be static")
+    keepdims = node.attrs.get("keepdims", 1)
+    factor = 1.0 / np.prod(reduced) if node.op == "ReduceMean" else 1.0
+
+    def forward(b, xs, w):
+        return b.scale(b.reduce_sum(xs[0], axes, keepdims), w.scalar() * factor)
+
+    def transpose(b, g, w):
+        kept = g if keepdims else b.unsqueeze(g, axes)
+        return [b.expand(b.scale(kept, w.scalar() * factor), b.shape(x.name))]
+
+    layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op)
+    return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
+
+
+@register("AveragePool")
+def average_pool(ctx: Context, node, relevance):
+    x, y = node.inputs[0], node.outputs[0]
+    channels = static_shape(x)[1]
+    kernel = list(node.attrs["kernel_shape"])
+    attrs = window_attrs(node, kernel)
+    in_sizes, out_sizes = spatial_sizes(x), spatial_sizes(y)
+    inverse_divisor = _inverse_divisor(node, in_sizes, out_sizes, attrs)
+    ones = np.ones([channels, 1, *kernel], dtype=np.float32)
+
+    def forward(b, xs, w):
+        return b.scale(b.node("AveragePool", [xs[0]], **node.attrs), w.scalar())
+
+    def transpose(b, g, w):
+        per_window = b.mul(b.scale(g, w.scalar()), b.const(inverse_divisor, "avgpool_inverse_divisor"))
+        return [transpose_window_op(b, per_window, b.const(ones, "avgpool_window"), attrs, channels, in_sizes,
+                                    out_sizes)]
+
+    layer = LinearLayer([x.name], y.name, UNIT, None, forward, transpose, op=node.op)
+    return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
+
+
+def _inverse_divisor(node, in_sizes, out_sizes, attrs) -> np.ndarray:
+    """1 / (what AveragePool divides each window's sum by), as onnxruntime computes it.
+
+    Pooling a map of ones gives (in-bounds count) / divisor per window; the in-bounds count is exact arithmetic.
+    Asking the runtime itself keeps count_include_pad and ceil_mode edge cases identical to the forward pass.
+    """
+    pooled = _run_single_op(node.op, dict(node.attrs), np.ones([1, 1, *in_sizes], dtype=np.float32))
+    in_bounds = np.ones(out_sizes, dtype=np.float64)
+    rank = len(in_sizes)
+    for axis, (size, out, k, s, d, begin) in enumerate(zip(in_sizes, out_sizes, attrs["kernel_shape"],
+                                                           attrs["strides"], attrs["dilations"],
+                                                           attrs["pads"][:rank])):
+        starts = np.arange(out) * s - begin
+        taps = starts[:, None] + np.arange(k)[None, :] * d
+        counts = ((taps >= 0) & (taps < size)).sum(axis=1)
+        in_bounds = in_bounds * counts.reshape([-1 if i == axis else 1 for i in range(rank)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse = np.where(in_bounds > 0, pooled[0, 0] / in_bounds, 0.0)
+    return inverse.astype(np.float32)[None, None]
+
+
+def _run_single_op(op: str, attrs: dict, value: np.ndarray) -> np.ndarray:
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, value.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": value})[0]
+
+
+@register("MaxPool")
+def max_pool(ctx: Context, node, relevance):
+    x, y = node.inputs[0], node.outputs[0]
+    if node.attrs.get("storage_order", 0):
+        raise unsupported(node, "storage_order=1 is not supported")
+
+    def route_to_winners(b, r):
+        # The gradient of max: each window's relevance goes to the position its maximum came from.
+        indices = node.outputs[1].name if len(node.outputs) > 1 and node.outputs[1].name else \
+            b.node("MaxPool", [x.name], outputs=2, **node.attrs)[1]
+        x_shape = b.shape(x.name)
+        zeros = b.node("ConstantOfShape", [b.node("ReduceProd", [x_shape], keepdims=1)],
+                       value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        flat = b.ints([-1])
+        routed = b.node("ScatterElements", [zeros, b.reshape(indices, flat), b.reshape(r, flat)], axis=0,
+                        reduction="add")
+        return b.reshape(routed, x_shape)
+
+    op = NonlinearOp(x.name, y.name, node.op, same_shape=False, vjp=route_to_winners)
+    return [ctx.rule(node).nonlinear(ctx.builder, op, relevance[0])]

@@ -1,0 +1,121 @@
+"""Stage 3: resolve layer selectors to activation tensors, and find the sub-graph the sweep must walk."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from .canonicalize import Canonical
+from .errors import LayerSelectionError
+
+@dataclass(frozen=True)
+class Candidate:
+    index: int
+    tensor: str
+    op: str
+    shape: tuple
+    downsampling: float
+    scope: str  # torch module path the exporter recorded, or ""
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str     # the selector as given; `auto` becomes the tensor name
+    tensor: str
+
+
+def candidates(canonical: Canonical) -> list[Candidate]:
+    """4-D activations produced by a node on a path from the image to the logits, in topological order."""
+    on_path = _descendants([canonical.image]) & _ancestors(canonical.logits)
+    height = canonical.image.shape[2]
+    found = []
+    for node in canonical.graph.nodes:
+        for tensor in node.outputs:
+            if tensor.name in on_path and tensor.shape is not None and len(tensor.shape) == 4:
+                h = tensor.shape[2]
+                factor = height / h if isinstance(h, int) and h else float("nan")
+                found.append(Candidate(len(found), tensor.name, node.op, tuple(tensor.shape), factor,
+                                       canonical.scopes.get(tensor.name, "")))
+    return found
+
+
+def resolve(canonical: Canonical, selectors) -> list[Target]:
+    options = candidates(canonical)
+    if not options:
+        raise LayerSelectionError("the model has no 4-D activation on the path from its input to its class scores")
+    targets: dict[str, Target] = {}
+    for selector in selectors:
+        tensor = _resolve_one(canonical, options, str(selector))
+        key = tensor if selector == "auto" else str(selector)
+        targets.setdefault(key, Target(key, tensor))
+    return list(targets.values())
+
+
+def _resolve_one(canonical: Canonical, options: list[Candidate], selector: str) -> str:
+    by_tensor = {c.tensor: c for c in options}
+    if selector == "auto":
+        return _auto(options)
+    if selector.lstrip("-").isdigit() and selector.startswith("-"):
+        position = int(selector)
+        if -len(options) <= position < 0:
+            return options[position].tensor
+        raise LayerSelectionError(f"layer index {position} is out of range: the model has {len(options)} "
+                                  f"candidate layers (-1 .. -{len(options)}); run `onnx-rcam layers MODEL`")
+    if selector in by_tensor:
+        return selector
+    for node in canonical.graph.nodes:
+        if node.name == selector:
+            outputs = [t.name for t in node.outputs if t.name in by_tensor]
+            if outputs:
+                return outputs[0]
+            raise LayerSelectionError(f"node {selector!r} ({node.op}) does not produce a 4-D activation on the path "
+                                      f"from the input to the class scores")
+    in_scope = [c for c in options if c.scope == selector or c.scope.startswith(selector + ".")]
+    if in_scope:
+        return in_scope[-1].tensor
+    names = [c.tensor for c in options] + sorted({c.scope for c in options if c.scope})
+    close = difflib.get_close_matches(selector, names, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise LayerSelectionError(f"layer {selector!r} matches no tensor, node or module scope on the path from the "
+                              f"input to the class scores.{hint} Run `onnx-rcam layers MODEL` to list them.")
+
+
+def _auto(options: list[Candidate]) -> str:
+    """The last 4-D activation that still has a spatial grid: the one global pooling (or flattening) consumes."""
+    spatial = [c for c in options if _spatial_size(c.shape) > 1]
+    return (spatial or options)[-1].tensor
+
+
+def _spatial_size(shape) -> int:
+    h, w = shape[2], shape[3]
+    return h * w if isinstance(h, int) and isinstance(w, int) else 2
+
+
+def region(canonical: Canonical, targets: list[Target]) -> set[str]:
+    """Names of the tensors on some path from a target layer to the logits: the ones that need relevance."""
+    tensors = canonical.graph.tensors()
+    return _descendants([tensors[t.tensor] for t in targets]) & _ancestors(canonical.logits)
+
+
+def _descendants(start: list[gs.Tensor]) -> set[str]:
+    seen, stack = set(), list(start)
+    while stack:
+        tensor = stack.pop()
+        if tensor.name in seen:
+            continue
+        seen.add(tensor.name)
+        stack.extend(out for reader in tensor.outputs for out in reader.outputs)
+    return seen
+
+
+def _ancestors(end: gs.Tensor) -> set[str]:
+    seen, stack = set(), [end]
+    while stack:
+        tensor = stack.pop()
+        if tensor.name in seen:
+            continue
+        seen.add(tensor.name)
+        stack.extend(i for producer in tensor.inputs for i in producer.inputs if isinstance(i, gs.Variable))
+    return seen

@@ -1,0 +1,63 @@
+"""LRP rules, each written once over the linear-layer view, and composites: which rule each op gets.
+
+A composite is data: op type -> rule spec, with "*" for every op not named. A rule spec is a rule name, or a dict
+with "rule" and the rule's parameters, e.g. {"rule": "epsilon", "eps": 0.25}.
+"""
+
+from __future__ import annotations
+
+from onnx_rcam.errors import CompositeError
+
+from .alphabeta import AlphaBeta
+from .base import Rule
+from .basic import Gradient, Pass
+from .epsilon import Epsilon, Norm
+from .zplus import ZPlus
+
+RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, Norm, Pass, Gradient)}
+
+_POOLS_AND_JOINS = {op: "norm" for op in ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Add",
+                                          "Sum")}
+
+COMPOSITES: dict[str, dict] = {
+    # The paper's rules (DESIGN.md section 1).
+    "rcam": {"Conv": "zplus", "Gemm": "zplus", "MatMul": "zplus", **_POOLS_AND_JOINS, "MaxPool": "gradient",
+             "*": "pass"},
+    # zennit's EpsilonPlus: z+ for convolutions, epsilon for dense layers.
+    "epsilon_plus": {"Conv": "zplus", "Gemm": "epsilon", "MatMul": "epsilon", **_POOLS_AND_JOINS,
+                     "MaxPool": "gradient", "*": "pass"},
+}
+
+
+def make_rule(spec) -> Rule:
+    if isinstance(spec, str):
+        spec = {"rule": spec}
+    params = dict(spec)
+    name = params.pop("rule", None)
+    if name not in RULES:
+        raise CompositeError(f"unknown rule {name!r}; known rules: {', '.join(sorted(RULES))}")
+    try:
+        return RULES[name](**params)
+    except TypeError as exc:
+        raise CompositeError(f"rule {name!r}: {exc}") from None
+
+
+class Composite:
+    def __init__(self, name: str, table: dict):
+        self.name = name
+        self._rules = {op: make_rule(spec) for op, spec in table.items()}
+        if "*" not in self._rules:
+            self._rules["*"] = Pass()
+
+    def rule_for(self, op_type: str) -> Rule:
+        return self._rules.get(op_type, self._rules["*"])
+
+
+def composite(name: str) -> Composite:
+    if name not in COMPOSITES:
+        raise CompositeError(f"unknown composite {name!r}; known composites: {', '.join(sorted(COMPOSITES))}")
+    return Composite(name, COMPOSITES[name])
+
+
+__all__ = ["RULES", "COMPOSITES", "Composite", "Rule", "composite", "make_rule", "ZPlus", "Epsilon", "AlphaBeta",
+           "Norm", "Pass", "Gradient"]

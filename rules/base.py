@@ -1,0 +1,48 @@
+"""What every rule is: a recipe for linear layers and a decision for every other op."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnx_rcam.errors import CompositeError
+
+
+class Rule:
+    name = "rule"
+
+    def linear(self, b, layer, relevance) -> list:
+        """Relevance of each of `layer.inputs`, given the relevance of its output."""
+        raise CompositeError(f"rule {self.name!r} does not apply to linear layers ({layer.op})")
+
+    def nonlinear(self, b, op, relevance):
+        """LRP passes relevance through activations; rules that mean otherwise override this."""
+        if not op.same_shape:
+            raise CompositeError(f"rule {self.name!r} cannot pass relevance through {op.op}: its output has a "
+                                 f"different shape than its input; give it the 'gradient' rule")
+        return relevance
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        return f"{self.name}({params})"
+
+
+def positive(weight: np.ndarray) -> np.ndarray:
+    return np.maximum(weight, 0)
+
+
+def negative(weight: np.ndarray) -> np.ndarray:
+    return np.minimum(weight, 0)
+
+
+def signed_parts(b, xs):
+    """x+ and x- of each input."""
+    return [b.relu(x) for x in xs], [b.negative_part(x) for x in xs]
+
+
+def weigh(b, xs, transposed):
+    """x_i * (W^T c)_i for each input: the last step of every LRP rule."""
+    return [b.mul(x, g) for x, g in zip(xs, transposed)]
+
+
+def add_each(b, *per_input):
+    return [b.sum(terms) for terms in zip(*per_input)]
