@@ -13,6 +13,7 @@ from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import RcamError
 from .export import assemble
+from .fusion import protect_fusions
 from .heads import output_names, relevance_cam
 from .initial import INITIAL_KINDS, initial_relevance
 from .load import default_opset, infer_shapes, load
@@ -74,4 +75,5 @@ def build(model, layers=("auto",), composite: str = "rcam", initial: str = "cont
                     (names["raw"], TensorProto.FLOAT, [batch, *shape[2:]]),
                     (names["relevance"], TensorProto.FLOAT, [batch, *shape[1:]]),
                     (names["activation"], TensorProto.FLOAT, [batch, *shape[1:]])]
+    protect_fusions(original, canonical, b)
     return Augmented(assemble(original, b, outputs, batch), targets, outputs, logits.name)

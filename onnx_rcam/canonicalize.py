@@ -37,6 +37,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph.cleanup()
     _drop_pass_through(graph)
     _fold_batchnorm(graph)
+    _fold_zero_pad(graph)
     graph.cleanup().toposort()
     return Canonical(graph, _find_image(graph), _find_logits(graph), scopes)
 
@@ -110,6 +111,35 @@ def _fold_batchnorm(graph: gs.Graph) -> None:
         result = bn.outputs[0]
         bn.outputs.clear()
         linear.outputs[:] = [result]
+
+
+def _fold_zero_pad(graph: gs.Graph) -> None:
+    """A zero Pad of the spatial axes read only by Convs becomes the Convs' own padding (TF "same" exports).
+
+    Besides a smaller backward graph, this keeps the generated nodes from reading the Pad's output, which would stop
+    onnxruntime from fusing the Pad into the Conv and change the forward pass's rounding.
+    """
+    for pad in [n for n in graph.nodes if n.op == "Pad"]:
+        padded = pad.outputs[0]
+        readers = list(padded.outputs)
+        amounts = constant_value(pad.inputs[1]) if len(pad.inputs) > 1 else None
+        fill = constant_value(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2].name else np.zeros(1)
+        mode = pad.attrs.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        has_axes = len(pad.inputs) > 3 and pad.inputs[3].name
+        if (mode != "constant" or amounts is None or fill is None or np.any(fill != 0) or has_axes
+                or padded in graph.outputs or not readers or len(amounts) != 8
+                or any(n.op != "Conv" or n.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET")
+                       or n.inputs[0] is not padded for n in readers)):
+            continue
+        begins, ends = [int(a) for a in amounts[:4]], [int(a) for a in amounts[4:]]
+        if begins[:2] != [0, 0] or ends[:2] != [0, 0] or min(begins + ends) < 0:
+            continue
+        for conv in readers:
+            own = list(conv.attrs.get("pads", [0] * 4))
+            conv.attrs["pads"] = [own[0] + begins[2], own[1] + begins[3], own[2] + ends[2], own[3] + ends[3]]
+            conv.inputs[0] = pad.inputs[0]
+        pad.outputs.clear()
 
 
 def _find_image(graph: gs.Graph) -> gs.Variable:

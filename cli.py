@@ -1,0 +1,118 @@
+"""The onnx-rcam command line: thin click commands over the Python API (installed as onnx_rcam.console.cli)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from onnx_rcam import RcamError, default_model_path
+from onnx_rcam.augment import build
+from onnx_rcam.canonicalize import canonicalize
+from onnx_rcam.export import save
+from onnx_rcam.initial import CLASS_OUTPUT, INITIAL_KINDS, TARGET_INPUT
+from onnx_rcam.load import infer_shapes, load
+from onnx_rcam.rules import COMPOSITES
+from onnx_rcam.select import candidates
+
+MODEL_HELP = "ONNX image classifier. Omit it to use the bundled ImageNet EfficientNet-Lite0."
+
+
+def _model_argument(model: str | None) -> Path:
+    return Path(model) if model else default_model_path()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnx-rcam")
+def main():
+    """Relevance-CAM inside your ONNX model: one onnxruntime run returns the prediction and the explanation maps.
+
+    \b
+    onnx-rcam layers MODEL            list the layers you can explain
+    onnx-rcam augment MODEL           write MODEL.rcam.onnx with the explanation outputs
+    """
+
+
+@main.command()
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the augmented model "
+              "[default: beside MODEL, its stem + .rcam.onnx; for the bundled model, the current folder].")
+@click.option("--layer", "layers", multiple=True, metavar="SEL", help="Layer to explain; repeat for several. "
+              "`auto` (default: the last activation before global pooling), a tensor name, a node name, a torch "
+              "module path such as `layer4`, or a negative index from `onnx-rcam layers`.")
+@click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE",
+              help=f"LRP rules per op: {', '.join(COMPOSITES)}, or a JSON file mapping op types to rules.")
+@click.option("--initial", type=click.Choice(INITIAL_KINDS), default="contrastive", show_default=True,
+              help="Relevance at the logits: contrastive (target 1, others -1/K), onehot, or logit.")
+@click.option("--relu", is_flag=True, help="Clip the raw map at 0 before normalising (the Grad-CAM convention).")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+def augment(model, output, layers, composite, initial, relu, force):
+    """Add Relevance-CAM outputs to MODEL and write the augmented model.
+
+    The augmented model keeps the original inputs and outputs (same values, bit for bit) and adds, per layer L,
+    rcam/L/map (N, H, W in [0, 1]), rcam/L/raw, rcam/L/relevance and rcam/L/activation, plus rcam/class and the
+    optional input rcam/target (class per sample; -1 or omitted: the predicted class).
+    """
+    source = _model_argument(model)
+    target = Path(output) if output else (Path(source.stem + ".rcam.onnx") if model is None
+                                          else source.with_name(source.stem + ".rcam.onnx"))
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists; pass --force to overwrite it")
+    started = time.perf_counter()
+    result = build(source, layers or ("auto",), composite, initial, relu)
+    save(result.model, target, force=force)
+    seconds = time.perf_counter() - started
+
+    click.echo(f"model     {source}{'  (bundled EfficientNet-Lite0)' if model is None else ''}")
+    click.echo(f"composite {composite}, initial relevance {initial}, explaining {result.logits!r}")
+    click.echo("layers")
+    for t in result.targets:
+        click.echo(f"  {t.key}" + (f"  ->  {t.tensor}" if t.key != t.tensor else ""))
+    click.echo("added outputs")
+    click.echo(f"  {CLASS_OUTPUT:<40} int64")
+    for name, _, shape in result.outputs:
+        click.echo(f"  {name:<40} float32 {_shape(shape)}")
+    click.echo(f"added input\n  {TARGET_INPUT:<40} int64 [N], optional (default -1: explain the predicted class)")
+    size = target.stat().st_size / 2**20
+    click.echo(f"wrote     {target}  ({size:.1f} MiB, {seconds:.1f} s)")
+
+
+@main.command()
+@click.argument("model", required=False, metavar="[MODEL]")
+def layers(model):
+    """List the layers of MODEL that can be explained, shallowest first.
+
+    Use the INDEX (negative), the TENSOR name or a SCOPE prefix with `onnx-rcam augment --layer`.
+    """
+    source = _model_argument(model)
+    options = candidates(canonicalize(infer_shapes(load(source))))
+    rows = [("INDEX", "TENSOR", "OP", "SHAPE", "DOWN", "SCOPE")]
+    for c in options:
+        rows.append((str(c.index - len(options)), c.tensor, c.op, _shape(c.shape), f"{c.downsampling:g}x",
+                     c.scope or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+def run():
+    """Entry point: user errors print one clear message and exit non-zero, with no traceback."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except RcamError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)

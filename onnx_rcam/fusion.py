@@ -1,0 +1,70 @@
+"""Keep onnxruntime's forward fusions intact, so the original outputs stay bit-for-bit what they were.
+
+onnxruntime fuses a Conv/Gemm with the activation or Add that reads it, and computes the fused pair with different
+rounding. If a generated node also read the Conv's output, the fusion would be skipped and the original logits
+would change in their last bits. So where the generated nodes read such a fusion-internal tensor, they read a
+reconstruction instead: the other operand subtracted from the Add's result, or a private copy of the producer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from .builder import Builder
+from .canonicalize import Canonical
+
+FUSING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+FUSING_READERS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum",
+                  "BatchNormalization", "Mul", "Div")
+
+
+def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> None:
+    """Rewrite the generated nodes' reads of fusion-internal forward tensors (in place, on b.nodes)."""
+    producer = {o: n for n in original.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in original.graph.node:
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in original.graph.output}
+
+    def fusion_internal(name: str) -> bool:
+        source, sinks = producer.get(name), readers.get(name, [])
+        return (source is not None and source.op_type in FUSING_PRODUCERS and name not in outputs
+                and len(sinks) == 1 and sinks[0].op_type in FUSING_READERS)
+
+    generated = {o for n in b.nodes for o in n.output}
+    read = {i for n in b.nodes for i in n.input if i not in generated}
+    backward, b.nodes = b.nodes, []  # reconstructions read only forward tensors: they go first
+    replacement: dict[str, str] = {}
+    for name in sorted(n for n in read if fusion_internal(n)):
+        if name in replacement:
+            continue
+        join = readers[name][0]
+        others = [i for i in join.input if i != name]
+        if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1:
+            other = others[0]
+            if fusion_internal(other) and other not in replacement:
+                replacement[other] = _copy_producer(canonical, other, b)
+            replacement[name] = b.sub(join.output[0], replacement.get(other, other))
+        else:
+            replacement[name] = _copy_producer(canonical, name, b)
+    for node in backward:
+        node.input[:] = [replacement.get(i, i) for i in node.input]
+    b.nodes.extend(backward)
+
+
+def _copy_producer(canonical: Canonical, name: str, b: Builder) -> str:
+    """A private copy of the node computing `name`, taken from the canonical graph (pads and BN already folded)."""
+    source: gs.Node = canonical.graph.tensors()[name].inputs[0]
+    inputs = []
+    for tensor in source.inputs:
+        if isinstance(tensor, gs.Constant):
+            inputs.append(b.const(np.asarray(tensor.values), "copy_param", dtype=tensor.values.dtype))
+        else:
+            inputs.append(tensor.name)
+    copy = b.fresh("copy")
+    b.nodes.append(helper.make_node(source.op, inputs, [copy], name=b.fresh("node/copy"), **source.attrs))
+    return copy
