@@ -46,12 +46,12 @@ def module_path(node: onnx.NodeProto) -> str:
     """The torch module path of a node: the dynamo exporter records it in metadata, TorchScript in the name."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
+            # ['', 'layer2', 'layer2.3', 'layer2.3.relu3', 'relu_21']: the root, the module paths, the fx node.
             try:
-                names = [s for s in ast.literal_eval(prop.value) if s]
+                names = ast.literal_eval(prop.value)
             except (ValueError, SyntaxError):
-                names = []
-            if names:
-                return names[-1]
+                return ""
+            return names[-2] if isinstance(names, list) and len(names) >= 2 else ""
     if not node.name.startswith("/"):
         return ""
     # TorchScript writes /layer1/layer1.0/conv1/Conv: each segment is either a full path or a child attribute.

@@ -6,6 +6,9 @@ with "rule" and the rule's parameters, e.g. {"rule": "epsilon", "eps": 0.25}.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from onnx_rcam.errors import CompositeError
 
 from .alphabeta import AlphaBeta
@@ -16,8 +19,10 @@ from .zplus import ZPlus
 
 RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, Norm, Pass, Gradient)}
 
-_POOLS_AND_JOINS = {op: "norm" for op in ("AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "Add",
-                                          "Sum")}
+# Pools divide exactly (guarded); residual joins of signed values are stabilised (DESIGN.md section 1).
+_POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool", "GlobalAveragePool", "ReduceMean",
+                                                                   "ReduceSum")},
+                    "Add": "norm", "Sum": "norm"}
 
 COMPOSITES: dict[str, dict] = {
     # The paper's rules (DESIGN.md section 1).
@@ -54,9 +59,20 @@ class Composite:
 
 
 def composite(name: str) -> Composite:
-    if name not in COMPOSITES:
-        raise CompositeError(f"unknown composite {name!r}; known composites: {', '.join(sorted(COMPOSITES))}")
-    return Composite(name, COMPOSITES[name])
+    """A preset by name, or a JSON file holding a table like the presets: {"Conv": "zplus", "*": "pass", ...}."""
+    if name in COMPOSITES:
+        return Composite(name, COMPOSITES[name])
+    path = Path(name)
+    if path.suffix.lower() == ".json" or path.is_file():
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CompositeError(f"cannot read composite file {path}: {exc}") from None
+        if not isinstance(table, dict) or not all(isinstance(op, str) for op in table):
+            raise CompositeError(f"composite file {path}: expected a JSON object mapping op types to rules")
+        return Composite(path.stem, table)
+    raise CompositeError(f"unknown composite {name!r}; known composites: {', '.join(sorted(COMPOSITES))}, or a "
+                         f"JSON file")
 
 
 __all__ = ["RULES", "COMPOSITES", "Composite", "Rule", "composite", "make_rule", "ZPlus", "Epsilon", "AlphaBeta",

@@ -16,7 +16,11 @@ class Epsilon(Rule):
 
 
 class Norm(Rule):
-    """Proportional redistribution, R_i = x_i * J^T (R / f(x)): pooling and residual joins."""
+    """Proportional redistribution, R_i = x_i * J^T (R / f(x)), for pooling and residual joins.
+
+    eps > 0 stabilises f(x) by eps * sign(f(x)); eps = 0 divides exactly and gives 0 where f(x) = 0, which conserves
+    relevance exactly for pools, whose windows of non-negative weights have f(x) = 0 only where every term is 0.
+    """
 
     name = "norm"
 
@@ -25,5 +29,5 @@ class Norm(Rule):
 
     def linear(self, b, layer, relevance):
         z = layer.forward(b, layer.inputs) if layer.has_bias else layer.output
-        share = b.div(relevance, b.stabilize(z, self.eps))
+        share = b.div(relevance, b.stabilize(z, self.eps)) if self.eps else b.div_or_zero(relevance, z)
         return weigh(b, layer.inputs, layer.transpose(b, share))

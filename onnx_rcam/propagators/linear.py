@@ -55,23 +55,15 @@ def gemm(ctx: Context, node, relevance):
 
 @register("MatMul")
 def matmul(ctx: Context, node, relevance):
-    left, right = constant_input(node, 0), constant_input(node, 1)
-    if (left is None) == (right is None) or (left if right is None else right).ndim != 2:
-        raise unsupported(node, "only MatMul of an activation with a constant 2-D matrix is supported")
-    weight_on_right = right is not None
-    x = node.inputs[0] if weight_on_right else node.inputs[1]
-
-    def transposed(array):
-        return np.ascontiguousarray(array.T)
+    x, weight = node.inputs[0], constant_input(node, 1)
+    if weight is None or weight.ndim != 2 or constant_input(node, 0) is not None:
+        raise unsupported(node, "only MatMul(activation, constant 2-D matrix) is supported")
 
     def forward(b, xs, w):
-        return b.matmul(xs[0], w.name(b)) if weight_on_right else b.matmul(w.name(b), xs[0])
+        return b.matmul(xs[0], w.name(b))
 
     def transpose(b, g, w):
-        w_t = w.name(b, transposed, key="T")
-        return [b.matmul(g, w_t) if weight_on_right else b.matmul(w_t, g)]
+        return [b.matmul(g, w.name(b, lambda array: np.ascontiguousarray(array.T), key="T"))]
 
-    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(right if weight_on_right else left), None,
-                        forward, transpose, op="MatMul")
-    relevance_x = ctx.rule(node).linear(ctx.builder, layer, relevance[0])[0]
-    return [relevance_x, None] if weight_on_right else [None, relevance_x]
+    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), None, forward, transpose, op="MatMul")
+    return ctx.rule(node).linear(ctx.builder, layer, relevance[0])

@@ -1,0 +1,276 @@
+"""Independent Relevance-CAM reference: the LRP rules of DESIGN.md section 1, computed with torch autograd.
+
+Modified-gradient trick (as zennit does it): every leaf module with a rule gets a forward hook that routes its output
+through a custom autograd Function; the forward value is unchanged, the backward returns the module's LRP relevance
+for its inputs instead of the gradient. Seeding backward at the logits with the initial relevance then yields the
+relevance of every tensor as its "gradient", and autograd sums what several consumers of one tensor return.
+Everything runs in float64 so that the reference is exact to far below the fp32 tolerance of the tests.
+
+BatchNorm2d layers that follow a Conv2d are folded into it first; relevance at a BN output is then the relevance at
+the folded conv's output. Rules are picked by module type (COMPOSITES); a leaf module of any other type is an error.
+"""
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo import Add
+
+STABILIZER_EPS = 1e-6
+
+
+@dataclass
+class Reference:
+    logits: np.ndarray  # (N, K) float32, plain forward
+    classes: np.ndarray  # (N,) int64, the explained class per sample
+    activations: dict[str, np.ndarray]  # module path -> A (N, C, h, w)
+    relevance: dict[str, np.ndarray]  # module path -> R (N, C, h, w)
+    raw: dict[str, np.ndarray]  # module path -> raw map (N, h, w)
+    maps: dict[str, np.ndarray]  # module path -> map (N, H, W) in [0, 1]
+
+
+@dataclass
+class Propagation:
+    """The results of one forward and relevance sweep, as tensors of the sweep's dtype."""
+
+    logits: torch.Tensor
+    classes: torch.Tensor
+    initial: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    relevance: dict[str, torch.Tensor]
+
+
+def stabilize(z: torch.Tensor, eps: float = STABILIZER_EPS) -> torch.Tensor:
+    """z + eps * sign(z) with sign(0) = +1, so the result is never zero."""
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, and 0 where the denominator is 0."""
+    zero = denominator == 0
+    return torch.where(zero, 0.0, numerator / torch.where(zero, 1.0, denominator))
+
+
+def transposed(forward: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad_output: torch.Tensor):
+    """J^T grad_output for forward(*inputs): the transposed operator, via autograd."""
+    leaves = [x.detach().requires_grad_(True) for x in inputs]
+    with torch.enable_grad():
+        return torch.autograd.grad(forward(*leaves), leaves, grad_output)
+
+
+def proportional_rule(forward, inputs, relevance, eps=STABILIZER_EPS):
+    """R_i = x_i * J_i^T (R / stab(f(x))): the epsilon rule, and the norm rule of pools and sums.
+
+    eps = 0 divides exactly, with 0 where f(x) = 0 (pools: their windows sum non-negative terms).
+    """
+    with torch.no_grad():
+        z = forward(*inputs)
+        ratio = relevance / stabilize(z, eps) if eps else safe_divide(relevance, z)
+    return tuple(x * g for x, g in zip(inputs, transposed(forward, inputs, ratio)))
+
+
+def zplus_rule(forward_without_bias, x, weight, relevance):
+    """z+ (alpha=1, beta=0): z = f(x+, W+) + f(x-, W-), c = R / z (0 where z = 0), R_in = x+ W+^T c + x- W-^T c."""
+    parts = [(x.clamp(min=0), weight.clamp(min=0))]
+    if (x < 0).any():  # ReLU outputs have no x- half: skipping it halves the cost
+        parts.append((x.clamp(max=0), weight.clamp(max=0)))
+    with torch.no_grad():
+        z = sum(forward_without_bias(x_part, w_part) for x_part, w_part in parts)
+        ratio = safe_divide(relevance, z)
+    return sum(x_part * transposed(lambda v: forward_without_bias(v, w_part), [x_part], ratio)[0]
+               for x_part, w_part in parts)
+
+
+def conv_without_bias(conv: nn.Conv2d):
+    return lambda x, weight: F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def linear_without_bias(x, weight):
+    return F.linear(x, weight)
+
+
+# Each rule maps (module, inputs, relevance of the output) to the relevance of each input.
+def zplus(module, inputs, relevance):
+    forward = conv_without_bias(module) if isinstance(module, nn.Conv2d) else linear_without_bias
+    return (zplus_rule(forward, inputs[0], module.weight, relevance),)
+
+
+def proportional(module, inputs, relevance):
+    """One formula for two rules: epsilon (Linear, bias included in z) and norm (residual sums)."""
+    return proportional_rule(module.forward, inputs, relevance)
+
+
+def pooled(module, inputs, relevance):
+    """The norm rule of average pools: exact division, 0 where the window's sum is 0."""
+    return proportional_rule(module.forward, inputs, relevance, eps=0.0)
+
+
+def passthrough(module, inputs, relevance):
+    return (relevance,)
+
+
+GRADIENT = None  # the module's own gradient is its rule: max-pool routing, reshapes, identities
+
+COMPOSITES = {
+    "rcam": {nn.Conv2d: zplus, nn.Linear: zplus, nn.ReLU: passthrough, nn.AdaptiveAvgPool2d: pooled,
+             nn.AvgPool2d: pooled, Add: proportional, nn.MaxPool2d: GRADIENT, nn.Dropout: GRADIENT,
+             nn.Flatten: GRADIENT, nn.Identity: GRADIENT},
+}
+COMPOSITES["epsilon_plus"] = {**COMPOSITES["rcam"], nn.Linear: proportional}
+
+
+class RelevanceFunction(torch.autograd.Function):
+    """Forward: the module's output, unchanged. Backward: the rule's relevance for each input."""
+
+    @staticmethod
+    def forward(ctx, rule, module, output, *inputs):
+        ctx.rule, ctx.module = rule, module
+        ctx.save_for_backward(*inputs)
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        return (None, None, None, *ctx.rule(ctx.module, ctx.saved_tensors, relevance))
+
+
+def fold_batchnorms(model: nn.Module, example: torch.Tensor) -> None:
+    """Fold every BatchNorm2d that directly reads a Conv2d's output into that conv, and replace it by Identity."""
+    producers, pairs = {}, []  # producers holds the outputs too, so that no tensor id is reused during the pass
+
+    def record(module, inputs, output):
+        producer, _ = producers.get(id(inputs[0]), (None, None))
+        if isinstance(module, nn.BatchNorm2d) and isinstance(producer, nn.Conv2d):
+            pairs.append((producer, module))
+        producers[id(output)] = (module, output)
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(example)
+    for handle in handles:
+        handle.remove()
+
+    with torch.no_grad():
+        for conv, bn in pairs:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    folded = {id(bn) for _, bn in pairs}
+    for path, module in list(model.named_modules()):
+        if id(module) in folded:
+            parent_path, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent_path), name, nn.Identity())
+
+
+def attach_rules(model: nn.Module, composite: str) -> None:
+    rules = COMPOSITES[composite]
+    for path, module in model.named_modules():
+        if list(module.children()):
+            continue
+        if type(module) not in rules:
+            raise NotImplementedError(f"no {composite} rule for {type(module).__name__} at {path!r}")
+        rule = rules[type(module)]
+        if rule is not GRADIENT:
+            module.register_forward_hook(
+                lambda m, inputs, output, rule=rule: RelevanceFunction.apply(rule, m, output, *inputs))
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+
+
+def initial_relevance(logits: torch.Tensor, targets: torch.Tensor, initial: str) -> torch.Tensor:
+    num_classes = logits.shape[1]
+    onehot = F.one_hot(torch.as_tensor(targets), num_classes).to(logits.dtype)
+    if initial == "contrastive":
+        return onehot - (1 - onehot) / num_classes
+    if initial == "onehot":
+        return onehot
+    if initial == "logit":
+        return onehot * logits
+    raise ValueError(f"unknown initial relevance {initial!r}")
+
+
+def propagate(model, x, layers, targets=None, composite="rcam", initial="contrastive",
+              dtype=torch.float64) -> Propagation:
+    """Forward, then the relevance sweep from the logits to the requested module outputs, all in dtype."""
+    model = copy.deepcopy(model).to(dtype).eval()
+    x = torch.as_tensor(x).detach().to(dtype, copy=True)
+    fold_batchnorms(model, x)
+    attach_rules(model, composite)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+
+    activations = {}
+    for path in layers:  # registered after the rule hooks, so these see the hooked outputs
+        model.get_submodule(path).register_forward_hook(
+            lambda m, inputs, output, path=path: activations.__setitem__(path, output))
+
+    logits = model(x.requires_grad_(True))
+    classes = logits.argmax(1) if targets is None else torch.as_tensor(targets, dtype=torch.int64)
+    seed = initial_relevance(logits.detach(), classes, initial)
+    relevance = torch.autograd.grad(logits, [activations[path] for path in layers], seed)
+    return Propagation(logits.detach(), classes, seed,
+                       {path: activations[path].detach() for path in layers}, dict(zip(layers, relevance)))
+
+
+def fp32_deviation(model, x, layers, targets=None, composite="rcam", initial="contrastive") -> dict[str, float]:
+    """Per layer, the largest of max|fp32 - fp64| / max|fp64| over relevance, raw map and map: how far plain fp32
+    rounding alone moves the results.
+
+    Some cases are ill-conditioned, and no fp32 implementation can match the float64 reference on them: a max-pool
+    window whose two largest values are within rounding of each other routes all its relevance to either one, the
+    contrastive relevance of deep layers is a small difference of large per-class terms, and a raw map with little
+    contrast amplifies rounding when it is normalised. A test that compares an fp32 implementation against the
+    reference should first check that its case is well-conditioned (a deviation far below the test's tolerance),
+    and otherwise pick another seed.
+    """
+    exact = propagate(model, x, layers, targets, composite, initial)
+    rounded = propagate(model, x, layers, exact.classes, composite, initial, dtype=torch.float32)
+    size = tuple(torch.as_tensor(x).shape[2:])
+
+    def relative(ours, ref):
+        return ((ours.double() - ref).abs().max() / ref.abs().max()).item()
+
+    deviations = {}
+    for path in layers:
+        exact_heads = rcam_maps(exact.activations[path], exact.relevance[path], size)
+        rounded_heads = rcam_maps(rounded.activations[path], rounded.relevance[path], size)
+        deviations[path] = max(relative(rounded.relevance[path], exact.relevance[path]),
+                               *(relative(r, e) for r, e in zip(rounded_heads, exact_heads)))
+    return deviations
+
+
+def rcam_maps(A, R, size, relu=False):
+    """Relevance-CAM head: raw map sum_k mean_hw(R_k) A_k (N, h, w); map: per-sample min-max, bilinear to size."""
+    A, R = torch.as_tensor(A), torch.as_tensor(R)
+    raw = (R.mean(dim=(2, 3), keepdim=True) * A).sum(dim=1)
+    if relu:
+        raw = raw.clamp(min=0)
+    flat = raw.flatten(1)
+    low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    span = high - low
+    normalized = torch.where(span > 0, (raw - low) / torch.where(span > 0, span, 1.0), 0.0)
+    upsampled = F.interpolate(normalized[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return raw, upsampled
+
+
+def reference(model, x, layers, targets=None, composite="rcam", initial="contrastive", relu=False) -> Reference:
+    result = propagate(model, x, layers, targets, composite, initial)
+    size = tuple(torch.as_tensor(x).shape[2:])
+    heads = {path: rcam_maps(result.activations[path], result.relevance[path], size, relu) for path in layers}
+
+    def fp32(tensor):
+        return tensor.float().numpy()
+
+    return Reference(
+        logits=fp32(result.logits),
+        classes=result.classes.numpy(),
+        activations={path: fp32(a) for path, a in result.activations.items()},
+        relevance={path: fp32(r) for path, r in result.relevance.items()},
+        raw={path: fp32(raw) for path, (raw, _) in heads.items()},
+        maps={path: fp32(m) for path, (_, m) in heads.items()},
+    )

@@ -1,0 +1,115 @@
+"""Whole networks against the independent torch-autograd reference (DESIGN.md section 4), both torch exporters.
+
+Relevance and raw maps at several layers, maps at input resolution, a batch of 4 with a different class per sample
+through rcam/target, conservation under the rcam rules, and the original logits bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import onnx_rcam
+import reference
+import zoo
+from conftest import FULL_SIZE, assert_close, run_model
+
+WIDTH = 1.0 if FULL_SIZE else 0.125
+SIZE = 224
+VGG_POOLS = ["features.4", "features.9", "features.16", "features.23", "features.30"]
+VGG_BN_POOLS = ["features.6", "features.13", "features.23", "features.33", "features.43"]
+STAGES = ["layer1", "layer2", "layer3", "layer4"]
+
+# (builder, layers, initial relevance). Contrastive relevance of random-weight VGG16 and ResNet50 is ill-conditioned
+# in fp32 (a 1/K difference of 1000 large per-class terms: fp32 alone moves it 3e-5 to 7e-4 from float64), so
+# those are checked with onehot; relevance is linear in the initial relevance, and ResNet18 checks contrastive.
+ARCHITECTURES = {
+    "vgg16": (lambda: zoo.vgg16(WIDTH), VGG_POOLS, "onehot"),
+    "vgg16_bn": (lambda: zoo.vgg16(WIDTH, batch_norm=True), VGG_BN_POOLS, "onehot"),
+    "resnet18": (lambda: zoo.resnet18(WIDTH), STAGES, "contrastive"),
+    "resnet50": (lambda: zoo.resnet50(WIDTH), STAGES, "onehot"),
+}
+EXPORTERS = ["torchscript", "dynamo"]
+CASES = [(name, exporter) for name in ARCHITECTURES for exporter in EXPORTERS]
+# Largest deviation seen per case, relative to max|ref|, printed at the end of the session for the issue notes.
+DEVIATIONS: dict[str, float] = {}
+
+
+def well_conditioned_batch(model, layers, batch: int, seed: int, initial: str = "contrastive"):
+    """A random batch, and per-sample targets, on which fp32 rounding alone stays far below the tolerance.
+
+    Max-pool windows with near-ties, and deep contrastive relevance (a small difference of large terms), are
+    ill-conditioned: no fp32 implementation can match the float64 reference there (tests/reference.py).
+    """
+    for attempt in range(10):
+        x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed + attempt))
+        with torch.no_grad():
+            logits = model(x)
+        ranked = logits.argsort(1, descending=True)
+        # Fixed classes, the prediction (-1), and the runner-up of the last sample.
+        targets = np.array([3, 17, -1][: batch - 1] + [int(ranked[-1, 1])], dtype=np.int64)
+        classes = np.where(targets < 0, ranked[:, 0].numpy(), targets)
+        if max(reference.fp32_deviation(model, x, layers, classes, initial=initial).values()) < 1e-5:
+            return x.numpy(), targets, classes
+    raise AssertionError("no well-conditioned batch found")
+
+
+@pytest.fixture(scope="module")
+def case(request, export_dir):
+    name, exporter = request.param
+    build, layers, initial = ARCHITECTURES[name]
+    model = zoo.randomize(build(), seed=sum(map(ord, name)))
+    path = zoo.export(model, export_dir / f"{name}-{exporter}.onnx", exporter)
+    return name, exporter, model, path, layers, initial
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True, ids=[f"{n}-{e}" for n, e in CASES])
+def test_matches_reference(case):
+    name, exporter, model, path, layers, initial = case
+    x, targets, expected_classes = well_conditioned_batch(model, layers, 4, seed=7, initial=initial)
+    plain = run_model(str(path), {"input": x})["logits"]
+    augmented = onnx_rcam.augment(path, layers=layers, initial=initial)
+    onnx.checker.check_model(augmented, full_check=True)
+    out = run_model(augmented, {"input": x, "rcam/target": targets})
+
+    assert np.array_equal(out["logits"], plain), "original logits changed"
+    np.testing.assert_array_equal(out["rcam/class"], expected_classes)
+
+    ref = reference.reference(model, x, layers, targets=expected_classes, initial=initial)
+    worst = 0.0
+    for layer in layers:
+        worst = max(worst,
+                    assert_close(out[f"rcam/{layer}/activation"], ref.activations[layer], f"{layer} activation"),
+                    assert_close(out[f"rcam/{layer}/relevance"], ref.relevance[layer], f"{layer} relevance"),
+                    assert_close(out[f"rcam/{layer}/raw"], ref.raw[layer], f"{layer} raw"),
+                    assert_close(out[f"rcam/{layer}/map"], ref.maps[layer], f"{layer} map"))
+        assert out[f"rcam/{layer}/map"].shape == (4, SIZE, SIZE)
+    DEVIATIONS[f"{name}-{exporter} (width {WIDTH:g})"] = worst
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] == "torchscript"], indirect=True,
+                         ids=[n for n in ARCHITECTURES])
+def test_conserves_relevance(case):
+    """z+ and the exact pool rule conserve: each layer holds the initial relevance's sum (1 for onehot).
+
+    A non-negative image keeps every Conv/Linear input non-negative, so z+ only drops relevance where a neuron fires
+    on its bias alone, which random images never hit. The residual joins' stabilised split loses relevance where
+    a + b is within ~1e-6 of 0 (ResNets with random BatchNorm statistics do have such joins), so for ResNets only
+    layer4, above every join, is held to it.
+    """
+    name, _, model, path, layers, _ = case
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(11)).numpy()
+    out = run_model(onnx_rcam.augment(path, layers=layers, initial="onehot"), {"input": x})
+    conserving = layers if name.startswith("vgg") else ["layer4"]
+    for layer in conserving:
+        sums = out[f"rcam/{layer}/relevance"].astype(np.float64).reshape(2, -1).sum(1)
+        np.testing.assert_allclose(sums, 1.0, rtol=1e-4, err_msg=f"{name} {layer}")
+
+
+def test_report_deviations(capsys):
+    with capsys.disabled():
+        for case_name, deviation in sorted(DEVIATIONS.items()):
+            print(f"\n  largest deviation {case_name}: {deviation:.2e} of max|ref|", end="")
+    assert DEVIATIONS or not CASES
