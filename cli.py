@@ -101,10 +101,10 @@ def _shape(shape) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
 
 
-def run():
+def run(args: list[str] | None = None):
     """Entry point: user errors print one clear message and exit non-zero, with no traceback."""
     try:
-        main(standalone_mode=False)
+        main(args, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -116,3 +116,4 @@ def run():
     except RcamError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    sys.exit(0)

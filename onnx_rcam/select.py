@@ -27,13 +27,15 @@ class Target:
 
 
 def candidates(canonical: Canonical) -> list[Candidate]:
-    """4-D activations produced by a node on a path from the image to the logits, in topological order."""
+    """4-D activations with a spatial grid (more than 1x1) produced by a node on a path from the image to the
+    logits, in topological order."""
     on_path = _descendants([canonical.image]) & _ancestors(canonical.logits)
     height = canonical.image.shape[2]
     found = []
     for node in canonical.graph.nodes:
         for tensor in node.outputs:
-            if tensor.name in on_path and tensor.shape is not None and len(tensor.shape) == 4:
+            if (tensor.name in on_path and tensor.shape is not None and len(tensor.shape) == 4
+                    and _spatial_size(tensor.shape) > 1):
                 h = tensor.shape[2]
                 factor = height / h if isinstance(h, int) and h else float("nan")
                 found.append(Candidate(len(found), tensor.name, node.op, tuple(tensor.shape), factor,
@@ -55,8 +57,8 @@ def resolve(canonical: Canonical, selectors) -> list[Target]:
 
 def _resolve_one(canonical: Canonical, options: list[Candidate], selector: str) -> str:
     by_tensor = {c.tensor: c for c in options}
-    if selector == "auto":
-        return _auto(options)
+    if selector == "auto":  # the last activation with a grid: the one global pooling or flattening consumes
+        return options[-1].tensor
     if selector.lstrip("-").isdigit() and selector.startswith("-"):
         position = int(selector)
         if -len(options) <= position < 0:
@@ -75,22 +77,18 @@ def _resolve_one(canonical: Canonical, options: list[Candidate], selector: str) 
     in_scope = [c for c in options if c.scope == selector or c.scope.startswith(selector + ".")]
     if in_scope:
         return in_scope[-1].tensor
-    names = [c.tensor for c in options] + sorted({c.scope for c in options if c.scope})
+    prefixes = {".".join(parts[:i]) for c in options if c.scope for parts in [c.scope.split(".")]
+                for i in range(1, len(parts) + 1)}
+    names = [c.tensor for c in options] + sorted(prefixes)
     close = difflib.get_close_matches(selector, names, n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise LayerSelectionError(f"layer {selector!r} matches no tensor, node or module scope on the path from the "
                               f"input to the class scores.{hint} Run `onnx-rcam layers MODEL` to list them.")
 
 
-def _auto(options: list[Candidate]) -> str:
-    """The last 4-D activation that still has a spatial grid: the one global pooling (or flattening) consumes."""
-    spatial = [c for c in options if _spatial_size(c.shape) > 1]
-    return (spatial or options)[-1].tensor
-
-
 def _spatial_size(shape) -> int:
     h, w = shape[2], shape[3]
-    return h * w if isinstance(h, int) and isinstance(w, int) else 2
+    return h * w if isinstance(h, int) and isinstance(w, int) else 2  # dynamic: assume a grid
 
 
 def region(canonical: Canonical, targets: list[Target]) -> set[str]:

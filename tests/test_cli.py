@@ -1,0 +1,119 @@
+"""The onnx-rcam command line, through its real entry point."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import run_model
+from onnx_rcam.console.cli import run
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """x -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> Softmax, as a file."""
+    rng = np.random.default_rng(0)
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.normal(size=108).astype(np.float32)),
+             helper.make_tensor("fc", TensorProto.FLOAT, [4, 5], rng.normal(size=20).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["act"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["act"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["probs"], axis=1)]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 5])], inits)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def test_augment_writes_beside_the_model_and_reports(capsys, tiny):
+    code, out, err = cli(capsys, "augment", str(tiny))
+    assert code == 0, err
+    written = tiny.with_name("tiny.rcam.onnx")
+    assert written.is_file()
+    assert "rcam/act/map" in out and str(written) in out and "rcam/target" in out
+    x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    outputs = run_model(str(written), {"x": x})
+    assert outputs["rcam/act/map"].shape == (2, 8, 8)
+    np.testing.assert_array_equal(outputs["probs"], run_model(str(tiny), {"x": x})["probs"])
+
+
+def test_augment_never_overwrites_without_force(capsys, tiny):
+    target = tiny.with_name("out.onnx")
+    target.write_bytes(b"precious")
+    code, _, err = cli(capsys, "augment", str(tiny), "-o", str(target))
+    assert code == 1 and "--force" in err
+    assert target.read_bytes() == b"precious"
+    code, _, err = cli(capsys, "augment", str(tiny), "-o", str(target), "--force", "--layer", "conv")
+    assert code == 0, err
+    assert "rcam/conv/map" in {o.name for o in onnx.load(target).graph.output}
+
+
+def test_augment_leaves_the_input_untouched(capsys, tiny):
+    before = tiny.read_bytes()
+    assert cli(capsys, "augment", str(tiny), "--layer", "-1", "--composite", "epsilon_plus")[0] == 0
+    assert tiny.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--layer", "nope"], 1, "matches no tensor"),
+    (["--layer", "-9"], 1, "out of range"),
+    (["--composite", "nope"], 1, "unknown composite"),
+    (["--initial", "nope"], 2, "Invalid value"),
+])
+def test_bad_options_write_nothing(capsys, tiny, args, code, message):
+    result = cli(capsys, "augment", str(tiny), *args)
+    assert result[0] == code and message in result[2]
+    assert not tiny.with_name("tiny.rcam.onnx").exists()
+
+
+def test_broken_and_missing_files(capsys, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    code, _, err = cli(capsys, "augment", str(broken))
+    assert code == 1 and "not a readable ONNX model" in err
+    code, _, err = cli(capsys, "augment", str(tmp_path / "missing.onnx"))
+    assert code == 1 and "no such file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]
+
+
+def test_unsupported_op_exits_2_and_writes_nothing(capsys, tiny, tmp_path):
+    model = onnx.load(tiny)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.name = "Sin", "the_sine"
+    odd = tmp_path / "odd.onnx"
+    onnx.save(model, odd)
+    code, _, err = cli(capsys, "augment", str(odd), "--layer", "conv")
+    assert code == 2
+    assert "Sin" in err and "the_sine" in err and "Supported ops:" in err and "Conv" in err
+    assert not odd.with_name("odd.rcam.onnx").exists()
+
+
+def test_layers_lists_candidates(capsys, tiny):
+    code, out, _ = cli(capsys, "layers", str(tiny))
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["INDEX", "TENSOR", "OP", "SHAPE", "DOWN", "SCOPE"]
+    assert [line.split()[:3] for line in lines[1:]] == [["-2", "conv", "Conv"], ["-1", "act", "Relu"]]
+    assert "[n, 4, 8, 8]" in out and "1x" in out
+
+
+def test_bundled_model_is_the_default(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, "layers")
+    assert code == 0 and "/_blocks.15/Add_output_0" not in out and "_blocks.15._project_conv" in out
+    code, out, err = cli(capsys, "augment", "--layer", "auto", "--layer", "_blocks.4")
+    assert code == 0, err
+    assert (tmp_path / "efficientnet_lite0.rcam.onnx").is_file()
+    assert "bundled EfficientNet-Lite0" in out and "rcam/_blocks.4/map" in out
