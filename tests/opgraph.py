@@ -72,7 +72,7 @@ class OpGraph:
 @dataclass
 class Explained:
     outputs: dict[str, np.ndarray]  # every output of the augmented model by name
-    logits: np.ndarray             # the first original output
+    output: np.ndarray             # the first original output
     classes: np.ndarray            # rcam/class
 
     def relevance(self, layer: str = "a") -> np.ndarray:
@@ -112,7 +112,8 @@ def samples(shape, seed: int, scale: float = 1.0, positive: bool = False) -> np.
 def distinct_samples(shape, seed: int) -> np.ndarray:
     """Signed samples whose values are all distinct and at least 1e-2 apart: max pools have no (near-)ties."""
     count = int(np.prod(shape))
-    values = (np.random.default_rng(seed).permutation(count) - count / 2) * 1e-2
+    # Offset by half a step: no value is 0, so none ties with the zeros of a Pad either.
+    values = (np.random.default_rng(seed).permutation(count) - count / 2 + 0.5) * 1e-2
     return values.reshape(shape).astype(np.float32)
 
 
@@ -120,9 +121,13 @@ def weights(shape, seed: int, scale: float = 0.5) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
 
 
-def per_unit_batch(x: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each sample repeated once per class, the k-th copy explaining class k."""
-    return np.repeat(x, classes, axis=0), np.tile(np.arange(classes, dtype=np.int64), len(x))
+def per_unit_batch(x: np.ndarray, classes: int, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample repeated once per class, the k-th copy explaining class k; `keep` [N, K] selects pairs."""
+    repeated, targets = np.repeat(x, classes, axis=0), np.tile(np.arange(classes, dtype=np.int64), len(x))
+    if keep is None:
+        return repeated, targets
+    keep = np.asarray(keep).reshape(-1)
+    return repeated[keep], targets[keep]
 
 
 def onehot(targets: np.ndarray, classes: int) -> torch.Tensor:

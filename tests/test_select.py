@@ -66,7 +66,7 @@ def test_keys_are_the_selectors_and_duplicates_collapse(resnet):
 
 
 @pytest.mark.parametrize("selector, message", [
-    ("layer9", "Did you mean 'layer1'"),
+    ("layer9", "Did you mean 'layer4'"),
     ("-999", "out of range"),
     ("nothing_like_it", "onnx-rcam layers"),
 ])
