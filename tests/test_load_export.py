@@ -1,0 +1,128 @@
+"""Loading (files, protos, external data, old opsets, bad models) and the exported interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnx_rcam
+from conftest import run_model
+from onnx_rcam import ModelError, RcamError
+from onnx_rcam.export import save
+
+
+def classifier(opset: int = 17, scores_shape=("n", 5)) -> onnx.ModelProto:
+    """x -> Conv -> Relu -> MaxPool -> GlobalAveragePool -> Flatten -> Gemm."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(6, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(6, 5)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["act"]),
+             helper.make_node("MaxPool", ["act"], ["pool"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["pool"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc"], ["scores"])]
+    graph = helper.make_graph(nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                  ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(scores_shape))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def image(n: int = 3) -> np.ndarray:
+    return np.random.default_rng(2).normal(size=(n, 3, 8, 8)).astype(np.float32)
+
+
+def test_proto_input_is_not_modified():
+    model = classifier()
+    before = model.SerializeToString()
+    onnx_rcam.augment(model, layers=["act"])
+    assert model.SerializeToString() == before
+
+
+def test_external_data_is_loaded(tmp_path):
+    onnx.save(classifier(), tmp_path / "external.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="external.bin", size_threshold=0)
+    augmented = onnx_rcam.augment(tmp_path / "external.onnx", layers=["act"])
+    np.testing.assert_array_equal(run_model(augmented, {"x": image()})["scores"],
+                                  run_model(classifier(), {"x": image()})["scores"])
+
+
+def test_old_opset_is_upgraded_and_outputs_stay_exact():
+    old = classifier(opset=13)
+    augmented = onnx_rcam.augment(old, layers=["act"])
+    assert max(o.version for o in augmented.opset_import if o.domain in ("", "ai.onnx")) == 17
+    out = run_model(augmented, {"x": image()})
+    np.testing.assert_array_equal(out["scores"], run_model(old, {"x": image()})["scores"])
+    assert out["rcam/act/map"].shape == (3, 8, 8)
+
+
+def test_interface_matches_the_contract():
+    augmented = onnx_rcam.augment(classifier(), layers=["act", "pool"])
+    onnx.checker.check_model(augmented, full_check=True)
+    outputs = {o.name: o.type.tensor_type for o in augmented.graph.output}
+    assert list(outputs)[0] == "scores"
+    assert outputs["rcam/class"].elem_type == TensorProto.INT64
+    for key, rank in (("act", 4), ("pool", 4)):
+        for part, part_rank in (("map", 3), ("raw", 3), ("relevance", rank), ("activation", rank)):
+            assert outputs[f"rcam/{key}/{part}"].elem_type == TensorProto.FLOAT
+            assert len(outputs[f"rcam/{key}/{part}"].shape.dim) == part_rank
+    target = next(i for i in augmented.graph.input if i.name == "rcam/target")
+    assert target.type.tensor_type.elem_type == TensorProto.INT64
+    default = next(t for t in augmented.graph.initializer if t.name == "rcam/target")
+    assert numpy_helper.to_array(default).tolist() == [-1]
+    generated = [n for n in augmented.graph.node if n.name.startswith("rcam/")]
+    assert generated and all(o.startswith("rcam/") for n in generated for o in n.output)
+
+
+def test_target_input_is_optional_and_per_sample():
+    augmented = onnx_rcam.augment(classifier(), layers=["act"])
+    plain = run_model(classifier(), {"x": image()})["scores"]
+    np.testing.assert_array_equal(run_model(augmented, {"x": image()})["rcam/class"], plain.argmax(1))
+    chosen = run_model(augmented, {"x": image(), "rcam/target": np.array([4, -1, 0], dtype=np.int64)})
+    np.testing.assert_array_equal(chosen["rcam/class"], [4, plain[1].argmax(), 0])
+    assert not np.allclose(chosen["rcam/act/relevance"][0], run_model(augmented, {"x": image()})[
+        "rcam/act/relevance"][0])
+
+
+def drop_input_shape(model):
+    model.graph.input[0].type.tensor_type.shape.ClearField("dim")
+
+
+def read_a_missing_tensor(model):
+    model.graph.node[0].input[1] = "missing"
+
+
+@pytest.mark.parametrize("broken, message", [
+    (drop_input_shape, "exactly one 4-D image input"),
+    (read_a_missing_tensor, "onnx.checker"),
+])
+def test_bad_models_are_refused(broken, message):
+    model = classifier()
+    broken(model)
+    with pytest.raises(ModelError, match=message):
+        onnx_rcam.augment(model)
+
+
+def test_scores_must_be_class_scores():
+    model = classifier()
+    model.graph.node.append(helper.make_node("Unsqueeze", ["scores", "axes"], ["scores3d"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "axes"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("scores3d", TensorProto.FLOAT, ["n", 5, 1]))
+    with pytest.raises(ModelError, match=r"class scores of shape \[N, K\]"):
+        onnx_rcam.augment(model)
+
+
+def test_save_is_atomic_and_refuses_to_overwrite(tmp_path):
+    model = onnx_rcam.augment(classifier(), layers=["act"])
+    target = tmp_path / "out.onnx"
+    save(model, target)
+    first = target.read_bytes()
+    with pytest.raises(RcamError, match="--force"):
+        save(model, target)
+    with pytest.raises(RcamError, match="does not exist"):
+        save(model, tmp_path / "no" / "such" / "out.onnx")
+    save(model, target, force=True)
+    assert target.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
