@@ -17,6 +17,7 @@ from .fusion import protect_fusions
 from .heads import output_names, relevance_cam
 from .initial import INITIAL_KINDS, initial_relevance
 from .load import default_opset, infer_shapes, load
+from .propagators import nonnegative_tensors
 from .select import Target, region, resolve
 from .sweep import sweep
 
@@ -58,7 +59,7 @@ def build(model, layers=("auto",), composite: str = "rcam", initial: str = "cont
 
     taken = {t.name for t in canonical.graph.tensors().values()} | {t.name for t in original.graph.input} | {
         o for n in original.graph.node for o in n.output} | {i.name for i in original.graph.initializer}
-    b = Builder(default_opset(original), taken)
+    b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph))
     logits = canonical.logits
     start = initial_relevance(b, logits.name, logits.shape[1], initial)
     target_tensors = list(dict.fromkeys(t.tensor for t in targets))

@@ -14,8 +14,9 @@ PREFIX = "rcam/"
 
 
 class Builder:
-    def __init__(self, opset: int, taken_names: set[str]):
+    def __init__(self, opset: int, taken_names: set[str], nonnegative: set[str] = frozenset()):
         self.opset = opset
+        self.nonnegative = nonnegative  # forward tensors known to be >= 0: their x- is exactly zero
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._taken = set(taken_names)
@@ -95,14 +96,11 @@ class Builder:
     def div(self, a: str, b: str) -> str:
         return self.node("Div", [a, b])
 
-    def neg(self, x: str) -> str:
-        return self.node("Neg", [x])
-
     def relu(self, x: str) -> str:
-        return self.node("Relu", [x])
+        return x if x in self.nonnegative else self.node("Relu", [x])
 
-    def negative_part(self, x: str) -> str:
-        return self.node("Min", [x, self.const(0.0)], "neg_part")
+    def negative_part(self, x: str) -> str | None:
+        return None if x in self.nonnegative else self.node("Min", [x, self.const(0.0)], "neg_part")
 
     def where(self, cond: str, a: str, b: str) -> str:
         return self.node("Where", [cond, a, b])
@@ -157,8 +155,8 @@ class Builder:
     def unsqueeze(self, x: str, axes) -> str:
         return self.node("Unsqueeze", [x, self.ints(axes)])
 
-    def squeeze(self, x: str, axes) -> str:
-        return self.node("Squeeze", [x, self.ints(axes)])
+    def squeeze(self, x: str, axes, out: str | None = None) -> str:
+        return self.node("Squeeze", [x, self.ints(axes)], out=out)
 
     def expand(self, x: str, shape: str) -> str:
         return self.node("Expand", [x, shape])
@@ -168,9 +166,6 @@ class Builder:
 
     def concat(self, xs: list[str], axis: int) -> str:
         return self.node("Concat", xs, axis=axis)
-
-    def pad(self, x: str, pads) -> str:
-        return self.node("Pad", [x, self.ints(pads)], mode="constant")
 
     # -- reductions: the axes moved from attribute to input at opset 18 ------------------------------------
     def _reduce(self, op: str, x: str, axes, keepdims: bool) -> str:

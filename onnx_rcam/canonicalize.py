@@ -75,7 +75,9 @@ def _drop_pass_through(graph: gs.Graph) -> None:
         if result in graph.outputs:
             graph.outputs[graph.outputs.index(result)] = source
         for reader in list(result.outputs):
-            reader.inputs[:] = [source if t is result else t for t in reader.inputs]
+            for i, tensor in enumerate(reader.inputs):
+                if tensor is result:
+                    reader.inputs[i] = source
         node.outputs.clear()
 
 
@@ -106,11 +108,15 @@ def _fold_batchnorm(graph: gs.Graph) -> None:
             linear.attrs["alpha"], linear.attrs["beta"] = 1.0, 1.0
         folded_bias = (bias - mean) * factor + beta
         name = linear.name or linear.outputs[0].name
-        linear.inputs[1:] = [gs.Constant(f"rcam/folded/{name}/weight", folded_weight.astype(np.float32)),
-                             gs.Constant(f"rcam/folded/{name}/bias", folded_bias.astype(np.float32))]
+        # onnx-graphsurgeon's node lists keep tensors' producer/reader links in sync only through these methods.
+        while len(linear.inputs) > 1:
+            linear.inputs.pop()
+        linear.inputs.extend([gs.Constant(f"rcam/folded/{name}/weight", folded_weight.astype(np.float32)),
+                              gs.Constant(f"rcam/folded/{name}/bias", folded_bias.astype(np.float32))])
         result = bn.outputs[0]
         bn.outputs.clear()
-        linear.outputs[:] = [result]
+        linear.outputs.clear()
+        linear.outputs.append(result)
 
 
 def _fold_zero_pad(graph: gs.Graph) -> None:

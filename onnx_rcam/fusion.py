@@ -16,9 +16,12 @@ from onnx import helper
 from .builder import Builder
 from .canonicalize import Canonical
 
-FUSING_PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
-FUSING_READERS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum",
-                  "BatchNormalization", "Mul", "Div")
+_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
+_LINEAR_READERS = _ACTIVATIONS + ("Add", "Sum", "BatchNormalization", "Mul", "Div")
+# producer op -> the readers onnxruntime fuses it with (its output then never materialises on its own).
+FUSIONS = {"Conv": _LINEAR_READERS, "ConvTranspose": _LINEAR_READERS, "Gemm": _LINEAR_READERS,
+           "MatMul": _LINEAR_READERS, "BatchNormalization": _ACTIVATIONS,
+           "Pad": ("Conv", "MaxPool", "AveragePool")}
 
 
 def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> None:
@@ -32,8 +35,8 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
 
     def fusion_internal(name: str) -> bool:
         source, sinks = producer.get(name), readers.get(name, [])
-        return (source is not None and source.op_type in FUSING_PRODUCERS and name not in outputs
-                and len(sinks) == 1 and sinks[0].op_type in FUSING_READERS)
+        return (source is not None and name not in outputs and len(sinks) == 1
+                and sinks[0].op_type in FUSIONS.get(source.op_type, ()))
 
     generated = {o for n in b.nodes for o in n.output}
     read = {i for n in b.nodes for i in n.input if i not in generated}

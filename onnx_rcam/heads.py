@@ -25,5 +25,5 @@ def relevance_cam(b: Builder, activation: str, relevance: str, spatial: tuple[in
     batch = b.node("Shape", [raw], end=1)
     sizes = b.concat([batch, b.ints([1, *image_size])], axis=0)
     upsampled = b.resize_linear(b.unsqueeze(normalised, [1]), sizes)
-    b.node("Squeeze", [upsampled, b.ints([1])], out=b.claim(names["map"]))
+    b.squeeze(upsampled, [1], out=b.claim(names["map"]))
 

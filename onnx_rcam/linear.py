@@ -57,6 +57,7 @@ class LinearLayer:
     emit_forward: ForwardEmitter
     emit_transpose: TransposeEmitter
     op: str = ""
+    same_shape: bool = False          # every input has the output's shape: relevance may pass through unchanged
 
     def with_weight(self, array: np.ndarray) -> "LinearLayer":
         return replace(self, weight=WeightRef(np.asarray(array, dtype=np.float32)))

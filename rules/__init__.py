@@ -58,8 +58,13 @@ class Composite:
         return self._rules.get(op_type, self._rules["*"])
 
 
-def composite(name: str) -> Composite:
-    """A preset by name, or a JSON file holding a table like the presets: {"Conv": "zplus", "*": "pass", ...}."""
+def composite(name) -> Composite:
+    """A preset by name, a table like the presets ({"Conv": "zplus", "*": "pass", ...}), a JSON file holding one,
+    or a Composite."""
+    if isinstance(name, Composite):
+        return name
+    if isinstance(name, dict):
+        return Composite("custom", name)
     if name in COMPOSITES:
         return Composite(name, COMPOSITES[name])
     path = Path(name)

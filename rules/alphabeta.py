@@ -2,7 +2,7 @@
 
 from onnx_rcam.errors import CompositeError
 
-from .base import Rule, add_each, negative, positive, signed_parts, weigh
+from .base import Rule, add_each, negative, positive, signed_parts, weigh_transposed
 
 
 class AlphaBeta(Rule):
@@ -21,8 +21,8 @@ class AlphaBeta(Rule):
         terms = []
         if activating is not None and self.alpha:
             share = b.scale(b.div_or_zero(relevance, activating), self.alpha)
-            terms += [weigh(b, x_pos, pos.transpose(b, share)), weigh(b, x_neg, neg.transpose(b, share))]
+            terms += [weigh_transposed(b, x_pos, pos, share), weigh_transposed(b, x_neg, neg, share)]
         if inhibiting is not None and self.beta:
             share = b.scale(b.div_or_zero(relevance, inhibiting), -self.beta)
-            terms += [weigh(b, x_neg, pos.transpose(b, share)), weigh(b, x_pos, neg.transpose(b, share))]
+            terms += [weigh_transposed(b, x_neg, pos, share), weigh_transposed(b, x_pos, neg, share)]
         return add_each(b, *terms) if terms else [None] * len(layer.inputs)

@@ -44,5 +44,12 @@ def weigh(b, xs, transposed):
     return [b.mul(x, g) for x, g in zip(xs, transposed)]
 
 
+def weigh_transposed(b, xs, layer, share):
+    """x_i * (W^T share)_i, without emitting the transpose at all when every x_i is known to be zero."""
+    if all(x is None for x in xs):
+        return [None] * len(xs)
+    return weigh(b, xs, layer.transpose(b, share))
+
+
 def add_each(b, *per_input):
     return [b.sum(terms) for terms in zip(*per_input)]

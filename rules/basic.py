@@ -12,6 +12,9 @@ class Pass(Rule):
         if len(layer.inputs) != 1:
             raise CompositeError(f"rule 'pass' cannot split relevance over the {len(layer.inputs)} inputs of "
                                  f"{layer.op}")
+        if not layer.same_shape:
+            raise CompositeError(f"rule 'pass' cannot pass relevance through {layer.op}: its output has a different "
+                                 f"shape than its input")
         return [relevance]
 
 

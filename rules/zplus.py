@@ -1,6 +1,6 @@
 """z+ (LRP-alpha1-beta0 over both input signs), biases ignored (Montavon et al. 2019, section 10.2.3)."""
 
-from .base import Rule, add_each, negative, positive, signed_parts, weigh
+from .base import Rule, add_each, negative, positive, signed_parts, weigh_transposed
 
 
 class ZPlus(Rule):
@@ -14,4 +14,4 @@ class ZPlus(Rule):
         if z is None:
             return [None] * len(layer.inputs)
         share = b.div_or_zero(relevance, z)
-        return add_each(b, weigh(b, x_pos, pos.transpose(b, share)), weigh(b, x_neg, neg.transpose(b, share)))
+        return add_each(b, weigh_transposed(b, x_pos, pos, share), weigh_transposed(b, x_neg, neg, share))

@@ -102,7 +102,7 @@ def explain(model: onnx.ModelProto, x: np.ndarray, targets: np.ndarray, layers=(
     return Explained(outputs, outputs[model.graph.output[0].name], outputs["rcam/class"])
 
 
-def samples(shape, seed: int, scale: float = 1.0, positive: bool = False) -> np.ndarray:
+def random_samples(shape, seed: int, scale: float = 1.0, positive: bool = False) -> np.ndarray:
     """Random float32 samples; `positive` draws from (0.1, 1.1) * scale instead of N(0, scale^2)."""
     rng = np.random.default_rng(seed)
     values = rng.uniform(0.1, 1.1, shape) if positive else rng.standard_normal(shape)
@@ -132,6 +132,29 @@ def per_unit_batch(x: np.ndarray, classes: int, keep: np.ndarray | None = None) 
 
 def onehot(targets: np.ndarray, classes: int) -> torch.Tensor:
     return F.one_hot(torch.as_tensor(targets), classes).double()
+
+
+def relevance_at_output(explained_targets: np.ndarray, shape) -> torch.Tensor:
+    """Onehot relevance at the flattened logits, reshaped back to the op's output shape [N, ...]."""
+    classes = int(np.prod(shape))
+    return onehot(explained_targets, classes).reshape(-1, *shape)
+
+
+def conv_forward(pads, strides=(1, 1), dilations=(1, 1), groups=1):
+    """F.conv2d without bias, with ONNX pads [top, left, bottom, right] applied explicitly by F.pad.
+
+    A dilated kernel is written out as the equivalent dense kernel with zeros between its taps: torch's float64
+    dilated convolution is some 100 times slower, and the zeros stay zero in W+ and W-.
+    """
+    top, left, bottom, right = pads
+
+    def forward(v, w):
+        if tuple(dilations) != (1, 1):
+            dense = w.new_zeros([*w.shape[:2], *((k - 1) * d + 1 for k, d in zip(w.shape[2:], dilations))])
+            dense[:, :, ::dilations[0], ::dilations[1]] = w
+            w = dense
+        return F.conv2d(F.pad(v, (left, right, top, bottom)), w, None, strides, 0, 1, groups)
+    return forward
 
 
 def f64(array) -> torch.Tensor:

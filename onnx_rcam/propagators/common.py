@@ -13,6 +13,12 @@ def static_shape(tensor: gs.Tensor) -> list:
     return list(tensor.shape) if tensor.shape is not None else []
 
 
+def keeps_shape(inputs, output) -> bool:
+    """Whether every input has exactly the output's (static) shape."""
+    shape = static_shape(output)
+    return bool(shape) and all(static_shape(t) == shape for t in inputs)
+
+
 def spatial_sizes(tensor: gs.Tensor) -> list[int]:
     sizes = static_shape(tensor)[2:]
     if not sizes or not all(isinstance(s, int) for s in sizes):

@@ -6,8 +6,8 @@ import numpy as np
 
 from ..canonicalize import is_activation
 from ..linear import LinearLayer, NonlinearOp, WeightRef
-from . import Context, register, unsupported
-from .common import constant_input, static_shape
+from . import Context, always_nonnegative, like_all_inputs, like_first_input, register, unsupported
+from .common import constant_input, keeps_shape, static_shape
 
 
 def _nonlinear(ctx: Context, node, relevance, vjp):
@@ -15,21 +15,26 @@ def _nonlinear(ctx: Context, node, relevance, vjp):
     return [ctx.rule(node).nonlinear(ctx.builder, op, relevance[0])]
 
 
-@register("Relu")
+@register("Relu", sign=always_nonnegative)
 def relu(ctx: Context, node, relevance):
     x = node.inputs[0].name
     return _nonlinear(ctx, node, relevance,
                       lambda b, r: b.where(b.greater(x, b.const(0.0)), r, b.const(0.0)))
 
 
-@register("LeakyRelu")
+@register("LeakyRelu", sign=like_first_input)
 def leaky_relu(ctx: Context, node, relevance):
     x, slope = node.inputs[0].name, node.attrs.get("alpha", 0.01)
     return _nonlinear(ctx, node, relevance,
                       lambda b, r: b.mul(r, b.where(b.greater(x, b.const(0.0)), b.const(1.0), b.const(slope))))
 
 
-@register("Clip")
+def _clip_sign(node, is_nonnegative) -> bool:
+    has_low = len(node.inputs) > 1 and node.inputs[1].name
+    return is_nonnegative(node.inputs[0]) or bool(has_low and is_nonnegative(node.inputs[1]))
+
+
+@register("Clip", sign=_clip_sign)
 def clip(ctx: Context, node, relevance):
     x = node.inputs[0].name
     low, high = constant_input(node, 1), constant_input(node, 2)
@@ -62,7 +67,7 @@ def batch_normalization(ctx: Context, node, relevance):
     return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(r, b.const(slope, "bn_slope")))
 
 
-@register("Add", "Sum")
+@register("Add", "Sum", sign=like_all_inputs)
 def add_or_sum(ctx: Context, node, relevance):
     activations = [i for i, t in enumerate(node.inputs) if is_activation(t)]
     if len(activations) == 1:
@@ -83,7 +88,7 @@ def add_or_sum(ctx: Context, node, relevance):
         return [_unbroadcast(b, x, output, b.scale(g, w.scalar())) for x in inputs]
 
     layer = LinearLayer([x.name for x in inputs], output.name, WeightRef(np.array(1.0, dtype=np.float32)), bias,
-                        forward, transpose, op=node.op)
+                        forward, transpose, op=node.op, same_shape=keeps_shape(inputs, output))
     per_activation = ctx.rule(node).linear(ctx.builder, layer, relevance[0])
     result = [None] * len(node.inputs)
     for i, r in zip(activations, per_activation):

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..linear import LinearLayer, WeightRef
 from . import Context, register, unsupported
-from .common import constant_input, spatial_sizes, transpose_window_op, window_attrs
+from .common import constant_input, keeps_shape, spatial_sizes, transpose_window_op, window_attrs
 
 
 @register("Conv")
@@ -26,7 +26,7 @@ def conv(ctx: Context, node, relevance):
         return [transpose_window_op(b, g, w.name(b), attrs, group, in_sizes, out_sizes)]
 
     layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), constant_input(node, 2), forward,
-                        transpose, op="Conv")
+                        transpose, op="Conv", same_shape=keeps_shape([x], node.outputs[0]))
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
@@ -49,7 +49,7 @@ def gemm(ctx: Context, node, relevance):
         return [b.transpose(grad, [1, 0]) if trans_a else grad]
 
     layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight.astype(np.float32)), bias, forward,
-                        transpose, op="Gemm")
+                        transpose, op="Gemm", same_shape=keeps_shape([x], node.outputs[0]))
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
@@ -65,5 +65,6 @@ def matmul(ctx: Context, node, relevance):
     def transpose(b, g, w):
         return [b.matmul(g, w.name(b, lambda array: np.ascontiguousarray(array.T), key="T"))]
 
-    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), None, forward, transpose, op="MatMul")
+    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), None, forward, transpose, op="MatMul",
+                        same_shape=keeps_shape([x], node.outputs[0]))
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])

@@ -8,13 +8,13 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from ..linear import LinearLayer, NonlinearOp, WeightRef
-from . import Context, register, unsupported
-from .common import constant_input, spatial_sizes, static_shape, transpose_window_op, window_attrs
+from . import Context, like_first_input, register, unsupported
+from .common import constant_input, keeps_shape, spatial_sizes, static_shape, transpose_window_op, window_attrs
 
 UNIT = WeightRef(np.array(1.0, dtype=np.float32))
 
 
-@register("GlobalAveragePool")
+@register("GlobalAveragePool", sign=like_first_input)
 def global_average_pool(ctx: Context, node, relevance):
     x = node.inputs[0]
     count = int(np.prod(spatial_sizes(x)))
@@ -25,11 +25,12 @@ def global_average_pool(ctx: Context, node, relevance):
     def transpose(b, g, w):
         return [b.expand(b.scale(g, w.scalar() / count), b.shape(x.name))]
 
-    layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op)
+    layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op,
+                        same_shape=keeps_shape([x], node.outputs[0]))
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
-@register("ReduceMean", "ReduceSum")
+@register("ReduceMean", "ReduceSum", sign=like_first_input)
 def reduce_mean_or_sum(ctx: Context, node, relevance):
     x = node.inputs[0]
     shape = static_shape(x)
@@ -54,11 +55,12 @@ def reduce_mean_or_sum(ctx: Context, node, relevance):
         kept = g if keepdims else b.unsqueeze(g, axes)
         return [b.expand(b.scale(kept, w.scalar() * factor), b.shape(x.name))]
 
-    layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op)
+    layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op,
+                        same_shape=keeps_shape([x], node.outputs[0]))
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
-@register("AveragePool")
+@register("AveragePool", sign=like_first_input)
 def average_pool(ctx: Context, node, relevance):
     x, y = node.inputs[0], node.outputs[0]
     channels = static_shape(x)[1]
@@ -76,7 +78,7 @@ def average_pool(ctx: Context, node, relevance):
         return [transpose_window_op(b, per_window, b.const(ones, "avgpool_window"), attrs, channels, in_sizes,
                                     out_sizes)]
 
-    layer = LinearLayer([x.name], y.name, UNIT, None, forward, transpose, op=node.op)
+    layer = LinearLayer([x.name], y.name, UNIT, None, forward, transpose, op=node.op, same_shape=keeps_shape([x], y))
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
@@ -110,7 +112,7 @@ def _run_single_op(op: str, attrs: dict, value: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": value})[0]
 
 
-@register("MaxPool")
+@register("MaxPool", sign=like_first_input)
 def max_pool(ctx: Context, node, relevance):
     x, y = node.inputs[0], node.outputs[0]
     if node.attrs.get("storage_order", 0):

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Context, register, unsupported
+from . import Context, like_all_inputs, like_first_input, register, unsupported
 from .common import constant_input, static_shape
 
 
-@register("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+@register("Flatten", "Reshape", "Squeeze", "Unsqueeze", sign=like_first_input)
 def reshape(ctx: Context, node, relevance):
     b = ctx.builder
     return [None if relevance[0] is None else b.reshape_like(relevance[0], node.inputs[0].name)]
 
 
-@register("Transpose")
+@register("Transpose", sign=like_first_input)
 def transpose(ctx: Context, node, relevance):
     rank = len(static_shape(node.inputs[0]))
     perm = node.attrs.get("perm", list(reversed(range(rank))))
     return [None if relevance[0] is None else ctx.builder.transpose(relevance[0], np.argsort(perm).tolist())]
 
 
-@register("Pad")
+def _pad_sign(node, is_nonnegative) -> bool:
+    has_fill = len(node.inputs) > 2 and node.inputs[2].name
+    return is_nonnegative(node.inputs[0]) and (not has_fill or is_nonnegative(node.inputs[2]))
+
+
+@register("Pad", sign=_pad_sign)
 def pad(ctx: Context, node, relevance):
     mode = node.attrs.get("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -39,7 +44,7 @@ def pad(ctx: Context, node, relevance):
     return [None if r is None else ctx.builder.slice(r, starts, ends, axes)]
 
 
-@register("Concat")
+@register("Concat", sign=like_all_inputs)
 def concat(ctx: Context, node, relevance):
     rank = len(static_shape(node.outputs[0]))
     axis = node.attrs["axis"] % rank

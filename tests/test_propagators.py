@@ -1,0 +1,697 @@
+"""Each op propagator on its own, in onnxruntime, against an independent float64 torch computation.
+
+Every test builds a tiny classifier around the op (tests/opgraph.py): `a` -> op -> logits, explains every logit of
+every sample under onehot initial relevance, and compares the relevance at `a` with the op's rule computed in torch:
+z+ with the transposed operator from autograd (reference.zplus_rule), proportional redistribution
+(reference.proportional_rule), or plain autograd gradients. Where the reference re-implements the forward pass (the
+Conv's padding, a pool's windows), the test first checks that it agrees with onnxruntime's forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import onnx_rcam
+from opgraph import (OpGraph, assert_matches, conv_forward, distinct_samples, explain, f64, onehot, per_unit_batch,
+                     random_samples, relevance_at_output, weights)
+from reference import proportional_rule, zplus_rule
+
+GRADIENT = {"*": "gradient"}
+
+
+def same_pads(sizes, kernel, strides, dilations, upper: bool) -> list[int]:
+    """ONNX auto_pad SAME_UPPER / SAME_LOWER: output = ceil(size / stride), the odd pad at the end / the start."""
+    begins, ends = [], []
+    for size, k, s, d in zip(sizes, kernel, strides, dilations):
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        begins.append(total // 2 if upper else total - total // 2)
+        ends.append(total - total // 2 if upper else total // 2)
+    return begins + ends
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conv: z+ over both input signs, biases ignored
+# ---------------------------------------------------------------------------------------------------------------
+
+HEIGHT, WIDTH = 7, 6
+# id: (in channels, out channels, kernel [kh, kw], ONNX attributes)
+CONV_CASES = {
+    "groups1": (4, 6, [3, 3], dict(pads=[1, 1, 1, 1])),
+    "groups2": (4, 6, [3, 3], dict(pads=[1, 1, 1, 1], group=2)),
+    "depthwise": (4, 8, [3, 3], dict(pads=[1, 1, 1, 1], group=4)),
+    "strides2": (4, 6, [3, 3], dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+    "dilations2": (4, 6, [3, 3], dict(pads=[2, 2, 2, 2], dilations=[2, 2])),
+    "asymmetric_pads": (4, 6, [3, 3], dict(pads=[0, 2, 1, 0])),
+    "kernel2x3_strides2x1": (4, 6, [2, 3], dict(pads=[1, 0, 0, 1], strides=[2, 1])),
+    # 7 x 6 at stride 2: SAME pads 1 + 1 rows, and one column, at the end (UPPER) or the start (LOWER).
+    "same_upper": (4, 6, [3, 3], dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "same_lower": (4, 6, [3, 3], dict(auto_pad="SAME_LOWER", strides=[2, 2])),
+    # The last input column is in no window: the transpose must pad it back (ConvTranspose output_padding).
+    "valid": (4, 6, [3, 3], dict(auto_pad="VALID", strides=[2, 2])),
+}
+
+
+def explicit_pads(attrs: dict, kernel) -> list[int]:
+    strides, dilations = attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1])
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad.startswith("SAME"):
+        return same_pads([HEIGHT, WIDTH], kernel, strides, dilations, upper=auto_pad == "SAME_UPPER")
+    return [0, 0, 0, 0] if auto_pad == "VALID" else attrs["pads"]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_zplus(case, bias):
+    channels, out_channels, kernel, attrs = CONV_CASES[case]
+    groups = attrs.get("group", 1)
+    weight = weights([out_channels, channels // groups, *kernel], seed=1)
+    bias_values = weights([out_channels], seed=2)
+    g = OpGraph(channels, HEIGHT, WIDTH)
+    a = g.signed_layer()
+    y = g.node("Conv", [a, g.const(weight)] + ([g.const(bias_values)] if bias else []), **attrs)
+    model = g.classifier(y)
+
+    forward = conv_forward(explicit_pads(attrs, kernel), attrs.get("strides", [1, 1]),
+                           attrs.get("dilations", [1, 1]), groups)
+    samples = random_samples([2, channels, HEIGHT, WIDTH], seed=3)
+    with torch.no_grad():
+        y_shape = forward(f64(samples[:1]), f64(weight)).shape[1:]
+    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
+    out = explain(model, x, targets)
+
+    a_ref = f64(x)
+    z_ref = forward(a_ref, f64(weight)) + (f64(bias_values).reshape(-1, 1, 1) if bias else 0)
+    assert_matches(out.output, z_ref.flatten(1), "forward")
+    np.testing.assert_array_equal(out.classes, targets)
+    assert (x < 0).any() and (weight < 0).any(), "z+ must see both signs of x and W"
+    expected = zplus_rule(forward, a_ref, f64(weight), relevance_at_output(targets, y_shape))
+    assert_matches(out.relevance(), expected)
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.5], ids=["zero_pad_folded_into_conv", "nonzero_pad_sliced"])
+def test_pad_then_conv(fill):
+    """A zero Pad becomes the Conv's own padding (canonicalize); any other fill value goes through the Pad
+    propagator, which slices the padded relevance back to the Pad's input."""
+    weight = weights([3, 4, 3, 3], seed=4)
+    pads = [0, 0, 1, 2, 0, 0, 2, 0]  # ONNX Pad order: begins of N, C, H, W, then ends
+    g = OpGraph(4, 5, 5)
+    a = g.signed_layer()
+    padded = g.node("Pad", [a, g.const(pads, np.int64), g.const(fill)], mode="constant")
+    model = g.classifier(g.node("Conv", [padded, g.const(weight)], pads=[1, 0, 1, 0]))
+
+    samples = random_samples([2, 4, 5, 5], seed=5)
+    forward = conv_forward([1, 0, 1, 0])
+
+    def pad(v):
+        return F.pad(v, (2, 0, 1, 2), value=fill)
+
+    y_shape = forward(pad(f64(samples[:1])), f64(weight)).shape[1:]
+    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
+    out = explain(model, x, targets)
+
+    assert_matches(out.output, forward(pad(f64(x)), f64(weight)).flatten(1), "forward")
+    # z+ at the Conv's input, the padded tensor, then the rows and columns the Pad added dropped.
+    relevance_padded = zplus_rule(forward, pad(f64(x)), f64(weight), relevance_at_output(targets, y_shape))
+    assert_matches(out.relevance(), relevance_padded[:, :, 1:-2, 2:])
+
+
+def test_pad_then_max_pool():
+    """Pad before a MaxPool is not folded: the Pad propagator slices what the pool routed into the padding off.
+
+    The inputs are positive: onnxruntime 1.31 fuses Pad(0) into MaxPool and then pads with -inf instead of 0, so on
+    signed inputs its forward pass is wrong (by 0.675 here); the augmented model reproduces the plain model's
+    forward bit for bit, bug included (fusion.py keeps that fusion intact).
+    """
+    pads = [0, 0, 1, 0, 0, 0, 0, 1]
+    g = OpGraph(3, 5, 5)
+    a = g.signed_layer()
+    padded = g.node("Pad", [a, g.const(pads, np.int64)], mode="constant")
+    model = g.classifier(g.node("MaxPool", [padded], kernel_shape=[2, 2], strides=[2, 2]))
+
+    def pool(v):
+        return F.max_pool2d(F.pad(v, (0, 1, 1, 0)), 2, 2)
+
+    samples = distinct_samples([2, 3, 5, 5], seed=6)
+    samples = samples - samples.min() + 0.1  # distinct and positive
+    y_shape = pool(f64(samples[:1])).shape[1:]
+    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
+    out = explain(model, x, targets)
+
+    assert_matches(out.output, pool(f64(x)).flatten(1), "forward")
+    expected = torch.autograd.functional.vjp(pool, f64(x), relevance_at_output(targets, y_shape))[1]
+    assert_matches(out.relevance(), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gemm and MatMul with a constant operand: z+ under rcam, epsilon (bias included) under epsilon_plus
+# ---------------------------------------------------------------------------------------------------------------
+
+CLASSES = 5
+# id: (transB, alpha, beta, with bias C)
+GEMM_CASES = {
+    "transB1": (1, 1.0, 1.0, False),
+    "transB0_alpha_beta": (0, 0.5, 2.0, True),
+    "transB1_negative_alpha": (1, -1.5, 0.5, True),
+}
+
+
+def linear_reference(composite: str, x, weight, bias=None):
+    """The relevance at x of y = x W^T + bias for onehot relevance at y: z+ (rcam) or epsilon (epsilon_plus)."""
+    def apply(relevance):
+        if composite == "rcam":
+            return zplus_rule(lambda v, w: F.linear(v, w), x, weight, relevance)
+        return proportional_rule(lambda v: F.linear(v, weight, bias), [x], relevance, eps=1e-6)[0]
+    return apply
+
+
+@pytest.mark.parametrize("composite", ["rcam", "epsilon_plus"])
+@pytest.mark.parametrize("case", GEMM_CASES)
+def test_gemm(case, composite):
+    trans_b, alpha, beta, has_bias = GEMM_CASES[case]
+    features = 2 * 3 * 3
+    matrix = weights([CLASSES, features] if trans_b else [features, CLASSES], seed=7)
+    c = weights([CLASSES], seed=8)
+    g = OpGraph(2, 3, 3)
+    flat = g.node("Flatten", [g.signed_layer()], axis=1)
+    inputs = [flat, g.const(matrix)] + ([g.const(c)] if has_bias else [])
+    model = g.model(g.node("Gemm", inputs, out="logits", transB=trans_b, alpha=alpha, beta=beta))
+
+    x, targets = per_unit_batch(random_samples([3, 2, 3, 3], seed=9), CLASSES)
+    out = explain(model, x, targets, composite=composite)
+
+    weight = alpha * (f64(matrix) if trans_b else f64(matrix).T)
+    bias = beta * f64(c) if has_bias else None
+    flat_ref = f64(x).flatten(1)
+    assert_matches(out.output, F.linear(flat_ref, weight, bias), "forward")
+    expected = linear_reference(composite, flat_ref, weight, bias)(onehot(targets, CLASSES))
+    assert_matches(out.relevance(), expected.reshape(x.shape))
+
+
+@pytest.mark.parametrize("composite", ["rcam", "epsilon_plus"])
+def test_transpose_then_gemm_trans_a(composite):
+    """Flatten -> Transpose -> Gemm(transA=1): the transposed batch layout, and the Transpose propagator."""
+    features = 2 * 3 * 3
+    matrix = weights([features, CLASSES], seed=10)
+    c = weights([CLASSES], seed=11)
+    g = OpGraph(2, 3, 3)
+    flat = g.node("Flatten", [g.signed_layer()], axis=1)
+    columns = g.node("Transpose", [flat], perm=[1, 0])
+    model = g.model(g.node("Gemm", [columns, g.const(matrix), g.const(c)], out="logits", transA=1))
+
+    x, targets = per_unit_batch(random_samples([3, 2, 3, 3], seed=12), CLASSES)
+    out = explain(model, x, targets, composite=composite)
+
+    flat_ref = f64(x).flatten(1)
+    assert_matches(out.output, F.linear(flat_ref, f64(matrix).T, f64(c)), "forward")
+    expected = linear_reference(composite, flat_ref, f64(matrix).T, f64(c))(onehot(targets, CLASSES))
+    assert_matches(out.relevance(), expected.reshape(x.shape))
+
+
+@pytest.mark.parametrize("composite", ["rcam", "epsilon_plus"])
+@pytest.mark.parametrize("bias_add", [False, True], ids=["matmul", "matmul_then_bias_add"])
+def test_matmul_constant_right(composite, bias_add):
+    """MatMul(activation, constant). A bias in a separate Add passes relevance through, and is not part of the
+    MatMul's z under epsilon: the MatMul's own output is its z."""
+    features = 2 * 3 * 3
+    matrix = weights([features, CLASSES], seed=13)
+    c = weights([CLASSES], seed=14, scale=0.1)
+    g = OpGraph(2, 3, 3)
+    flat = g.node("Flatten", [g.signed_layer()], axis=1)
+    if bias_add:
+        logits = g.node("Add", [g.node("MatMul", [flat, g.const(matrix)]), g.const(c)], out="logits")
+    else:
+        logits = g.node("MatMul", [flat, g.const(matrix)], out="logits")
+    model = g.model(logits)
+
+    x, targets = per_unit_batch(random_samples([3, 2, 3, 3], seed=15), CLASSES)
+    out = explain(model, x, targets, composite=composite)
+
+    flat_ref = f64(x).flatten(1)
+    assert_matches(out.output, flat_ref @ f64(matrix) + (f64(c) if bias_add else 0), "forward")
+    expected = linear_reference(composite, flat_ref, f64(matrix).T)(onehot(targets, CLASSES))
+    assert_matches(out.relevance(), expected.reshape(x.shape))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Activations: pass under rcam, their derivative under the gradient rule
+# ---------------------------------------------------------------------------------------------------------------
+
+BN_GAMMA, BN_BETA = weights([4], seed=16, scale=1.0), weights([4], seed=17)
+BN_MEAN, BN_VAR = weights([4], seed=18), np.random.default_rng(19).uniform(0.2, 2.0, 4).astype(np.float32)
+
+# id: (ONNX node builder on (graph, input), the same function in torch)
+ACTIVATIONS = {
+    "Relu": (lambda g, v: g.node("Relu", [v]), F.relu),
+    "LeakyRelu": (lambda g, v: g.node("LeakyRelu", [v], alpha=0.2), lambda v: F.leaky_relu(v, 0.2)),
+    "Clip_relu6": (lambda g, v: g.node("Clip", [v, g.const(0.0), g.const(6.0)]), lambda v: v.clamp(0.0, 6.0)),
+    # Follows the LeakyRelu, not a Conv: canonicalize cannot fold it.
+    "BatchNormalization": (
+        lambda g, v: g.node("BatchNormalization", [v] + [g.const(p) for p in (BN_GAMMA, BN_BETA, BN_MEAN, BN_VAR)],
+                            epsilon=1e-3),
+        lambda v: F.batch_norm(v, f64(BN_MEAN), f64(BN_VAR), f64(BN_GAMMA), f64(BN_BETA), eps=1e-3)),
+}
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_passes_relevance_under_rcam(activation):
+    """a -> activation -> Conv: the relevance at a is the Conv's z+ relevance at the activation's output."""
+    emit, function = ACTIVATIONS[activation]
+    weight = weights([3, 4, 3, 3], seed=20)
+    g = OpGraph(4, 5, 5)
+    model = g.classifier(g.node("Conv", [emit(g, g.signed_layer()), g.const(weight)], pads=[1, 1, 1, 1]))
+
+    samples = random_samples([2, 4, 5, 5], seed=21, scale=4.0)  # scale 4: some values above Clip's 6
+    x, targets = per_unit_batch(samples, 3 * 5 * 5)
+    out = explain(model, x, targets)
+
+    activated = function(f64(x))
+    forward = conv_forward([1, 1, 1, 1])
+    assert_matches(out.output, forward(activated, f64(weight)).flatten(1), "forward")
+    expected = zplus_rule(forward, activated, f64(weight), relevance_at_output(targets, [3, 5, 5]))
+    assert_matches(out.relevance(), expected)
+
+
+def test_batchnorm_after_conv_is_folded():
+    """Conv -> BatchNormalization is one linear layer: z+ with the folded weight W * gamma / sqrt(var + eps), whose
+    signs flip where gamma < 0."""
+    weight, bias = weights([4, 4, 3, 3], seed=56), weights([4], seed=57)
+    g = OpGraph(4, 4, 4)
+    conv = g.node("Conv", [g.signed_layer(), g.const(weight), g.const(bias)], pads=[1, 1, 1, 1])
+    normalized = g.node("BatchNormalization", [conv] + [g.const(p) for p in (BN_GAMMA, BN_BETA, BN_MEAN, BN_VAR)],
+                        epsilon=1e-3)
+    model = g.classifier(normalized)
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=58), 4 * 4 * 4)
+    out = explain(model, x, targets)
+
+    assert (BN_GAMMA < 0).any()
+    forward = conv_forward([1, 1, 1, 1])
+    scale = f64(BN_GAMMA) / torch.sqrt(f64(BN_VAR) + 1e-3)
+    folded = f64(weight) * scale.reshape(-1, 1, 1, 1)
+    conv_ref = forward(f64(x), f64(weight)) + f64(bias).reshape(-1, 1, 1)
+    bn_ref = F.batch_norm(conv_ref, f64(BN_MEAN), f64(BN_VAR), f64(BN_GAMMA), f64(BN_BETA), eps=1e-3)
+    assert_matches(out.output, bn_ref.flatten(1), "forward")
+    expected = zplus_rule(forward, f64(x), folded, relevance_at_output(targets, [4, 4, 4]))
+    assert_matches(out.relevance(), expected)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_gradient(activation):
+    """Under {"*": "gradient"} the sweep is the chain rule: the activation's derivative (ReLU mask, LeakyRelu slope,
+    Clip mask, BN scale) and the transposes of Conv (strided) and Gemm, against torch autograd. The Relu after the
+    Conv also makes the generated nodes read a tensor onnxruntime fuses away (fusion.py copies the Conv)."""
+    emit, function = ACTIVATIONS[activation]
+    weight, conv_bias = weights([3, 4, 3, 3], seed=22), weights([3], seed=23)
+    matrix, c = weights([CLASSES, 3 * 3 * 3], seed=24), weights([CLASSES], seed=25)
+    g = OpGraph(4, 5, 5)
+    conv = g.node("Conv", [emit(g, g.signed_layer()), g.const(weight), g.const(conv_bias)], pads=[1, 1, 1, 1],
+                  strides=[2, 2])
+    flat = g.node("Flatten", [g.node("Relu", [conv])], axis=1)
+    model = g.model(g.node("Gemm", [flat, g.const(matrix), g.const(c)], out="logits", transB=1))
+
+    x, targets = per_unit_batch(random_samples([3, 4, 5, 5], seed=26, scale=4.0), CLASSES)
+    out = explain(model, x, targets, composite=GRADIENT)
+
+    def network(v):
+        hidden = F.relu(F.conv2d(function(v), f64(weight), f64(conv_bias), 2, 1))
+        return F.linear(hidden.flatten(1), f64(matrix), f64(c))
+
+    logits, gradient = torch.autograd.functional.vjp(network, f64(x), onehot(targets, CLASSES))
+    assert_matches(out.output, logits, "forward")
+    assert_matches(out.relevance(), gradient)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pooling: MaxPool routes to the winners; average pools and spatial means redistribute proportionally
+# ---------------------------------------------------------------------------------------------------------------
+
+# id: (input size, kernel, stride, pad, dilation, ceil_mode)
+MAX_POOL_CASES = {
+    "k3_s2_p1_overlapping": (7, 3, 2, 1, 1, 0),
+    "k3_s2_ceil": (6, 3, 2, 0, 1, 1),
+    "k3_s2_p1_ceil": (6, 3, 2, 1, 1, 1),
+    "k2_s2": (6, 2, 2, 0, 1, 0),
+    "k2_s1_dilation2": (6, 2, 1, 0, 2, 0),
+}
+# Not covered, for MaxPool and AveragePool: a ceil_mode window that would start in the right padding (k2 s2 p1 on 7
+# rows). torch and onnxruntime drop it (4 rows), ONNX shape inference (onnx 1.23) keeps it (5 rows), so such a model
+# fails onnx.checker's full check before any propagator runs.
+
+
+@pytest.mark.parametrize("case", MAX_POOL_CASES)
+def test_max_pool(case):
+    """rcam gives MaxPool the gradient: relevance goes to the arg-max of each window, and adds up where windows
+    overlap. Samples are tie-free, so the arg-max is unique."""
+    size, kernel, stride, pad, dilation, ceil_mode = MAX_POOL_CASES[case]
+    g = OpGraph(3, size, size)
+    model = g.classifier(g.node("MaxPool", [g.signed_layer()], kernel_shape=[kernel] * 2, strides=[stride] * 2,
+                                pads=[pad] * 4, dilations=[dilation] * 2, ceil_mode=ceil_mode))
+
+    def pool(v):
+        return F.max_pool2d(v, kernel, stride, pad, dilation, ceil_mode=bool(ceil_mode))
+
+    samples = distinct_samples([2, 3, size, size], seed=27)
+    y_shape = pool(f64(samples[:1])).shape[1:]
+    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
+    out = explain(model, x, targets)
+
+    assert_matches(out.output, pool(f64(x)).flatten(1), "forward")
+    expected = torch.autograd.functional.vjp(pool, f64(x), relevance_at_output(targets, y_shape))[1]
+    assert_matches(out.relevance(), expected)
+
+
+# id: (kernel, stride, pad, count_include_pad, ceil_mode), on a 7 x 6 input. onnxruntime and torch agree on the
+# forward of all of these (the test checks it), ceil_mode windows that hang over the end included.
+AVERAGE_POOL_CASES = {
+    "k3_s2_p1": (3, 2, 1, 0, 0),
+    "k3_s2_p1_count_pad": (3, 2, 1, 1, 0),
+    "k3_s2_p1_ceil": (3, 2, 1, 0, 1),
+    "k3_s2_p1_count_pad_ceil": (3, 2, 1, 1, 1),
+    "k2_s2_ceil": (2, 2, 0, 0, 1),
+    "k2_s2_count_pad_ceil": (2, 2, 0, 1, 1),
+    "k3_s1_p1_count_pad": (3, 1, 1, 1, 0),
+}
+
+
+def sum_pool_relevance(pool_sum, x, relevance):
+    """The norm rule of an average pool: x_i * sum over its windows w of R_w / (sum of w's inputs).
+
+    The pool's divisor cancels out of x_i * (1/d_w) * R_w / ((1/d_w) * sum_w), so the reference needs only the
+    windows' positions (torch's divisor_override=1 sums them), not the count_include_pad / ceil_mode divisor
+    conventions: it would catch a divisor that differs from the one the runtime divides by.
+    """
+    return proportional_rule(pool_sum, [x], relevance, eps=0.0)[0]
+
+
+@pytest.mark.parametrize("case", AVERAGE_POOL_CASES)
+def test_average_pool(case):
+    kernel, stride, pad, count_include_pad, ceil_mode = AVERAGE_POOL_CASES[case]
+    g = OpGraph(3, 7, 6)
+    model = g.classifier(g.node("AveragePool", [g.relu_layer()], kernel_shape=[kernel] * 2, strides=[stride] * 2,
+                                pads=[pad] * 4, count_include_pad=count_include_pad, ceil_mode=ceil_mode))
+
+    def pool(v, divisor_override=None):
+        return F.avg_pool2d(v, kernel, stride, pad, bool(ceil_mode), bool(count_include_pad),
+                            divisor_override=divisor_override)
+
+    # ReLU outputs, as pools see them: about half are 0, and a window of zeros gets relevance 0, not NaN.
+    samples = random_samples([2, 3, 7, 6], seed=28)
+    y_shape = pool(f64(samples[:1])).shape[1:]
+    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
+    out = explain(model, x, targets)
+
+    a_ref = F.relu(f64(x))
+    assert_matches(out.output, pool(a_ref).flatten(1), "forward")
+    expected = sum_pool_relevance(lambda v: pool(v, divisor_override=1), a_ref, relevance_at_output(targets, y_shape))
+    assert_matches(out.relevance(), expected)
+
+
+def spatial_mean(v):
+    return v.mean(dim=(2, 3), keepdim=True)
+
+
+def test_global_average_pool():
+    g = OpGraph(4, 5, 6)
+    model = g.classifier(g.node("GlobalAveragePool", [g.relu_layer()]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 6], seed=29), 4)
+    out = explain(model, x, targets)
+
+    a_ref = F.relu(f64(x))
+    assert_matches(out.output, spatial_mean(a_ref).flatten(1), "forward")
+    expected = proportional_rule(spatial_mean, [a_ref], relevance_at_output(targets, [4, 1, 1]), eps=0.0)[0]
+    assert_matches(out.relevance(), expected)
+
+
+# id: (op, opset, keepdims): opset 18 moved ReduceMean's axes from an attribute to an input (ReduceSum: opset 13).
+REDUCE_CASES = {
+    "ReduceMean_opset17_keepdims0": ("ReduceMean", 17, 0),
+    "ReduceMean_opset17_keepdims1": ("ReduceMean", 17, 1),
+    "ReduceMean_opset18_keepdims0": ("ReduceMean", 18, 0),
+    "ReduceMean_opset18_keepdims1": ("ReduceMean", 18, 1),
+    "ReduceSum_keepdims1": ("ReduceSum", 17, 1),
+}
+
+
+@pytest.mark.parametrize("case", REDUCE_CASES)
+def test_spatial_reduction(case):
+    op, opset, keepdims = REDUCE_CASES[case]
+    g = OpGraph(4, 5, 6, opset=opset)
+    a = g.relu_layer()
+    if op == "ReduceMean" and opset < 18:
+        reduced = g.node(op, [a], axes=[2, 3], keepdims=keepdims)
+    else:
+        reduced = g.node(op, [a, g.const([2, 3], np.int64)], keepdims=keepdims)
+    model = g.classifier(reduced)
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 6], seed=30), 4)
+    out = explain(model, x, targets)
+
+    def reduce(v):
+        return v.mean(dim=(2, 3)) if op == "ReduceMean" else v.sum(dim=(2, 3))
+
+    a_ref = F.relu(f64(x))
+    assert_matches(out.output, reduce(a_ref), "forward")
+    expected = proportional_rule(reduce, [a_ref], onehot(targets, 4), eps=0.0)[0]
+    assert_matches(out.relevance(), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Structural ops: relevance goes back where each value came from
+# ---------------------------------------------------------------------------------------------------------------
+
+# id: (ONNX nodes from a [N, 4, 3, 2] to a 2-D [N, 24] tensor, the same in torch). A final Gemm under z+ makes the
+# relevance differ from position to position, so a wrong inverse reshape or permutation shows.
+STRUCTURAL_CASES = {
+    "Flatten": (lambda g, a: g.node("Flatten", [a], axis=1), lambda v: v.flatten(1)),
+    "Reshape": (lambda g, a: g.node("Reshape", [g.node("Reshape", [a, g.const([0, 2, -1], np.int64)]),
+                                                g.const([0, -1], np.int64)]),
+                lambda v: v.reshape(len(v), 2, -1).reshape(len(v), -1)),
+    # perm is not its own inverse, so applying it instead of its inverse would show.
+    "Transpose": (lambda g, a: g.node("Flatten", [g.node("Transpose", [a], perm=[0, 2, 3, 1])], axis=1),
+                  lambda v: v.permute(0, 2, 3, 1).flatten(1)),
+    "Unsqueeze_Squeeze": (
+        lambda g, a: g.node("Flatten", [g.node("Squeeze", [g.node("Unsqueeze", [a, g.const([1], np.int64)]),
+                                                           g.const([1], np.int64)])], axis=1),
+        lambda v: v.flatten(1)),
+}
+
+
+@pytest.mark.parametrize("case", STRUCTURAL_CASES)
+def test_structural_op(case):
+    emit, function = STRUCTURAL_CASES[case]
+    matrix = weights([CLASSES, 24], seed=31)
+    g = OpGraph(4, 3, 2)
+    model = g.model(g.node("Gemm", [emit(g, g.signed_layer()), g.const(matrix)], out="logits", transB=1))
+    x, targets = per_unit_batch(random_samples([3, 4, 3, 2], seed=32), CLASSES)
+    out = explain(model, x, targets)
+
+    def forward(v, w):
+        return F.linear(function(v), w)
+
+    assert_matches(out.output, forward(f64(x), f64(matrix)), "forward")
+    assert_matches(out.relevance(), zplus_rule(forward, f64(x), f64(matrix), onehot(targets, CLASSES)))
+
+
+@pytest.mark.parametrize("axis", [1, -1], ids=["channels", "width_negative_axis"])
+def test_concat(axis):
+    """Concat(Conv(a), a): each slice of the relevance goes back to its own branch, and both reach a."""
+    weight = weights([4, 4, 1, 1], seed=33)
+    g = OpGraph(4, 3, 3)
+    a = g.signed_layer()
+    model = g.classifier(g.node("Concat", [g.node("Conv", [a, g.const(weight)]), a], axis=axis))
+    y_shape = [8, 3, 3] if axis == 1 else [4, 3, 6]
+    x, targets = per_unit_batch(random_samples([2, 4, 3, 3], seed=34), int(np.prod(y_shape)))
+    out = explain(model, x, targets)
+
+    a_ref = f64(x)
+    forward = conv_forward([0, 0, 0, 0])
+    assert_matches(out.output, torch.cat([forward(a_ref, f64(weight)), a_ref], dim=axis).flatten(1), "forward")
+    relevance = relevance_at_output(targets, y_shape)
+    from_conv, direct = relevance.split(relevance.shape[axis] // 2, dim=axis)
+    assert_matches(out.relevance(), zplus_rule(forward, a_ref, f64(weight), from_conv) + direct)
+
+
+def test_identity_and_dropout_are_dropped():
+    weight = weights([3, 4, 3, 3], seed=35)
+    g = OpGraph(4, 5, 5)
+    kept = g.node("Dropout", [g.node("Identity", [g.signed_layer()])])
+    model = g.classifier(g.node("Conv", [kept, g.const(weight)], pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=36), 3 * 5 * 5)
+    out = explain(model, x, targets)
+
+    forward = conv_forward([1, 1, 1, 1])
+    assert_matches(out.output, forward(f64(x), f64(weight)).flatten(1), "forward")
+    expected = zplus_rule(forward, f64(x), f64(weight), relevance_at_output(targets, [3, 5, 5]))
+    assert_matches(out.relevance(), expected)
+
+
+@pytest.mark.parametrize("normalizer", ["Softmax", "LogSoftmax"])
+def test_final_softmax_is_bypassed(normalizer):
+    """Relevance starts at the Softmax's input: under `logit`, R[t] = y[t] of the scores before normalisation."""
+    weight = weights([3, 4, 3, 3], seed=37)
+    g = OpGraph(4, 4, 4)
+    scores = g.node("Flatten", [g.node("Conv", [g.signed_layer(), g.const(weight)], pads=[1, 1, 1, 1])], axis=1)
+    model = g.model(g.node(normalizer, [scores], out="probabilities", axis=-1))
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=38), 3 * 4 * 4)
+    out = explain(model, x, targets, initial="logit")
+
+    forward = conv_forward([1, 1, 1, 1])
+    y = forward(f64(x), f64(weight))
+    normalize = torch.softmax if normalizer == "Softmax" else torch.log_softmax
+    assert_matches(out.output, normalize(y.flatten(1), dim=1), "forward")
+    initial = (onehot(targets, 3 * 4 * 4) * y.flatten(1)).reshape(y.shape)
+    assert_matches(out.relevance(), zplus_rule(forward, f64(x), f64(weight), initial))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Add / Sum
+# ---------------------------------------------------------------------------------------------------------------
+
+def odd_activations(g: OpGraph, names):
+    """Target layers computed from x by odd, increasing functions: signed, but of equal signs elementwise, so their
+    sum never cancels (the proportional split is well-conditioned) while their ratios vary."""
+    functions = {"p": ("LeakyRelu", dict(alpha=1.0)), "q": ("Tanh", {}), "r": ("Softsign", {})}
+    return [g.node(functions[n][0], [g.x], out=n, **functions[n][1]) for n in names]
+
+
+TORCH_ODD = {"p": lambda v: v, "q": torch.tanh, "r": F.softsign}
+
+
+@pytest.mark.parametrize("op, names", [("Add", "pq"), ("Sum", "pqr")], ids=["Add", "Sum_of_three"])
+def test_join_of_activations(op, names):
+    """R_i = x_i / stab(sum_j x_j) * R, each input reported at its own target layer."""
+    g = OpGraph(3, 4, 4)
+    model = g.classifier(g.node(op, odd_activations(g, names)))
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 4], seed=39), 3 * 4 * 4)
+    out = explain(model, x, targets, layers=list(names))
+
+    parts = [TORCH_ODD[n](f64(x)) for n in names]
+    assert_matches(out.output, sum(parts).flatten(1), "forward")
+    expected = proportional_rule(lambda *vs: sum(vs), parts, relevance_at_output(targets, [3, 4, 4]), eps=1e-6)
+    for name, relevance in zip(names, expected):
+        assert_matches(out.relevance(name), relevance, f"relevance at {name}")
+
+
+def test_residual_join():
+    """a + Relu(Conv(a)): the norm split at the Add, z+ through the Conv branch, both parts summed at a."""
+    weight, bias = weights([4, 4, 3, 3], seed=40), weights([4], seed=41)
+    g = OpGraph(4, 4, 4)
+    a = g.relu_layer()
+    branch = g.node("Relu", [g.node("Conv", [a, g.const(weight), g.const(bias)], pads=[1, 1, 1, 1])])
+    model = g.classifier(g.node("Add", [a, branch]))
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=42), 4 * 4 * 4)
+    out = explain(model, x, targets)
+
+    a_ref = F.relu(f64(x))
+    forward = conv_forward([1, 1, 1, 1])
+    branch_ref = F.relu(forward(a_ref, f64(weight)) + f64(bias).reshape(-1, 1, 1))
+    assert_matches(out.output, (a_ref + branch_ref).flatten(1), "forward")
+    direct, through_branch = proportional_rule(lambda u, v: u + v, [a_ref, branch_ref],
+                                               relevance_at_output(targets, [4, 4, 4]), eps=1e-6)
+    assert_matches(out.relevance(), direct + zplus_rule(forward, a_ref, f64(weight), through_branch))
+
+
+def test_broadcast_join():
+    """p [N, C, H, W] + GlobalAveragePool(p) [N, C, 1, 1]: the pooled share is summed over the broadcast grid and
+    goes back to p through the pool, where it adds to p's direct share."""
+    g = OpGraph(3, 4, 5)
+    p = g.relu_layer("p")
+    model = g.classifier(g.node("Add", [p, g.node("GlobalAveragePool", [p])]))
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 5], seed=43), 3 * 4 * 5)
+    out = explain(model, x, targets, layers=["p"])
+
+    p_ref = F.relu(f64(x))
+    pooled_ref = spatial_mean(p_ref)
+    assert_matches(out.output, (p_ref + pooled_ref).flatten(1), "forward")
+    direct, to_pool = proportional_rule(lambda u, v: u + v, [p_ref, pooled_ref],
+                                       relevance_at_output(targets, [3, 4, 5]), eps=1e-6)
+    through_pool = proportional_rule(spatial_mean, [p_ref], to_pool, eps=0.0)[0]
+    assert_matches(out.relevance("p"), direct + through_pool)
+
+
+def test_add_constant_passes_to_activation():
+    """a + bias -> Conv: the constant takes no relevance, a gets all of the Conv's z+ relevance at a + bias. a is a
+    ReLU output, but a + bias is signed: z+ must not skip its x- half."""
+    weight, bias = weights([3, 4, 3, 3], seed=44), weights([4, 1, 1], seed=45)
+    g = OpGraph(4, 4, 4)
+    shifted = g.node("Add", [g.relu_layer(), g.const(bias)])
+    model = g.classifier(g.node("Conv", [shifted, g.const(weight)], pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=46), 3 * 4 * 4)
+    out = explain(model, x, targets)
+
+    forward = conv_forward([1, 1, 1, 1])
+    shifted_ref = F.relu(f64(x)) + f64(bias)
+    assert (bias < 0).any()
+    assert_matches(out.output, forward(shifted_ref, f64(weight)).flatten(1), "forward")
+    expected = zplus_rule(forward, shifted_ref, f64(weight), relevance_at_output(targets, [3, 4, 4]))
+    assert_matches(out.relevance(), expected)
+
+
+def test_add_constant_broadcasts_activation():
+    """GlobalAveragePool(a) [N, C, 1, 1] + constant [1, C, H, W]: the pooled activation was broadcast, so it takes
+    the relevance summed over the grid, which the pool then hands back to a."""
+    bias = weights([1, 3, 4, 5], seed=47)
+    g = OpGraph(3, 4, 5)
+    a = g.relu_layer()
+    model = g.classifier(g.node("Add", [g.node("GlobalAveragePool", [a]), g.const(bias)]))
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 5], seed=48), 3 * 4 * 5)
+    out = explain(model, x, targets)
+
+    a_ref = F.relu(f64(x))
+    assert_matches(out.output, (spatial_mean(a_ref) + f64(bias)).flatten(1), "forward")
+    pooled_relevance = relevance_at_output(targets, [3, 4, 5]).sum(dim=(2, 3), keepdim=True)
+    assert_matches(out.relevance(), proportional_rule(spatial_mean, [a_ref], pooled_relevance, eps=0.0)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors and degenerate inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_unsupported_op_names_op_node_and_supported_ops():
+    g = OpGraph(2, 3, 3)
+    model = g.classifier(g.node("Sin", [g.signed_layer()]))
+    with pytest.raises(onnx_rcam.UnsupportedOpError) as error:
+        onnx_rcam.augment(model, layers=["a"])
+    message = str(error.value)
+    assert "Sin" in message and "node_1_Sin" in message
+    assert "Supported ops:" in message
+    for op in ("Conv", "Gemm", "MaxPool", "Add", "Concat"):
+        assert op in message.split("Supported ops:")[1]
+    assert error.value.exit_code == 2
+
+
+def small_residual_net(with_bias: bool):
+    """x -> Conv -> Relu (a) -> MaxPool (m) -> Conv -> Relu -> Add with m (s) -> GlobalAveragePool -> Gemm."""
+    def bias(count, seed):
+        return [g.const(weights([count], seed=seed))] if with_bias else []
+
+    g = OpGraph(3, 8, 8)
+    conv1 = g.node("Conv", [g.x, g.const(weights([4, 3, 3, 3], seed=50))] + bias(4, 51), pads=[1, 1, 1, 1])
+    a = g.node("Relu", [conv1], out="a")
+    pooled = g.node("MaxPool", [a], kernel_shape=[2, 2], strides=[2, 2])
+    conv2 = g.node("Conv", [pooled, g.const(weights([4, 4, 3, 3], seed=52))] + bias(4, 53), pads=[1, 1, 1, 1])
+    joined = g.node("Add", [pooled, g.node("Relu", [conv2])], out="s")
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [joined])], axis=1)
+    return g.model(g.node("Gemm", [flat, g.const(weights([3, 4], seed=54))] + bias(3, 55), out="logits", transB=1))
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("initial", ["contrastive", "onehot", "logit"])
+@pytest.mark.parametrize("composite", ["rcam", "epsilon_plus"])
+def test_degenerate_inputs_stay_finite(composite, initial, with_bias):
+    """An all-zero and a constant image: every division is guarded or stabilised, so nothing is NaN or Inf, maps
+    stay in [0, 1], and a constant raw map gives an all-zero map."""
+    model = small_residual_net(with_bias)
+    images = np.stack([np.zeros([3, 8, 8]), np.full([3, 8, 8], 0.7)]).astype(np.float32)
+    out = explain(model, images, np.array([-1, -1]), layers=["a", "s"], composite=composite, initial=initial)
+
+    for name, value in out.outputs.items():
+        assert np.all(np.isfinite(value)), f"{name} is not finite"
+    for layer in ("a", "s"):
+        raw, heat = out.raw(layer), out.map(layer)
+        assert heat.shape == (2, 8, 8) and heat.min() >= 0.0 and heat.max() <= 1.0
+        constant = np.ptp(raw.reshape(2, -1), axis=1) == 0
+        assert np.all(heat[constant] == 0.0)
+    # On the zero image a = Relu(bias) (or 0) is the same at every position: its raw map is constant.
+    assert np.ptp(out.raw("a")[0]) == 0 and np.all(out.map("a")[0] == 0.0)

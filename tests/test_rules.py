@@ -1,0 +1,242 @@
+"""Each LRP rule on its own, in onnxruntime, against a direct torch implementation of its formula (float64).
+
+The rules are chosen per op by a composite table, passed the way a user passes one: a JSON file (tests/opgraph.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import onnx_rcam
+from onnx_rcam.rules import RULES, Composite
+from opgraph import (OpGraph, assert_matches, conv_forward, explain, f64, onehot, per_unit_batch, random_samples,
+                     relevance_at_output, weights)
+from reference import proportional_rule, safe_divide, transposed
+
+CLASSES = 5
+
+
+def conv_classifier(g: OpGraph, a: str, weight, bias=None, **attrs):
+    inputs = [a, g.const(weight)] + ([] if bias is None else [g.const(bias)])
+    return g.classifier(g.node("Conv", inputs, **attrs))
+
+
+def gemm_classifier(g: OpGraph, a: str, matrix, bias=None):
+    inputs = [g.node("Flatten", [a], axis=1), g.const(matrix)] + ([] if bias is None else [g.const(bias)])
+    return g.model(g.node("Gemm", inputs, out="logits", transB=1))
+
+
+def linear(v, w):
+    return F.linear(v.flatten(1), w)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# alpha-beta, epsilon, norm against their formulas
+# ---------------------------------------------------------------------------------------------------------------
+
+def alphabeta_reference(forward, x, weight, relevance, alpha, beta):
+    """LRP-alpha-beta written out: z_pos = W+ x+ + W- x- >= 0 and z_neg = W+ x- + W- x+ <= 0 weigh the activating
+    and the inhibiting contributions apart; 0 where a denominator is 0."""
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+
+    def back(w, g):  # W^T g: the transposed operator, from autograd
+        return transposed(lambda v: forward(v, w), [x], g)[0]
+
+    with torch.no_grad():
+        z_pos = forward(x_pos, w_pos) + forward(x_neg, w_neg)
+        z_neg = forward(x_neg, w_pos) + forward(x_pos, w_neg)
+        c_pos, c_neg = safe_divide(relevance, z_pos), safe_divide(relevance, z_neg)
+    activating = x_pos * back(w_pos, c_pos) + x_neg * back(w_neg, c_pos)
+    inhibiting = x_neg * back(w_pos, c_neg) + x_pos * back(w_neg, c_neg)
+    return alpha * activating - beta * inhibiting
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_alphabeta(op):
+    weight = weights([3, 4, 3, 3], seed=1) if op == "Conv" else weights([CLASSES, 4 * 4 * 4], seed=1)
+    bias = weights([len(weight)], seed=2)  # ignored by the rule
+    g = OpGraph(4, 4, 4)
+    a = g.signed_layer()
+    if op == "Conv":
+        model = conv_classifier(g, a, weight, bias, pads=[1, 1, 1, 1], strides=[2, 2])
+        forward, y_shape = conv_forward([1, 1, 1, 1], strides=(2, 2)), [3, 2, 2]
+    else:
+        model = gemm_classifier(g, a, weight, bias)
+        forward, y_shape = linear, [CLASSES]
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=3), int(np.prod(y_shape)))
+    out = explain(model, x, targets, composite={op: {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0}})
+
+    expected = alphabeta_reference(forward, f64(x), f64(weight), relevance_at_output(targets, y_shape), 2.0, 1.0)
+    assert_matches(out.relevance(), expected)
+
+
+def test_epsilon_from_json_file(tmp_path):
+    """A composite file given by path; eps = 0.5 is large enough to matter: R_in = x * W^T (R / (z + 0.5 sign z)),
+    z = W x + b with the bias, through a Gemm and then a Conv (the Conv receives dense relevance)."""
+    weight, conv_bias = weights([3, 4, 3, 3], seed=4), weights([3], seed=5)
+    matrix, gemm_bias = weights([CLASSES, 3 * 4 * 4], seed=6), weights([CLASSES], seed=7)
+    g = OpGraph(4, 4, 4)
+    conv = g.node("Conv", [g.signed_layer(), g.const(weight), g.const(conv_bias)], pads=[1, 1, 1, 1])
+    flat = g.node("Flatten", [conv], axis=1)
+    model = g.model(g.node("Gemm", [flat, g.const(matrix), g.const(gemm_bias)], out="logits", transB=1))
+    path = tmp_path / "large_epsilon.json"
+    path.write_text(json.dumps({"Conv": {"rule": "epsilon", "eps": 0.5}, "Gemm": {"rule": "epsilon", "eps": 0.5}}))
+
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=8), CLASSES)
+    out = explain(model, x, targets, composite=str(path))
+
+    def conv(v):
+        return F.conv2d(v, f64(weight), f64(conv_bias), padding=1)
+
+    hidden = conv(f64(x))
+    at_hidden = proportional_rule(lambda v: F.linear(v.flatten(1), f64(matrix), f64(gemm_bias)), [hidden],
+                                  onehot(targets, CLASSES), eps=0.5)[0]
+    assert_matches(out.relevance(), proportional_rule(conv, [f64(x)], at_hidden, eps=0.5)[0])
+
+
+def test_norm_on_conv_excludes_bias():
+    """norm divides by z = W x without the bias (stabilised by 1e-6). Signed weights can make z cancel to almost 0,
+    where no fp32 implementation matches float64, so only units with |z| >= 1% of sum |W| |x| are explained."""
+    weight, bias = weights([3, 4, 3, 3], seed=9), weights([3], seed=10, scale=2.0)
+    g = OpGraph(4, 4, 4)
+    model = conv_classifier(g, g.relu_layer(), weight, bias, pads=[1, 1, 1, 1])
+    samples = F.relu(f64(random_samples([2, 4, 4, 4], seed=11)))
+    forward = conv_forward([1, 1, 1, 1])
+    with torch.no_grad():
+        z = forward(samples, f64(weight))
+        well_conditioned = z.abs() >= 0.01 * forward(samples, f64(weight).abs())
+    x, targets = per_unit_batch(samples.float().numpy(), 3 * 4 * 4, keep=well_conditioned.flatten(1).numpy())
+    out = explain(model, x, targets, composite={"Conv": "norm"})
+
+    expected = proportional_rule(lambda v: forward(v, f64(weight)), [f64(x)], relevance_at_output(targets, [3, 4, 4]),
+                                 eps=1e-6)[0]
+    assert_matches(out.relevance(), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pass: fine where the shapes agree, a CompositeError where they do not
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_pass_through_same_shape_conv():
+    g = OpGraph(4, 4, 4)
+    model = conv_classifier(g, g.signed_layer(), weights([4, 4, 3, 3], seed=12), pads=[1, 1, 1, 1])
+    x, targets = per_unit_batch(random_samples([1, 4, 4, 4], seed=13), 4 * 4 * 4)
+    out = explain(model, x, targets, composite={"Conv": "pass"})
+    assert_matches(out.relevance(), relevance_at_output(targets, [4, 4, 4]))
+
+
+@pytest.mark.parametrize("op, build", [
+    pytest.param("Add", lambda g, a: g.node("Add", [a, g.node("Tanh", [a])]), id="Add_of_two_activations"),
+    pytest.param("MaxPool", lambda g, a: g.node("MaxPool", [a], kernel_shape=[2, 2], strides=[2, 2]), id="MaxPool"),
+    pytest.param("Conv", lambda g, a: g.node("Conv", [a, g.const(weights([2, 4, 3, 3], seed=14))], pads=[1] * 4),
+                 id="Conv_to_fewer_channels"),
+    pytest.param("Conv", lambda g, a: g.node("Conv", [a, g.const(weights([4, 4, 3, 3], seed=14))], pads=[1] * 4,
+                                             strides=[2, 2]),
+                 id="strided_Conv"),
+    pytest.param("GlobalAveragePool", lambda g, a: g.node("GlobalAveragePool", [a]), id="GlobalAveragePool"),
+])
+def test_pass_refuses_where_it_cannot_apply(op, build):
+    g = OpGraph(4, 4, 4)
+    model = g.classifier(build(g, g.signed_layer()))
+    with pytest.raises(onnx_rcam.CompositeError, match=f"'pass'.*{op}"):
+        explain(model, random_samples([1, 4, 4, 4], seed=15), np.array([0]), composite={op: "pass"})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unknown names and bad parameters
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_conv_model():
+    g = OpGraph(2, 3, 3)
+    return conv_classifier(g, g.signed_layer(), weights([2, 2, 1, 1], seed=16))
+
+
+def test_unknown_composite_lists_known_ones(small_conv_model):
+    with pytest.raises(onnx_rcam.CompositeError) as error:
+        onnx_rcam.augment(small_conv_model, layers=["a"], composite="no_such_composite")
+    assert "no_such_composite" in str(error.value)
+    assert "rcam" in str(error.value) and "epsilon_plus" in str(error.value)
+
+
+def test_missing_composite_file(small_conv_model, tmp_path):
+    with pytest.raises(onnx_rcam.CompositeError, match="cannot read composite file"):
+        onnx_rcam.augment(small_conv_model, layers=["a"], composite=str(tmp_path / "absent.json"))
+
+
+def test_unknown_rule_lists_known_ones(small_conv_model):
+    with pytest.raises(onnx_rcam.CompositeError) as error:
+        explain(small_conv_model, random_samples([1, 2, 3, 3], seed=17), np.array([0]), composite={"Conv": "zplusplus"})
+    assert "zplusplus" in str(error.value)
+    for name in ("zplus", "epsilon", "alphabeta", "norm", "pass", "gradient"):
+        assert name in RULES and name in str(error.value)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"rule": "epsilon", "gamma": 0.25}, "epsilon"),
+    ({"rule": "alphabeta", "alpha": 1.0, "beta": 1.0}, "alpha - beta = 1"),
+    ({"eps": 0.25}, "unknown rule"),
+], ids=["unknown_parameter", "alpha_minus_beta_not_1", "no_rule_name"])
+def test_bad_rule_spec(spec, message):
+    with pytest.raises(onnx_rcam.CompositeError, match=message):
+        Composite("mine", {"Conv": spec})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conservation and the gradient rule
+# ---------------------------------------------------------------------------------------------------------------
+
+# id: (ONNX node builder on (graph, a), composite, number of logits): all bias-free, fed strictly positive inputs.
+CONSERVING = {
+    "zplus_Conv": (lambda g, a: g.node("Conv", [a, g.const(weights([4, 2, 3, 3], seed=18))], pads=[1, 1, 1, 1],
+                                       strides=[2, 2], group=2), {"Conv": "zplus"}, 4 * 3 * 3),
+    "zplus_Gemm": (lambda g, a: g.node("Gemm", [g.node("Flatten", [a]), g.const(weights([CLASSES, 100], seed=19))],
+                                       transB=1), {"Gemm": "zplus"}, CLASSES),
+    "norm_AveragePool": (lambda g, a: g.node("AveragePool", [a], kernel_shape=[3, 3], strides=[2, 2],
+                                             pads=[1, 1, 1, 1]), "rcam", 4 * 3 * 3),
+    "norm_GlobalAveragePool": (lambda g, a: g.node("GlobalAveragePool", [a]), "rcam", 4),
+}
+
+
+@pytest.mark.parametrize("case", CONSERVING)
+def test_conservation(case):
+    """On strictly positive inputs every z of these rules is a positive sum, so each output's relevance reaches the
+    inputs whole: the relevance at a sums to the logit's, 1 under onehot."""
+    build, composite, classes = CONSERVING[case]
+    g = OpGraph(4, 5, 5)
+    model = g.classifier(build(g, g.relu_layer()))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=20, positive=True), classes)
+    out = explain(model, x, targets, composite=composite)
+    np.testing.assert_allclose(out.relevance().sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+
+
+def test_gradient_rule_is_the_chain_rule():
+    """{"*": "gradient"} through a strided Conv, LeakyRelu, MaxPool, AveragePool, a join, a broadcast join with a
+    GlobalAveragePool and a Gemm equals the autograd gradient of the logit."""
+    weight, conv_bias = weights([4, 4, 3, 3], seed=21), weights([4], seed=22)
+    matrix, gemm_bias = weights([CLASSES, 16], seed=23), weights([CLASSES], seed=24)
+    g = OpGraph(4, 8, 8)
+    conv = g.node("Conv", [g.signed_layer(), g.const(weight), g.const(conv_bias)], pads=[1, 1, 1, 1], strides=[2, 2])
+    hidden = g.node("LeakyRelu", [conv], alpha=0.1)  # not Relu: its zeros would tie in the max pool
+    joined = g.node("Add", [g.node("MaxPool", [hidden], kernel_shape=[2, 2], strides=[2, 2]),
+                            g.node("AveragePool", [hidden], kernel_shape=[2, 2], strides=[2, 2])])
+    broadcast = g.node("Add", [joined, g.node("GlobalAveragePool", [joined])])
+    model = g.model(g.node("Gemm", [g.node("Flatten", [broadcast]), g.const(matrix), g.const(gemm_bias)],
+                           out="logits", transB=1))
+
+    def network(v):
+        h = F.leaky_relu(F.conv2d(v, f64(weight), f64(conv_bias), stride=2, padding=1), 0.1)
+        j = F.max_pool2d(h, 2, 2) + F.avg_pool2d(h, 2, 2)
+        return F.linear((j + j.mean(dim=(2, 3), keepdim=True)).flatten(1), f64(matrix), f64(gemm_bias))
+
+    x, targets = per_unit_batch(random_samples([3, 4, 8, 8], seed=25), CLASSES)
+    out = explain(model, x, targets, composite={"*": "gradient"})
+    logits, gradient = torch.autograd.functional.vjp(network, f64(x), onehot(targets, CLASSES))
+    assert_matches(out.output, logits, "forward")
+    assert_matches(out.relevance(), gradient)
