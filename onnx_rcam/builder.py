@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import RcamError
+
 PREFIX = "rcam/"
 
 
@@ -36,7 +38,7 @@ class Builder:
     def claim(self, name: str) -> str:
         """Reserve an exact name (a contract output); a clash with the model's own names is a user-facing error."""
         if name in self._taken:
-            raise ValueError(f"tensor name {name!r} already exists in the model")
+            raise RcamError(f"the model already has a tensor named {name!r}: was it augmented before?")
         self._taken.add(name)
         return name
 

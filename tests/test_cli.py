@@ -117,3 +117,11 @@ def test_bundled_model_is_the_default(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     assert (tmp_path / "efficientnet_lite0.rcam.onnx").is_file()
     assert "bundled EfficientNet-Lite0" in out and "rcam/_blocks.4/map" in out
+
+
+def test_augmenting_twice_is_refused(capsys, tiny):
+    assert cli(capsys, "augment", str(tiny))[0] == 0
+    once = tiny.with_name("tiny.rcam.onnx")
+    code, _, err = cli(capsys, "augment", str(once), "-o", str(tiny.with_name("twice.onnx")))
+    assert code == 1 and "augmented before" in err
+    assert not tiny.with_name("twice.onnx").exists()

@@ -7,6 +7,7 @@ import onnx_graphsurgeon as gs
 
 from ..builder import Builder
 from ..canonicalize import constant_value
+from ..errors import ModelError
 
 
 def static_shape(tensor: gs.Tensor) -> list:
@@ -22,7 +23,7 @@ def keeps_shape(inputs, output) -> bool:
 def spatial_sizes(tensor: gs.Tensor) -> list[int]:
     sizes = static_shape(tensor)[2:]
     if not sizes or not all(isinstance(s, int) for s in sizes):
-        raise ValueError(f"tensor {tensor.name!r} has shape {tensor.shape}: spatial sizes must be static")
+        raise ModelError(f"tensor {tensor.name!r} has shape {tensor.shape}: its spatial sizes must be static numbers")
     return sizes
 
 
