@@ -57,8 +57,9 @@ def build(model, layers=("auto",), composite: str = "rcam", initial: str = "cont
     targets = resolve(canonical, layers)
     tensors = canonical.graph.tensors()
 
-    taken = {t.name for t in canonical.graph.tensors().values()} | {t.name for t in original.graph.input} | {
-        o for n in original.graph.node for o in n.output} | {i.name for i in original.graph.initializer}
+    # Generated names must collide with nothing the original or the analysis graph holds.
+    taken = set(tensors) | {t.name for t in original.graph.input} | {o for n in original.graph.node for o in n.output}
+    taken |= {i.name for i in original.graph.initializer}
     b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph))
     logits = canonical.logits
     start = initial_relevance(b, logits.name, logits.shape[1], initial)
