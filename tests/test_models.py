@@ -14,7 +14,7 @@ import torch
 import onnx_rcam
 import reference
 import zoo
-from conftest import FULL_RESNETS, FULL_VGGS, assert_close, run_model
+from conftest import FULL_SIZE, assert_close, run_model
 
 SMALL = 0.125
 SIZE = 224
@@ -34,8 +34,7 @@ EXPORTERS = ["torchscript", "dynamo"]
 # per-class terms: fp32 alone moves it 3e-5 to 7e-4 from float64), so most cases use onehot. Relevance is linear in
 # the initial relevance, and the small ResNet18, which is well-conditioned, checks contrastive.
 WIDTHS = [(name, SMALL, "contrastive" if name == "resnet18" else "onehot") for name in ARCHITECTURES]
-WIDTHS += [(name, 1.0, "onehot") for name in ARCHITECTURES
-           if (FULL_VGGS if name.startswith("vgg") else FULL_RESNETS)]
+WIDTHS += [(name, 1.0, "onehot") for name in ARCHITECTURES if FULL_SIZE]
 CASES = [(name, width, initial, exporter) for name, width, initial in WIDTHS for exporter in EXPORTERS]
 IDS = [f"{name}-{width:g}-{exporter}" for name, width, _, exporter in CASES]
 # Largest deviation seen per case, relative to max|ref|, printed at the end of the session for the issue notes.
