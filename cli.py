@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import click
+from onnx import TensorProto
 
 from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build
 from onnx_rcam.canonicalize import canonicalize
 from onnx_rcam.export import save
-from onnx_rcam.initial import CLASS_OUTPUT, INITIAL_KINDS, TARGET_INPUT
+from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
 from onnx_rcam.load import infer_shapes, load
 from onnx_rcam.rules import COMPOSITES
 from onnx_rcam.select import candidates
@@ -47,8 +48,11 @@ def main():
 @click.option("--initial", type=click.Choice(INITIAL_KINDS), default="contrastive", show_default=True,
               help="Relevance at the logits: contrastive (target 1, others -1/K), onehot, or logit.")
 @click.option("--relu", is_flag=True, help="Clip the raw map at 0 before normalising (the Grad-CAM convention).")
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Explain the K highest-scoring classes of each image in the same run: rcam/class becomes [N, K] "
+                   "and each map [N, K, H, W].")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def augment(model, output, layers, composite, initial, relu, force):
+def augment(model, output, layers, composite, initial, relu, top_k, force):
     """Add Relevance-CAM outputs to MODEL and write the augmented model.
 
     The augmented model keeps the original inputs and outputs (same values, bit for bit) and adds, per layer L,
@@ -61,7 +65,7 @@ def augment(model, output, layers, composite, initial, relu, force):
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists; pass --force to overwrite it")
     started = time.perf_counter()
-    result = build(source, layers or ("auto",), composite, initial, relu)
+    result = build(source, layers or ("auto",), composite, initial, relu, top_k)
     save(result.model, target, force=force)
     seconds = time.perf_counter() - started
 
@@ -71,10 +75,11 @@ def augment(model, output, layers, composite, initial, relu, force):
     for t in result.targets:
         click.echo(f"  {t.key}" + (f"  ->  {t.tensor}" if t.key != t.tensor else ""))
     click.echo("added outputs")
-    click.echo(f"  {CLASS_OUTPUT:<40} int64")
-    for name, _, shape in result.outputs:
-        click.echo(f"  {name:<40} float32 {_shape(shape)}")
-    click.echo(f"added input\n  {TARGET_INPUT:<40} int64 [N], optional (default -1: explain the predicted class)")
+    for name, elem_type, shape in result.outputs:
+        click.echo(f"  {name:<40} {'int64' if elem_type == TensorProto.INT64 else 'float32'} {_shape(shape)}")
+    target_shape = "[N]" if top_k == 1 else f"[N, {top_k}]"
+    click.echo(f"added input\n  {TARGET_INPUT:<40} int64 {target_shape}, optional (default -1: the "
+               f"{'predicted class' if top_k == 1 else 'k-th highest-scoring class'})")
     size = target.stat().st_size / 2**20
     click.echo(f"wrote     {target}  ({size:.1f} MiB, {seconds:.1f} s)")
 

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 
 import onnx
-from onnx import TensorProto
 
 from . import rules
+from .batching import repeat_forward_reads
 from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import RcamError
@@ -32,19 +32,21 @@ class Augmented:
     logits: str
 
 
-def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite: str = "rcam",
-            initial: str = "contrastive", relu: bool = False) -> onnx.ModelProto:
+def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
+            initial: str = "contrastive", relu: bool = False, top_k: int = 1) -> onnx.ModelProto:
     """Return `model` with Relevance-CAM outputs for `layers` added (DESIGN.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
-    into the candidates that `onnx-rcam layers` lists. composite: `rcam` (the paper's rules) or `epsilon_plus`.
-    initial: `contrastive`, `onehot` or `logit`. relu: clip the raw map at 0 before normalising (Grad-CAM style).
+    into the candidates that `onnx-rcam layers` lists. composite: `rcam` (the paper's rules), `epsilon_plus`, a
+    JSON file or a dict mapping op types to rules. initial: `contrastive`, `onehot` or `logit`. relu: clip the raw
+    map at 0 before normalising (Grad-CAM style). top_k: explain the top_k highest-scoring classes of each sample
+    in the same run; rcam/class becomes [N, top_k] and the maps [N, top_k, H, W].
     """
-    return build(model, layers, composite, initial, relu).model
+    return build(model, layers, composite, initial, relu, top_k).model
 
 
-def build(model, layers=("auto",), composite: str = "rcam", initial: str = "contrastive",
-          relu: bool = False) -> Augmented:
+def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
+          top_k: int = 1) -> Augmented:
     if initial not in INITIAL_KINDS:
         raise RcamError(f"unknown initial relevance {initial!r}; choose one of {', '.join(INITIAL_KINDS)}")
     if isinstance(layers, str):
@@ -56,26 +58,21 @@ def build(model, layers=("auto",), composite: str = "rcam", initial: str = "cont
     canonical = canonicalize(infer_shapes(original))
     targets = resolve(canonical, layers)
     tensors = canonical.graph.tensors()
+    logits = canonical.logits
+    if not 1 <= top_k <= logits.shape[1]:
+        raise RcamError(f"top_k must be between 1 and the number of classes ({logits.shape[1]}), got {top_k}")
 
     # Generated names must collide with nothing the original or the analysis graph holds.
     taken = set(tensors) | {t.name for t in original.graph.input} | {o for n in original.graph.node for o in n.output}
     taken |= {i.name for i in original.graph.initializer}
     b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph))
-    logits = canonical.logits
-    start = initial_relevance(b, logits.name, logits.shape[1], initial)
+    batch = canonical.image.shape[0]
+    start = initial_relevance(b, logits.name, logits.shape[1], initial, batch, top_k)
     target_tensors = list(dict.fromkeys(t.tensor for t in targets))
     relevance = sweep(canonical, region(canonical, targets), target_tensors, start, b, chosen_rules)
-
-    batch = canonical.image.shape[0]
-    image_size = tuple(canonical.image.shape[2:])
-    outputs = []
     for target in targets:
-        shape = list(tensors[target.tensor].shape)
-        names = output_names(METHOD, target.key)
-        relevance_cam(b, target.tensor, relevance[target.tensor], tuple(shape[2:]), image_size, names, relu)
-        outputs += [(names["map"], TensorProto.FLOAT, [batch, *image_size]),
-                    (names["raw"], TensorProto.FLOAT, [batch, *shape[2:]]),
-                    (names["relevance"], TensorProto.FLOAT, [batch, *shape[1:]]),
-                    (names["activation"], TensorProto.FLOAT, [batch, *shape[1:]])]
+        relevance_cam(b, target.tensor, relevance[target.tensor], list(tensors[target.tensor].shape),
+                      tuple(canonical.image.shape[2:]), output_names(METHOD, target.key), relu, top_k)
     protect_fusions(original, canonical, b)
-    return Augmented(assemble(original, b, outputs, batch), targets, outputs, logits.name)
+    repeat_forward_reads(original, canonical, b, top_k)
+    return Augmented(assemble(original, b), targets, b.outputs, logits.name)

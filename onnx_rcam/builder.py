@@ -6,6 +6,8 @@ op) without special cases: arithmetic on `None` folds away at augment time inste
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -24,6 +26,9 @@ class Builder:
         self._taken = set(taken_names)
         self._counter = 0
         self._constants: dict[tuple, str] = {}
+        self.per_sample_nodes: set[str] = set()  # nodes that work on the model's own batch (see batching.py)
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[tuple[str, int, list]] = []  # (name, elem_type, shape) of each added output
 
     # -- naming -----------------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -41,6 +46,16 @@ class Builder:
             raise RcamError(f"the model already has a tensor named {name!r}: was it augmented before?")
         self._taken.add(name)
         return name
+
+    def add_input(self, name: str, default: np.ndarray, shape: list) -> str:
+        """A new graph input that may be omitted: its initializer of the same name is the default."""
+        self.claim(name)
+        self.inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(default.dtype), shape))
+        self.initializers.append(numpy_helper.from_array(default, name))
+        return name
+
+    def add_output(self, name: str, elem_type: int, shape: list) -> None:
+        self.outputs.append((name, elem_type, shape))
 
     def node(self, op: str, inputs: list[str], hint: str | None = None, outputs: int = 1, out: str | None = None,
              domain: str = "", **attrs) -> str | list[str]:
@@ -63,6 +78,13 @@ class Builder:
 
     def ints(self, values, hint: str = "ints") -> str:
         return self.const(np.asarray(values, dtype=np.int64), hint, np.int64)
+
+    @contextmanager
+    def per_sample(self):
+        """Mark the nodes emitted inside as working on the model's batch of N, never on the N*K explained pairs."""
+        start = len(self.nodes)
+        yield
+        self.per_sample_nodes.update(n.name for n in self.nodes[start:])
 
     # -- arithmetic, with None as an exact zero --------------------------------------------------------------
     def add(self, a: str | None, b: str | None) -> str | None:

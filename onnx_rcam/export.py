@@ -6,26 +6,22 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from .builder import Builder
 from .errors import ModelError, RcamError
-from .initial import CLASS_OUTPUT, TARGET_INPUT
 
 
-def assemble(original: onnx.ModelProto, b: Builder, outputs: list[tuple[str, int, list]], batch) -> onnx.ModelProto:
-    """The original model plus the generated nodes; `outputs` are (name, elem_type, shape) to declare."""
+def assemble(original: onnx.ModelProto, b: Builder) -> onnx.ModelProto:
+    """The original model plus the generated nodes, inputs and outputs."""
     model = onnx.ModelProto()
     model.CopyFrom(original)
     graph = model.graph
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.initializers)
-    graph.input.append(helper.make_tensor_value_info(TARGET_INPUT, TensorProto.INT64, ["rcam_targets"]))
-    graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET_INPUT))
-    graph.output.append(helper.make_tensor_value_info(CLASS_OUTPUT, TensorProto.INT64, [batch]))
-    for name, elem_type, shape in outputs:
+    graph.input.extend(b.inputs)
+    for name, elem_type, shape in b.outputs:
         graph.output.append(helper.make_tensor_value_info(name, elem_type, shape))
     _check_references(graph)
     try:

@@ -12,14 +12,22 @@ TARGET_INPUT = "rcam/target"
 CLASS_OUTPUT = "rcam/class"
 
 
-def initial_relevance(b: Builder, logits: str, classes: int, kind: str) -> str:
-    """Emit rcam/class (the explained class per sample) and return the relevance at the logits."""
-    predicted = b.argmax(logits, axis=1)
-    requested = b.claim(TARGET_INPUT)
-    # rcam/target defaults to [-1]: a negative entry, or the default, means "explain the predicted class".
-    chosen = b.where(b.less(requested, b.const(0, dtype=np.int64)), predicted, requested)
-    explained = b.node("Expand", [chosen, b.shape(predicted)], out=b.claim(CLASS_OUTPUT))
-    hot = b.cast(b.equal(b.unsqueeze(explained, [1]), b.ints([list(range(classes))])), TensorProto.FLOAT)
+def initial_relevance(b: Builder, logits: str, classes: int, kind: str, batch, top_k: int = 1) -> str:
+    """Emit rcam/class (the explained classes) and return the relevance at the logits, one row per explained
+    (sample, class) pair: [N, classes] for top_k = 1, [N * top_k, classes] (sample-major) otherwise."""
+    with b.per_sample():
+        # rcam/target: a negative entry, or the stored default of -1, means "the prediction" (the k-th best class).
+        if top_k == 1:
+            requested = b.add_input(TARGET_INPUT, np.array([-1], dtype=np.int64), ["rcam_targets"])
+            ranked = b.argmax(logits, axis=1)
+        else:
+            requested = b.add_input(TARGET_INPUT, np.full([1, top_k], -1, dtype=np.int64), ["rcam_targets", top_k])
+            ranked = b.node("TopK", [logits, b.ints([top_k])], outputs=2, axis=1)[1]
+        chosen = b.where(b.less(requested, b.const(0, dtype=np.int64)), ranked, requested)
+        explained = b.node("Expand", [chosen, b.shape(ranked)], out=b.claim(CLASS_OUTPUT))
+        b.add_output(CLASS_OUTPUT, TensorProto.INT64, [batch] if top_k == 1 else [batch, top_k])
+        pairs = explained if top_k == 1 else b.reshape(explained, b.ints([-1]))
+    hot = b.cast(b.equal(b.unsqueeze(pairs, [1]), b.ints([list(range(classes))])), TensorProto.FLOAT)
     if kind == "onehot":
         return hot
     if kind == "logit":

@@ -1,0 +1,36 @@
+"""Explain K classes per sample in one run: the backward pass runs on a batch of N*K (sample, class) pairs.
+
+The sweep and the heads are written for one explained class per sample. For K > 1 every forward tensor that a
+generated node reads is repeated K times along the batch axis (sample n's copies at rows n*K .. n*K+K-1), so the
+generated graph computes exactly what it would for a batch of N*K images with one target each. Nodes marked
+per-sample (choosing the classes, passing activations out) keep reading the originals.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .builder import Builder
+from .canonicalize import Canonical
+
+
+def repeat_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Builder, times: int) -> None:
+    if times == 1:
+        return
+    forward = {i.name for i in original.graph.input} | {o for n in original.graph.node for o in n.output}
+    shapes = {name: tensor.shape for name, tensor in canonical.graph.tensors().items()}
+    backward, b.nodes = b.nodes, []  # the repeats read only forward tensors: they go first
+    repeated: dict[str, str] = {}
+
+    def repeat(name: str) -> str:
+        if name not in repeated:
+            rank = len(shapes[name])
+            spread = b.expand(b.unsqueeze(name, [1]), b.ints([1, times] + [1] * (rank - 1)))  # [N, K, ...]
+            trailing = b.node("Shape", [name], start=1)
+            repeated[name] = b.reshape(spread, b.concat([b.ints([-1]), trailing], axis=0))
+        return repeated[name]
+
+    for node in backward:
+        if node.name not in b.per_sample_nodes:
+            node.input[:] = [repeat(i) if i in forward else i for i in node.input]
+    b.nodes.extend(backward)
