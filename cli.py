@@ -11,6 +11,9 @@ from onnx import TensorProto
 
 from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build
+from onnx_rcam.explain import explain_images
+from onnx_rcam.explainer import Explainer
+from onnx_rcam.images import Preprocessing, find_images, input_layout
 from onnx_rcam.canonicalize import canonicalize
 from onnx_rcam.export import save
 from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
@@ -33,6 +36,8 @@ def main():
     \b
     onnx-rcam layers MODEL            list the layers you can explain
     onnx-rcam augment MODEL           write MODEL.rcam.onnx with the explanation outputs
+    onnx-rcam explain MODEL PHOTOS    overlays, maps and a summary for photos and folders
+    onnx-rcam demo                    the bundled model explains the bundled photos
     """
 
 
@@ -85,6 +90,94 @@ def augment(model, output, layers, composite, initial, relu, top_k, force):
 
 
 @main.command()
+@click.argument("model", metavar="MODEL")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-explanations",
+              show_default=True, help="Folder for the overlays, maps and summary.")
+@click.option("--layer", "layers", multiple=True, metavar="SEL", help="Layer to explain (as for augment); repeat "
+              "for several [default: auto]. Ignored for an already augmented MODEL, which brings its own.")
+@click.option("--target", type=int, help="Explain this class for every image [default: each image's prediction].")
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Explain the K highest-scoring classes of each image, all in the same run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when onnxruntime can use it, else the CPU. The provider that ran is reported.")
+@click.option("--preprocess", default=None, metavar="PRESET|FILE", help="imagenet (resize, centre-crop, ImageNet "
+              "mean/std), tf ([-1, 1]), unit ([0, 1]), or a JSON file with size, resize_shorter, mean, std "
+              "[default: MODEL's sidecar MODEL.preprocess.json if there is one, else imagenet].")
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Class names, one per line "
+              "[default: ImageNet's for 1000-class models].")
+@click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
+@click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
+def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force):
+    """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
+
+    MODEL is a plain or an already augmented ONNX classifier; INPUT is image files (JPEG, PNG, WebP, BMP) or folders.
+    An unreadable image is reported and skipped; the exit status is then 1.
+    """
+    _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
+             preprocess, labels, composite, force)
+
+
+@main.command()
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-demo", show_default=True)
+@click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
+def demo(outdir, force):
+    """The bundled ImageNet EfficientNet-Lite0 explains the bundled photos at three depths."""
+    _explain(default_model_path(), [str(default_model_path().parent / "images")], Path(outdir),
+             ("auto", "_blocks.10", "_blocks.4"), None, 1, 8, "auto", None, None, "rcam", force)
+
+
+def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force):
+    if target is not None and top_k > 1:
+        raise click.UsageError("--target and --top-k > 1 exclude each other")
+    if outdir.exists() and any(outdir.iterdir()) and not force:
+        raise click.ClickException(f"{outdir} already holds files; pass --force to write into it")
+    images = find_images(inputs)
+    if not images:
+        raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
+    preprocessing = Preprocessing.from_file(Path(preprocess)) if preprocess and Path(preprocess).is_file() \
+        else preprocess
+    explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
+                          preprocessing=preprocessing)
+    if isinstance(preprocessing, Preprocessing):  # a file gives no layout: take the model's
+        explainer.preprocessing = Preprocessing(preprocessing.size, preprocessing.resize_shorter,
+                                                preprocessing.mean, preprocessing.std,
+                                                input_layout(explainer.input.shape))
+    click.echo(f"model     {model}\nlayers    {', '.join(explainer.layers)}\nprovider  {explainer.provider}"
+               f"{'  (CUDA unavailable: running on the CPU)' if device == 'auto' and 'CUDA' not in explainer.provider and 'CUDAExecutionProvider' in _providers() else ''}")
+    started = time.perf_counter()
+    done = 0
+
+    def rate(_):
+        return f"{done / max(time.perf_counter() - started, 1e-9):.1f} img/s"
+
+    with click.progressbar(length=len(images), label=f"explaining {len(images)} images", item_show_func=rate,
+                           file=sys.stderr) as bar:
+        def advance(count):
+            nonlocal done
+            done += count
+            bar.update(count)
+        summary = explain_images(explainer, images, [Path(i) for i in inputs], outdir, batch_size, target,
+                                 max(5, top_k), Path(labels) if labels else None, advance)
+    for row in summary.rows:
+        best = row["top"][0]
+        click.echo(f"  {Path(row['image']).name:<28} {best['label'].split(',')[0]:<28} {best['score']:.3f}")
+    click.echo(f"explained {len(summary.rows)} of {summary.images} images in {summary.seconds:.1f} s "
+               f"({summary.images_per_second:.1f} img/s); wrote {outdir}")
+    for failure in summary.failed:
+        click.echo(f"failed    {failure['error']}", err=True)
+    if summary.failed:
+        raise click.exceptions.Exit(1)
+
+
+def _providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
+@main.command()
 @click.argument("model", required=False, metavar="[MODEL]")
 def layers(model):
     """List the layers of MODEL that can be explained, shallowest first.
@@ -109,9 +202,8 @@ def _shape(shape) -> str:
 def run(args: list[str] | None = None):
     """Entry point: user errors print one clear message and exit non-zero, with no traceback."""
     try:
-        main(args, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        # Without standalone mode, click returns a command's `Exit(code)` instead of raising it.
+        code = main(args, standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -121,4 +213,4 @@ def run(args: list[str] | None = None):
     except RcamError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

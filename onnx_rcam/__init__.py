@@ -6,9 +6,11 @@ rcam/L/relevance and rcam/L/activation, plus rcam/class and an optional rcam/tar
 
 from .augment import augment
 from .errors import CompositeError, LayerSelectionError, ModelError, RcamError, UnsupportedOpError
+from .explainer import Explainer, Explanation
 from .models_path import default_model_path
+from .overlay import overlay
 
 __version__ = "0.1.0"
 
-__all__ = ["augment", "default_model_path", "RcamError", "ModelError", "LayerSelectionError",
+__all__ = ["augment", "Explainer", "Explanation", "overlay", "default_model_path", "RcamError", "ModelError", "LayerSelectionError",
            "UnsupportedOpError", "CompositeError", "__version__"]

@@ -1,0 +1,134 @@
+"""The Python API for pictures: `Explainer(model)(images)` returns an `Explanation` with maps in [0, 1].
+
+    explainer = Explainer("model.onnx", layers=["layer4"])
+    explanation = explainer(["cat.jpg", "dog.png"])
+    explanation.maps["layer4"]          # (2, 224, 224) in [0, 1]
+    overlay(picture, explanation.maps["layer4"][0])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from PIL import Image
+
+from .augment import augment
+from .errors import RcamError
+from .images import Preprocessing, input_layout, load_image
+from .initial import CLASS_OUTPUT, TARGET_INPUT
+from .load import load
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Explanation:
+    logits: np.ndarray                    # (N, classes)
+    classes: np.ndarray                   # (N,) the explained class, or (N, top_k)
+    maps: dict[str, np.ndarray]           # layer -> (N, H, W) in [0, 1], or (N, top_k, H, W)
+    raw: dict[str, np.ndarray] = field(default_factory=dict)          # filled when asked for extras
+    relevance: dict[str, np.ndarray] = field(default_factory=dict)
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Softmax of the logits."""
+        shifted = np.exp(self.logits - self.logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class Explainer:
+    """Runs an augmented model: `model` may be plain (augmented here, in memory) or already augmented."""
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
+                 top_k: int = 1, composite="rcam", initial: str = "contrastive",
+                 preprocessing: Preprocessing | str | None = None):
+        if device not in DEVICES:
+            raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        proto = load(model)
+        if TARGET_INPUT not in {i.name for i in proto.graph.input}:
+            proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k)
+        self.model = proto
+        self.session, self.provider = _session(proto, device)
+        self.input = next(i for i in self.session.get_inputs() if i.name != TARGET_INPUT)
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.layers = [name[len("rcam/"):-len("/map")] for name in outputs
+                       if name.startswith("rcam/") and name.endswith("/map")]
+        self.top_k = 1 if len(self.session.get_outputs()[outputs.index(CLASS_OUTPUT)].shape) == 1 else \
+            self.session.get_outputs()[outputs.index(CLASS_OUTPUT)].shape[1]
+        self.preprocessing = self._preprocessing(model, preprocessing)
+
+    def _preprocessing(self, model, preprocessing) -> Preprocessing:
+        """Given; else the model's sidecar MODEL.preprocess.json (the bundled model has one); else `imagenet`."""
+        if isinstance(preprocessing, Preprocessing):
+            return preprocessing
+        layout = input_layout(self.input.shape)
+        size = tuple(self.input.shape[2:4] if layout == "NCHW" else self.input.shape[1:3])
+        if preprocessing is None and isinstance(model, (str, os.PathLike)):
+            path = Path(model)
+            stem = path.name.removesuffix(".onnx").removesuffix(".rcam")
+            sidecar = path.with_name(f"{stem}.preprocess.json")
+            if sidecar.is_file():
+                return Preprocessing.from_file(sidecar, layout)
+        return Preprocessing.preset(preprocessing or "imagenet", size, layout)
+
+    def prepare(self, images) -> np.ndarray:
+        """Model input for images given as paths, PIL images, HxWx3 pictures, or an already prepared batch."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return images.astype(np.float32)
+        if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray)
+                                                                     and images.ndim == 3):
+            images = [images]
+        return np.stack([self.preprocessing(_picture(image)) for image in images])
+
+    def __call__(self, images, targets=None, extras: bool = False) -> Explanation:
+        """Explain a batch. targets: the class per image ([N], or [N, top_k]); default: the prediction(s)."""
+        feeds = {self.input.name: self.prepare(images)}
+        if targets is not None:
+            feeds[TARGET_INPUT] = np.asarray(targets, dtype=np.int64)
+        names = [o.name for o in self.session.get_outputs()]
+        out = dict(zip(names, self.session.run(None, feeds)))
+        logits = out[names[0]]
+
+        def part(name: str) -> dict[str, np.ndarray]:
+            return {layer: out[f"rcam/{layer}/{name}"] for layer in self.layers}
+
+        explanation = Explanation(logits, out[CLASS_OUTPUT], part("map"))
+        if extras:
+            explanation.raw, explanation.relevance, explanation.activations = \
+                part("raw"), part("relevance"), part("activation")
+        return explanation
+
+
+def _picture(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    return load_image(image)
+
+
+def _session(model: onnx.ModelProto, device: str) -> tuple[ort.InferenceSession, str]:
+    """The session and the provider that really runs it: onnxruntime falls back to the CPU silently."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the optional rcam/target input is reported as a warning on every load
+    wants_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in ort.get_available_providers())
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RcamError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
+    if wants_cuda:
+        ort.set_default_logger_severity(4)  # a missing CUDA library is reported by `provider`, not as a log dump
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
+    provider = session.get_providers()[0]
+    if device == "cuda" and provider != "CUDAExecutionProvider":
+        raise RcamError("--device cuda: onnxruntime could not start its CUDA provider (no GPU, or CUDA 13 / "
+                        "cuDNN 9 libraries missing)")
+    return session, provider

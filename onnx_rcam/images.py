@@ -1,0 +1,98 @@
+"""Reading photos and turning them into model input: presets that match how common models were trained."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import RcamError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875 (256 for 224), then centre-crop: torchvision's
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, centre-crop to `size`, scale RGB to [0, 1], then (x - mean) / std."""
+
+    size: tuple[int, int]            # (height, width) of the model input
+    resize_shorter: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    layout: str = "NCHW"
+
+    @staticmethod
+    def preset(name: str, size: tuple[int, int], layout: str = "NCHW") -> "Preprocessing":
+        shorter = round(min(size) / CROP_FRACTION)
+        if name == "imagenet":
+            return Preprocessing(size, shorter, IMAGENET_MEAN, IMAGENET_STD, layout)
+        if name == "tf":  # scale to [-1, 1]
+            return Preprocessing(size, shorter, (0.5,) * 3, (0.5,) * 3, layout)
+        if name == "unit":  # [0, 1]
+            return Preprocessing(size, shorter, (0.0,) * 3, (1.0,) * 3, layout)
+        raise RcamError(f"unknown preprocessing preset {name!r}; choose imagenet, tf or unit")
+
+    @staticmethod
+    def from_file(path: Path, layout: str = "NCHW") -> "Preprocessing":
+        settings = json.loads(Path(path).read_text())
+        size = settings["size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return Preprocessing(size, settings["resize_shorter"], tuple(settings["mean"]), tuple(settings["std"]),
+                             layout)
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region of the original photo that the model sees, in the photo's own pixels."""
+        scale = self.resize_shorter / min(width, height)
+        crop_h, crop_w = self.size
+        resized_w, resized_h = round(width * scale), round(height * scale)
+        left, top = (resized_w - crop_w) // 2, (resized_h - crop_h) // 2
+        return (left / scale, top / scale, (left + crop_w) / scale, (top + crop_h) / scale)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One image as model input (C, H, W) or (H, W, C), float32."""
+        image = image.convert("RGB")
+        scale = self.resize_shorter / min(image.size)
+        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+        crop_h, crop_w = self.size
+        if resized.width < crop_w or resized.height < crop_h:  # a very elongated photo: fill the crop instead
+            resized = image.resize((max(crop_w, resized.width), max(crop_h, resized.height)), Image.BILINEAR)
+        left, top = (resized.width - crop_w) // 2, (resized.height - crop_h) // 2
+        pixels = np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)), dtype=np.float32) / 255.0
+        normalised = (pixels - np.float32(self.mean)) / np.float32(self.std)
+        return (normalised.transpose(2, 0, 1) if self.layout == "NCHW" else normalised).astype(np.float32)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB picture; an unreadable file raises RcamError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise RcamError(f"{path}: cannot read the image ({exc})") from None
+
+
+def find_images(inputs) -> list[Path]:
+    """Files as given, and every image file under the given folders (sorted); a missing path is an error."""
+    found: list[Path] = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            found += sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif entry.is_file():
+            found.append(entry)
+        else:
+            raise RcamError(f"{entry}: no such file or folder")
+    return found
+
+
+def input_layout(shape) -> str:
+    """NCHW or NHWC, from where the 3 (or 1) colour channels sit in a 4-D input shape."""
+    if shape[1] in (1, 3):
+        return "NCHW"
+    if shape[3] in (1, 3):
+        return "NHWC"
+    raise RcamError(f"cannot tell the channel axis of input shape {shape}")

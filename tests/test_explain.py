@@ -1,0 +1,134 @@
+"""Explaining photos: the Explainer API, overlays, and the explain and demo commands on the bundled model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import onnx_rcam
+from conftest import run_model
+from onnx_rcam.console.cli import run
+from onnx_rcam.explainer import Explainer
+from onnx_rcam.models_path import sample_images
+from onnx_rcam.overlay import overlay
+from photos import bundled_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return Explainer(onnx_rcam.default_model_path(), layers=["auto", "_blocks.10"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def plain_logits():
+    return run_model(str(onnx_rcam.default_model_path()), {"input": bundled_batch()})["logits"]
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_explainer_explains_the_predictions(explainer, plain_logits):
+    explanation = explainer(sample_images(), extras=True)
+    assert explainer.provider == "CPUExecutionProvider"
+    np.testing.assert_array_equal(explanation.logits, plain_logits)
+    np.testing.assert_array_equal(explanation.classes, plain_logits.argmax(1))
+    assert explainer.layers == ["/_swish_1/Clip_output_0", "_blocks.10"]
+    for layer in explainer.layers:
+        heat = explanation.maps[layer]
+        assert heat.shape == (4, 224, 224) and heat.min() >= 0 and heat.max() <= 1
+    assert explanation.relevance["_blocks.10"].shape == (4, 112, 14, 14)
+    np.testing.assert_allclose(explanation.scores.sum(1), 1.0, rtol=1e-5)
+
+
+def test_explainer_takes_paths_pictures_arrays_and_batches(explainer):
+    path = sample_images()[1]
+    picture = Image.open(path)
+    by_path = explainer(path).maps["_blocks.10"]
+    for same in (picture, np.asarray(picture), explainer.prepare([path])):
+        np.testing.assert_array_equal(explainer(same).maps["_blocks.10"], by_path)
+
+
+def test_explainer_accepts_an_augmented_model(tmp_path):
+    augmented = onnx_rcam.augment(onnx_rcam.default_model_path(), layers=["_blocks.4"], top_k=2)
+    explanation = Explainer(augmented, device="cpu")(sample_images()[:2])
+    assert explanation.classes.shape == (2, 2) and explanation.maps["_blocks.4"].shape == (2, 2, 224, 224)
+
+
+def test_overlay_keeps_the_photo_where_the_map_is_zero():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    heat = np.zeros((8, 8), dtype=np.float32)
+    heat[4:, 4:] = 1.0
+    shown = overlay(photo, heat, box=(10, 0, 50, 40))
+    assert shown.size == photo.size
+    pixels, original = np.asarray(shown), np.asarray(photo)
+    np.testing.assert_array_equal(pixels[:10, 10:20], original[:10, 10:20])   # inside the box, map 0
+    assert not np.array_equal(pixels[30:, 40:50], original[30:, 40:50])        # inside the box, map 1
+    assert (pixels[:, :10].astype(int) < original[:, :10]).any() and (pixels[:, :10] <= original[:, :10]).all()
+
+
+def test_explain_folder_reports_a_corrupt_file_and_goes_on(capsys, tmp_path, plain_logits):
+    photos = tmp_path / "photos"
+    (photos / "more").mkdir(parents=True)
+    for path in sample_images():
+        shutil.copy(path, photos / path.name)
+    Image.open(sample_images()[0]).save(photos / "more" / "astronaut.png")  # same stem, other folder and format
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    code, stdout, stderr = cli(capsys, "explain", str(onnx_rcam.default_model_path()), str(photos), "-o", str(out),
+                               "--layer", "_blocks.10", "--batch-size", "2", "--device", "cpu")
+    assert code == 1 and "broken.jpg" in stderr and "explained 5 of 6 images" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provider"] == "CPUExecutionProvider" and len(summary["failed"]) == 1
+    top1 = {Path(r["image"]).name: r["top"][0]["class"] for r in summary["results"]}
+    expected = dict(zip((p.name for p in sample_images()), plain_logits.argmax(1)))
+    assert {name: top1[name] for name in expected} == expected
+    assert top1["astronaut.png"] == expected["astronaut.jpg"]
+    for stem in ("chelsea", "more/astronaut"):
+        assert (out / f"{stem}._blocks.10.png").is_file() and (out / f"{stem}.layers.png").is_file()
+        maps = np.load(out / f"{stem}.npz")
+        assert maps["_blocks.10.raw"].shape == (14, 14) and maps["_blocks.10.map"].shape == (224, 224)
+    assert Image.open(out / "chelsea._blocks.10.png").size == Image.open(sample_images()[1]).size
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert len(rows) == 7 and any(r.startswith(str(photos / "broken.jpg")) and ",failed: " in r for r in rows)
+
+    code, _, stderr = cli(capsys, "explain", str(onnx_rcam.default_model_path()), str(photos), "-o", str(out))
+    assert code == 1 and "--force" in stderr
+
+
+def test_explain_top_k_writes_one_overlay_per_class(capsys, tmp_path, plain_logits):
+    out = tmp_path / "out"
+    code, _, stderr = cli(capsys, "explain", str(onnx_rcam.default_model_path()), str(sample_images()[2]),
+                          "-o", str(out), "--top-k", "2", "--layer", "_blocks.4", "--device", "cpu")
+    assert code == 0, stderr
+    result = json.loads((out / "summary.json").read_text())["results"][0]
+    assert result["explained"] == np.argsort(-plain_logits[2])[:2].tolist()
+    assert (out / "coffee._blocks.4.class1.png").is_file() and (out / "coffee._blocks.4.class2.png").is_file()
+
+
+def test_demo_prints_the_predictions(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = cli(capsys, "demo")
+    assert code == 0
+    assert re.search(r"coffee\.jpg\s+espresso", stdout) and re.search(r"chelsea\.jpg\s+(tiger cat|tabby)", stdout)
+    assert (tmp_path / "rcam-demo" / "coffee._blocks.10.png").is_file()
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's Explainer example, exactly as written there."""
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("<!-- explainer-example -->")[1].split("```python")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "README.md", "exec"), {})
+    assert (tmp_path / "chelsea-overlay.png").is_file()
