@@ -1,0 +1,59 @@
+"""Reading photos and preprocessing them as common models were trained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from onnx_rcam import RcamError
+from onnx_rcam.images import Preprocessing, find_images, input_layout, load_image
+
+
+def gradient_photo(width: int, height: int) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None].repeat(height, 0).repeat(3, 2)
+    return Image.fromarray(x.astype(np.uint8))
+
+
+@pytest.mark.parametrize("preset, low, high", [("imagenet", -2.2, 2.7), ("tf", -1.0, 1.0), ("unit", 0.0, 1.0)])
+def test_presets_scale_pixels(preset, low, high):
+    prep = Preprocessing.preset(preset, (224, 224))
+    tensor = prep(gradient_photo(400, 300))
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == np.float32
+    assert low - 0.05 <= tensor.min() and tensor.max() <= high + 0.05
+    white = prep(Image.new("RGB", (300, 300), (255, 255, 255)))
+    np.testing.assert_allclose(white.max(), high if preset != "imagenet" else (1 - 0.406) / 0.225, rtol=1e-5)
+
+
+def test_resize_shorter_side_then_centre_crop():
+    prep = Preprocessing.preset("unit", (224, 224), layout="NHWC")
+    assert prep.resize_shorter == 256
+    tensor = prep(gradient_photo(512, 256))  # resized to 512 x 256, the crop keeps the middle columns
+    assert tensor.shape == (224, 224, 3)
+    assert abs(float(tensor[:, 112].mean()) - 0.5) < 0.02
+    left, top, right, bottom = prep.crop_box(512, 256)
+    assert (left, top, right, bottom) == (144.0, 16.0, 368.0, 240.0)
+
+
+def test_find_images_walks_folders_and_filters(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.jpg", "a.PNG", "sub/c.webp", "sub/d.bmp", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images([tmp_path])]
+    assert found == ["a.PNG", "b.jpg", "sub/c.webp", "sub/d.bmp"]
+    with pytest.raises(RcamError, match="no such file or folder"):
+        find_images([tmp_path / "missing"])
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"nope")
+    with pytest.raises(RcamError, match="broken.jpg: cannot read the image"):
+        load_image(broken)
+
+
+def test_layout_is_read_from_the_input_shape():
+    assert input_layout(["n", 3, 224, 224]) == "NCHW"
+    assert input_layout(["n", 224, 224, 3]) == "NHWC"
+    with pytest.raises(RcamError, match="channel axis"):
+        input_layout(["n", 8, 224, 224])
