@@ -59,8 +59,8 @@ class Explainer:
         outputs = [o.name for o in self.session.get_outputs()]
         self.layers = [name[len("rcam/"):-len("/map")] for name in outputs
                        if name.startswith("rcam/") and name.endswith("/map")]
-        self.top_k = 1 if len(self.session.get_outputs()[outputs.index(CLASS_OUTPUT)].shape) == 1 else \
-            self.session.get_outputs()[outputs.index(CLASS_OUTPUT)].shape[1]
+        class_output = self.session.get_outputs()[outputs.index(CLASS_OUTPUT)]
+        self.top_k = class_output.shape[1] if len(class_output.shape) == 2 else 1
         self.preprocessing = self._preprocessing(model, preprocessing)
 
     def _preprocessing(self, model, preprocessing) -> Preprocessing:
