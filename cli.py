@@ -144,8 +144,7 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
         explainer.preprocessing = Preprocessing(preprocessing.size, preprocessing.resize_shorter,
                                                 preprocessing.mean, preprocessing.std,
                                                 input_layout(explainer.input.shape))
-    click.echo(f"model     {model}\nlayers    {', '.join(explainer.layers)}\nprovider  {explainer.provider}"
-               f"{'  (CUDA unavailable: running on the CPU)' if device == 'auto' and 'CUDA' not in explainer.provider and 'CUDAExecutionProvider' in _providers() else ''}")
+    click.echo(f"model     {model}\nlayers    {', '.join(explainer.layers)}\nprovider  {explainer.provider_note}")
     started = time.perf_counter()
     done = 0
 
@@ -169,12 +168,6 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
         click.echo(f"failed    {failure['error']}", err=True)
     if summary.failed:
         raise click.exceptions.Exit(1)
-
-
-def _providers() -> list[str]:
-    import onnxruntime
-
-    return onnxruntime.get_available_providers()
 
 
 @main.command()

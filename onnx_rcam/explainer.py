@@ -54,7 +54,7 @@ class Explainer:
         if TARGET_INPUT not in {i.name for i in proto.graph.input}:
             proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k)
         self.model = proto
-        self.session, self.provider = _session(proto, device)
+        self.session, self.provider, self.cuda_wanted = _session(proto, device)
         self.input = next(i for i in self.session.get_inputs() if i.name != TARGET_INPUT)
         outputs = [o.name for o in self.session.get_outputs()]
         self.layers = [name[len("rcam/"):-len("/map")] for name in outputs
@@ -62,6 +62,13 @@ class Explainer:
         class_output = self.session.get_outputs()[outputs.index(CLASS_OUTPUT)]
         self.top_k = class_output.shape[1] if len(class_output.shape) == 2 else 1
         self.preprocessing = self._preprocessing(model, preprocessing)
+
+    @property
+    def provider_note(self) -> str:
+        """The provider that ran, and why, where that is not what was asked for."""
+        if self.cuda_wanted and self.provider != "CUDAExecutionProvider":
+            return f"{self.provider} (CUDA could not start: no GPU, or its libraries are missing)"
+        return self.provider
 
     def _preprocessing(self, model, preprocessing) -> Preprocessing:
         """Given; else the model's sidecar MODEL.preprocess.json (the bundled model has one); else `imagenet`."""
@@ -113,8 +120,9 @@ def _picture(image) -> Image.Image:
     return load_image(image)
 
 
-def _session(model: onnx.ModelProto, device: str) -> tuple[ort.InferenceSession, str]:
-    """The session and the provider that really runs it: onnxruntime falls back to the CPU silently."""
+def _session(model: onnx.ModelProto, device: str) -> tuple[ort.InferenceSession, str, bool]:
+    """The session, the provider that really runs it (onnxruntime falls back to the CPU silently), and whether
+    CUDA was tried."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the optional rcam/target input is reported as a warning on every load
     wants_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in ort.get_available_providers())
@@ -131,4 +139,4 @@ def _session(model: onnx.ModelProto, device: str) -> tuple[ort.InferenceSession,
     if device == "cuda" and provider != "CUDAExecutionProvider":
         raise RcamError("--device cuda: onnxruntime could not start its CUDA provider (no GPU, or CUDA 13 / "
                         "cuDNN 9 libraries missing)")
-    return session, provider
+    return session, provider, wants_cuda

@@ -41,7 +41,7 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 def test_explainer_explains_the_predictions(explainer, plain_logits):
     explanation = explainer(sample_images(), extras=True)
-    assert explainer.provider == "CPUExecutionProvider"
+    assert explainer.provider == explainer.provider_note == "CPUExecutionProvider"
     np.testing.assert_array_equal(explanation.logits, plain_logits)
     np.testing.assert_array_equal(explanation.classes, plain_logits.argmax(1))
     assert explainer.layers == ["/_swish_1/Clip_output_0", "_blocks.10"]
@@ -132,3 +132,13 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "README.md", "exec"), {})
     assert (tmp_path / "chelsea-overlay.png").is_file()
+
+
+def test_cuda_request_fails_clearly_without_a_gpu():
+    """Asking for CUDA never silently runs on the CPU."""
+    try:
+        explainer = Explainer(onnx_rcam.default_model_path(), layers=["auto"], device="cuda")
+    except onnx_rcam.RcamError as exc:
+        assert "CUDA" in str(exc)
+    else:
+        assert explainer.provider == "CUDAExecutionProvider"
