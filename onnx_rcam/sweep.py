@@ -29,10 +29,13 @@ def sweep(canonical: Canonical, region: set[str], targets: list[str], initial: s
     path = [n for n in canonical.graph.nodes
             if any(t.name in region for t in n.outputs) and any(t.name in region for t in n.inputs)]
     for node in reversed(path):
+        relevance_out = [total(t.name) for t in node.outputs]
+        if all(r is None for r in relevance_out):
+            continue  # no relevance reaches it (a gate's branch, a divisor, a shape computation): nothing to give
         propagate = PROPAGATORS.get(node.op)
         if propagate is None:
             raise _unsupported(node, canonical, targets)
-        relevance_in = propagate(context, node, [total(t.name) for t in node.outputs])
+        relevance_in = propagate(context, node, relevance_out)
         for tensor, relevance in zip(node.inputs, relevance_in):
             if relevance is not None and tensor.name in region:
                 incoming.setdefault(tensor.name, []).append(relevance)

@@ -7,7 +7,10 @@ relevance of every tensor as its "gradient", and autograd sums what several cons
 Everything runs in float64 so that the reference is exact to far below the fp32 tolerance of the tests.
 
 BatchNorm2d layers that follow a Conv2d are folded into it first; relevance at a BN output is then the relevance at
-the folded conv's output. Rules are picked by module type (COMPOSITES); a leaf module of any other type is an error.
+the folded conv's output. Any other BatchNorm2d (pre-activation, after a concatenation) passes relevance, like the
+other activations. Rules are picked by module type (COMPOSITES); a leaf module of any other type is an error. What
+no module does (torch.cat, chunk, channel shuffles, flatten) is plain autograd: the gradient of a reshape,
+permutation or slicing routes each value's relevance back where it came from.
 """
 
 import copy
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from families import Gate, SpatialMean
 from zoo import Add
 
 STABILIZER_EPS = 1e-6
@@ -114,12 +118,19 @@ def passthrough(module, inputs, relevance):
     return (relevance,)
 
 
+def gated(module, inputs, relevance):
+    """x * gate with the gate held constant: all relevance to x, none to the gate (Gate's inputs are x, gate)."""
+    return relevance, None
+
+
 GRADIENT = None  # the module's own gradient is its rule: max-pool routing, reshapes, identities
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.LocalResponseNorm, nn.BatchNorm2d)
+
 COMPOSITES = {
-    "rcam": {nn.Conv2d: zplus, nn.Linear: zplus, nn.ReLU: passthrough, nn.AdaptiveAvgPool2d: pooled,
-             nn.AvgPool2d: pooled, Add: proportional, nn.MaxPool2d: GRADIENT, nn.Dropout: GRADIENT,
-             nn.Flatten: GRADIENT, nn.Identity: GRADIENT},
+    "rcam": {nn.Conv2d: zplus, nn.Linear: zplus, **{activation: passthrough for activation in ACTIVATIONS},
+             nn.AdaptiveAvgPool2d: pooled, nn.AvgPool2d: pooled, SpatialMean: pooled, Add: proportional, Gate: gated,
+             nn.MaxPool2d: GRADIENT, nn.Dropout: GRADIENT, nn.Flatten: GRADIENT, nn.Identity: GRADIENT},
 }
 COMPOSITES["epsilon_plus"] = {**COMPOSITES["rcam"], nn.Linear: proportional}
 
@@ -178,7 +189,7 @@ def attach_rules(model: nn.Module, composite: str) -> None:
         if rule is not GRADIENT:
             module.register_forward_hook(
                 lambda m, inputs, output, rule=rule: RelevanceFunction.apply(rule, m, output, *inputs))
-        if isinstance(module, nn.ReLU):
+        if getattr(module, "inplace", False):  # the hook must see the input as it was
             module.inplace = False
 
 

@@ -10,11 +10,14 @@ Conv's padding, a pool's windows), the test first checks that it agrees with onn
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 import pytest
 import torch
 import torch.nn.functional as F
+from onnx import TensorProto, helper
 
 import onnx_rcam
+from onnx_rcam.propagators import nonnegative_tensors
 from opgraph import (OpGraph, assert_matches, conv_forward, distinct_samples, explain, f64, onehot, per_unit_batch,
                      random_samples, relevance_at_output, weights)
 from reference import proportional_rule, zplus_rule
@@ -241,6 +244,9 @@ def test_matmul_constant_right(composite, bias_add):
 
 BN_GAMMA, BN_BETA = weights([4], seed=16, scale=1.0), weights([4], seed=17)
 BN_MEAN, BN_VAR = weights([4], seed=18), np.random.default_rng(19).uniform(0.2, 2.0, 4).astype(np.float32)
+PRELU_SLOPE = weights([4, 1, 1], seed=60)
+# Per-channel factors of both signs, none near 0 (Div divides by them).
+FACTOR = (np.random.default_rng(61).uniform(0.5, 2.0, [4, 1, 1]) * [[[1]], [[-1]], [[1]], [[-1]]]).astype(np.float32)
 
 # id: (ONNX node builder on (graph, input), the same function in torch)
 ACTIVATIONS = {
@@ -252,12 +258,29 @@ ACTIVATIONS = {
         lambda g, v: g.node("BatchNormalization", [v] + [g.const(p) for p in (BN_GAMMA, BN_BETA, BN_MEAN, BN_VAR)],
                             epsilon=1e-3),
         lambda v: F.batch_norm(v, f64(BN_MEAN), f64(BN_VAR), f64(BN_GAMMA), f64(BN_BETA), eps=1e-3)),
+    "Sigmoid": (lambda g, v: g.node("Sigmoid", [v]), torch.sigmoid),
+    "Tanh": (lambda g, v: g.node("Tanh", [v]), torch.tanh),
+    # torch's Hardsigmoid: alpha 1/6 (ONNX's default is 0.2).
+    "HardSigmoid": (lambda g, v: g.node("HardSigmoid", [v], alpha=1 / 6, beta=0.5), F.hardsigmoid),
+    "HardSwish": (lambda g, v: g.node("HardSwish", [v]), F.hardswish),
+    "Elu": (lambda g, v: g.node("Elu", [v], alpha=0.7), lambda v: F.elu(v, 0.7)),
+    "PRelu": (lambda g, v: g.node("PRelu", [v, g.const(PRELU_SLOPE)]),
+              lambda v: torch.where(v >= 0, v, f64(PRELU_SLOPE) * v)),
+    "Pow": (lambda g, v: g.node("Pow", [v, g.const(3.0)]), lambda v: v ** 3),
+    "Cast": (lambda g, v: g.node("Cast", [v], to=TensorProto.FLOAT), lambda v: v),
+    # alpha 0.5 (not 1e-4): the denominator's own derivative then matters.
+    "LRN": (lambda g, v: g.node("LRN", [v], size=3, alpha=0.5, beta=0.75, bias=2.0),
+            lambda v: F.local_response_norm(v, 3, alpha=0.5, beta=0.75, k=2.0)),
+    "Mul_by_constant": (lambda g, v: g.node("Mul", [g.const(FACTOR), v]), lambda v: f64(FACTOR) * v),
+    "Div_by_constant": (lambda g, v: g.node("Div", [v, g.const(FACTOR)]), lambda v: v / f64(FACTOR)),
+    "Mul_square": (lambda g, v: g.node("Mul", [v, v]), lambda v: v * v),
 }
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_activation_passes_relevance_under_rcam(activation):
-    """a -> activation -> Conv: the relevance at a is the Conv's z+ relevance at the activation's output."""
+    """a -> activation -> Conv: the relevance at a is the Conv's z+ relevance at the activation's output (a constant
+    factor too: the rcam composite passes it)."""
     emit, function = ACTIVATIONS[activation]
     weight = weights([3, 4, 3, 3], seed=20)
     g = OpGraph(4, 5, 5)
@@ -300,8 +323,9 @@ def test_batchnorm_after_conv_is_folded():
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_activation_gradient(activation):
     """Under {"*": "gradient"} the sweep is the chain rule: the activation's derivative (ReLU mask, LeakyRelu slope,
-    Clip mask, BN scale) and the transposes of Conv (strided) and Gemm, against torch autograd. The Relu after the
-    Conv also makes the generated nodes read a tensor onnxruntime fuses away (fusion.py copies the Conv)."""
+    Clip mask, BN scale, the smooth activations' derivatives, LRN's through its denominator, a constant factor) and
+    the transposes of Conv (strided) and Gemm, against torch autograd. The Relu after the Conv also makes the
+    generated nodes read a tensor onnxruntime fuses away (fusion.py copies the Conv)."""
     emit, function = ACTIVATIONS[activation]
     weight, conv_bias = weights([3, 4, 3, 3], seed=22), weights([3], seed=23)
     matrix, c = weights([CLASSES, 3 * 3 * 3], seed=24), weights([CLASSES], seed=25)
@@ -493,6 +517,74 @@ def test_structural_op(case):
     assert_matches(out.relevance(), zplus_rule(forward, f64(x), f64(matrix), onehot(targets, CLASSES)))
 
 
+def split(g: OpGraph, a: str, parts: int, sizes=None, **attrs) -> list[str]:
+    """A Split node (OpGraph.node makes single-output nodes), with its sizes as an input if given."""
+    outputs = [f"part_{len(g.nodes)}_{i}" for i in range(parts)]
+    inputs = [a] if sizes is None else [a, g.const(sizes, np.int64)]
+    g.nodes.append(helper.make_node("Split", inputs, outputs, name=f"node_{len(g.nodes)}_Split", **attrs))
+    return outputs
+
+
+def slice_node(g: OpGraph, a: str, starts, ends, axes, steps=None) -> str:
+    inputs = [a] + [g.const(v, np.int64) for v in (starts, ends, axes)]
+    return g.node("Slice", inputs + ([g.const(steps, np.int64)] if steps is not None else []))
+
+
+def flat(g: OpGraph, v: str) -> str:
+    return g.node("Flatten", [v], axis=1)
+
+
+def computed_shape_reshape(g: OpGraph, a: str) -> str:
+    """Reshape to [N, -1] with N read from Shape(a) at run time, as exporters write torch's x.view(x.size(0), -1):
+    Shape, and the integer ops after it, lie on the relevance path without ever receiving relevance."""
+    batch = slice_node(g, g.node("Shape", [a]), [0], [1], [0])
+    return g.node("Reshape", [a, g.node("Concat", [batch, g.const([-1], np.int64)], axis=0)])
+
+
+# id: (ONNX nodes from a [N, 4, 3, 2] to a 2-D tensor, the same in torch, opset). Parts that reach no logit get
+# relevance 0; the final Gemm under z+ makes every other position's relevance different.
+SELECTION_CASES = {
+    "Split_sizes_one_part_unused": (
+        lambda g, a: flat(g, g.node("Concat", [split(g, a, 3, sizes=[1, 2, 1], axis=1)[i] for i in (2, 0)], axis=1)),
+        lambda v: torch.cat([v[:, 3:], v[:, :1]], 1).flatten(1), 17),
+    "Split_num_outputs_uneven": (
+        lambda g, a: flat(g, g.node("Concat", split(g, a, 2, axis=2, num_outputs=2)[::-1], axis=2)),
+        lambda v: torch.cat([v[:, :, 2:], v[:, :, :2]], 2).flatten(1), 18),
+    "Slice_unit_steps": (lambda g, a: flat(g, slice_node(g, a, [1, -2], [3, 100], [1, 2])),
+                         lambda v: v[:, 1:3, -2:].flatten(1), 17),
+    # Channels 3 and 1 (step -2 from the last), rows 0 and 2 (step 2).
+    "Slice_strided_and_reversed": (lambda g, a: flat(g, slice_node(g, a, [-1, 0], [-100, 3], [1, 2], [-2, 2])),
+                                   lambda v: v[:, [3, 1]][:, :, ::2].flatten(1), 17),
+    "Gather_scalar_index": (lambda g, a: flat(g, g.node("Gather", [a, g.const(-1, np.int64)], axis=1)),
+                            lambda v: v[:, -1].flatten(1), 17),
+    "Gather_repeated_indices": (lambda g, a: flat(g, g.node("Gather", [a, g.const([2, 0, 2], np.int64)], axis=1)),
+                                lambda v: v[:, [2, 0, 2]].flatten(1), 17),
+    "Gather_2d_indices": (
+        lambda g, a: flat(g, g.node("Gather", [a, g.const([[1, 0], [-1, 1]], np.int64)], axis=2)),
+        lambda v: v[:, :, [[1, 0], [2, 1]]].flatten(1), 17),
+    "Reshape_to_computed_shape": (computed_shape_reshape, lambda v: v.flatten(1), 17),
+}
+
+
+@pytest.mark.parametrize("case", SELECTION_CASES)
+def test_selection_op(case):
+    """Split, Slice, Gather: each value's relevance goes back to the position it was taken from, added up where it
+    was taken twice, zero where it was not taken."""
+    emit, function, opset = SELECTION_CASES[case]
+    samples = random_samples([3, 4, 3, 2], seed=70)
+    matrix = weights([CLASSES, function(f64(samples)).shape[1]], seed=71)
+    g = OpGraph(4, 3, 2, opset=opset)
+    model = g.model(g.node("Gemm", [emit(g, g.signed_layer()), g.const(matrix)], out="logits", transB=1))
+    x, targets = per_unit_batch(samples, CLASSES)
+    out = explain(model, x, targets)
+
+    def forward(v, w):
+        return F.linear(function(v), w)
+
+    assert_matches(out.output, forward(f64(x), f64(matrix)), "forward")
+    assert_matches(out.relevance(), zplus_rule(forward, f64(x), f64(matrix), onehot(targets, CLASSES)))
+
+
 @pytest.mark.parametrize("axis", [1, -1], ids=["channels", "width_negative_axis"])
 def test_concat(axis):
     """Concat(Conv(a), a): each slice of the relevance goes back to its own branch, and both reach a."""
@@ -642,6 +734,154 @@ def test_add_constant_broadcasts_activation():
     assert_matches(out.output, (spatial_mean(a_ref) + f64(bias)).flatten(1), "forward")
     pooled_relevance = relevance_at_output(targets, [3, 4, 5]).sum(dim=(2, 3), keepdim=True)
     assert_matches(out.relevance(), proportional_rule(spatial_mean, [a_ref], pooled_relevance, eps=0.0)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Products: gates held constant under LRP, the product and quotient rules under the gradient rule
+# ---------------------------------------------------------------------------------------------------------------
+
+GATES = {
+    "Sigmoid": (lambda g, v: g.node("Sigmoid", [v]), torch.sigmoid),
+    "HardSigmoid": (lambda g, v: g.node("HardSigmoid", [v], alpha=1 / 6, beta=0.5), F.hardsigmoid),
+}
+# id: (gate written first, the gate computed as [N, C] by a Gemm and unsqueezed to [N, C, 1, 1] before the Mul)
+SE_CASES = {"gate_times_x": (True, False), "x_times_gate": (False, False), "x_times_unsqueezed_gate": (False, True)}
+
+
+@pytest.mark.parametrize("composite", ["rcam", "gradient"])
+@pytest.mark.parametrize("case", SE_CASES)
+@pytest.mark.parametrize("gate", GATES)
+def test_squeeze_excitation(gate, case, composite):
+    """a * gate(W GlobalAveragePool(a)) [N, C, 1, 1], then a Conv. Under rcam the gate is held constant: a gets the
+    Conv's z+ relevance at the product in full and the SE branch nothing. Under gradient, the product rule: R * gate
+    to a directly, and R * a, summed over the grid, back through the gate and the branch to a."""
+    emit_gate, gate_function = GATES[gate]
+    gate_first, unsqueezed = SE_CASES[case]
+    squeeze, squeeze_bias = weights([4, 4], seed=62), weights([4], seed=63)
+    weight = weights([3, 4, 3, 3], seed=64)
+    g = OpGraph(4, 5, 5)
+    a = g.signed_layer()
+    pooled = g.node("GlobalAveragePool", [a])
+    if unsqueezed:
+        squeezed = g.node("Gemm", [g.node("Flatten", [pooled], axis=1), g.const(squeeze), g.const(squeeze_bias)],
+                          transB=1)
+        scale = g.node("Unsqueeze", [emit_gate(g, squeezed), g.const([2, 3], np.int64)])
+    else:
+        scale = emit_gate(g, g.node("Conv", [pooled, g.const(squeeze.reshape(4, 4, 1, 1)), g.const(squeeze_bias)]))
+    gated = g.node("Mul", [scale, a] if gate_first else [a, scale])
+    model = g.classifier(g.node("Conv", [gated, g.const(weight)], pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=65), 3 * 5 * 5)
+    out = explain(model, x, targets, composite=GRADIENT if composite == "gradient" else composite)
+
+    forward = conv_forward([1, 1, 1, 1])
+
+    def excite(v):
+        return v * gate_function(F.linear(v.mean(dim=(2, 3)), f64(squeeze), f64(squeeze_bias)))[:, :, None, None]
+
+    a_ref, relevance = f64(x), relevance_at_output(targets, [3, 5, 5])
+    assert_matches(out.output, forward(excite(a_ref), f64(weight)).flatten(1), "forward")
+    if composite == "rcam":
+        expected = zplus_rule(forward, excite(a_ref), f64(weight), relevance)
+    else:
+        expected = torch.autograd.functional.vjp(lambda v: forward(excite(v), f64(weight)), a_ref, relevance)[1]
+    assert_matches(out.relevance(), expected)
+
+
+@pytest.mark.parametrize("composite", ["rcam", "gradient"])
+@pytest.mark.parametrize("gate", GATES)
+def test_self_gated_activation(gate, composite):
+    """SiLU (x * sigmoid(x)) and hard-swish written as x * hardsigmoid(x): rcam passes the Conv's z+ relevance at
+    the product to x; gradient gives the derivative of the whole activation, both factors' shares."""
+    emit_gate, gate_function = GATES[gate]
+    weight = weights([3, 4, 3, 3], seed=66)
+    g = OpGraph(4, 5, 5)
+    a = g.signed_layer()
+    model = g.classifier(g.node("Conv", [g.node("Mul", [a, emit_gate(g, a)]), g.const(weight)], pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=67, scale=4.0), 3 * 5 * 5)
+    out = explain(model, x, targets, composite=GRADIENT if composite == "gradient" else composite)
+
+    forward = conv_forward([1, 1, 1, 1])
+    a_ref, relevance = f64(x), relevance_at_output(targets, [3, 5, 5])
+    assert_matches(out.output, forward(a_ref * gate_function(a_ref), f64(weight)).flatten(1), "forward")
+    if composite == "rcam":
+        expected = zplus_rule(forward, a_ref * gate_function(a_ref), f64(weight), relevance)
+    else:
+        expected = torch.autograd.functional.vjp(lambda v: forward(v * gate_function(v), f64(weight)), a_ref,
+                                                 relevance)[1]
+    assert_matches(out.relevance(), expected)
+
+
+@pytest.mark.parametrize("composite", ["rcam", "gradient"])
+def test_division_by_a_normaliser(composite):
+    """a / (1 + GlobalAveragePool(a^2))^0.75, an LRN-like normaliser [N, C, 1, 1], then a Conv: rcam holds the
+    divisor constant and passes the relevance to a; gradient follows the quotient rule through the divisor too."""
+    weight = weights([3, 4, 3, 3], seed=68)
+    g = OpGraph(4, 5, 5)
+    a = g.signed_layer()
+    energy = g.node("Add", [g.node("GlobalAveragePool", [g.node("Pow", [a, g.const(2.0)])]), g.const(1.0)])
+    normalised = g.node("Div", [a, g.node("Pow", [energy, g.const(0.75)])])
+    model = g.classifier(g.node("Conv", [normalised, g.const(weight)], pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=69, scale=2.0), 3 * 5 * 5)
+    out = explain(model, x, targets, composite=GRADIENT if composite == "gradient" else composite)
+
+    def normalise(v):
+        return v / (1 + (v ** 2).mean(dim=(2, 3), keepdim=True)) ** 0.75
+
+    forward = conv_forward([1, 1, 1, 1])
+    a_ref, relevance = f64(x), relevance_at_output(targets, [3, 5, 5])
+    assert_matches(out.output, forward(normalise(a_ref), f64(weight)).flatten(1), "forward")
+    if composite == "rcam":
+        expected = zplus_rule(forward, normalise(a_ref), f64(weight), relevance)
+    else:
+        expected = torch.autograd.functional.vjp(lambda v: forward(normalise(v), f64(weight)), a_ref, relevance)[1]
+    assert_matches(out.relevance(), expected)
+
+
+# id: (the product or quotient on (graph, a), what the error says)
+UNSUPPORTED_PRODUCTS = {
+    "neither_factor_a_gate": (lambda g, a: g.node("Mul", [a, g.node("Relu", [a])]), "neither factor is a gate"),
+    "both_factors_gates": (lambda g, a: g.node("Mul", [g.node("Sigmoid", [a]), g.node("HardSigmoid", [a])]),
+                           "both factors are gates"),
+    "constant_over_activation": (lambda g, a: g.node("Div", [g.const(1.0), a]), "divides a constant by an activation"),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED_PRODUCTS)
+def test_unsupported_product_names_the_node(case):
+    emit, why = UNSUPPORTED_PRODUCTS[case]
+    g = OpGraph(2, 3, 3)
+    product = emit(g, g.signed_layer())
+    node = g.nodes[-1]
+    with pytest.raises(onnx_rcam.UnsupportedOpError, match=why) as error:
+        onnx_rcam.augment(g.classifier(product), layers=["a"])
+    assert f"{node.op_type} node {node.name!r}" in str(error.value)
+
+
+def test_sign_rules():
+    """Which new ops' outputs are known to be non-negative: gates always, sign-keeping activations and selections
+    of a non-negative input, products and quotients of non-negative factors."""
+    g = OpGraph(4, 3, 2, opset=18)
+    signed, relu = g.signed_layer(), g.relu_layer("r")
+    probes = {
+        "sigmoid": (g.node("Sigmoid", [signed]), True),
+        "hard_sigmoid": (g.node("HardSigmoid", [signed]), True),
+        "tanh_of_signed": (g.node("Tanh", [signed]), False),
+        "tanh_of_relu": (g.node("Tanh", [relu]), True),
+        "hard_swish_of_signed": (g.node("HardSwish", [signed]), False),
+        "hard_swish_of_relu": (g.node("HardSwish", [relu]), True),
+        "lrn_of_relu": (g.node("LRN", [relu], size=3), True),
+        "relu_times_gate": (g.node("Mul", [relu, g.node("Sigmoid", [signed])]), True),
+        "signed_times_gate": (g.node("Mul", [signed, g.node("Sigmoid", [signed])]), False),
+        "relu_over_positive": (g.node("Div", [relu, g.const(2.0)]), True),
+        "relu_over_negative": (g.node("Div", [relu, g.const(-2.0)]), False),
+        "slice_of_relu": (g.node("Slice", [relu, g.const([1], np.int64), g.const([3], np.int64),
+                                           g.const([1], np.int64)]), True),
+        "gather_of_relu": (g.node("Gather", [relu, g.const([0, 2], np.int64)], axis=1), True),
+        "split_of_relu": (split(g, relu, 2, axis=1, num_outputs=2)[1], True),
+    }
+    known = nonnegative_tensors(gs.import_onnx(g.model(probes["sigmoid"][0])))
+    assert {name: tensor in known for name, (tensor, _) in probes.items()} == \
+        {name: expected for name, (_, expected) in probes.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
 
     last_branch_convs = {id(m.conv3 if isinstance(m, Bottleneck) else m.conv2)
                          for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))}
-    last_linear = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    last_linear = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):

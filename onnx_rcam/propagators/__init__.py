@@ -5,9 +5,9 @@ the relevance of each of its inputs (None where none goes). It knows its op and 
 view (`LinearLayer` or `NonlinearOp`) and lets the composite's rule for the node do the rest. Structural ops
 (reshapes, concatenation, padding) route relevance back where it came from under every rule.
 
-Adding an op is one function and one `@register("OpType")`. A registration may also say when the op's output is
-non-negative (`sign=`): rules then skip the x- half of z+ for the layers that read it, which is exact and halves
-their cost.
+Adding an op is one function and one `@register("OpType")`; the sweep calls it only when relevance reaches at
+least one of the node's outputs. A registration may also say when the op's output is non-negative (`sign=`): rules then skip
+the x- half of z+ for the layers that read it, which is exact and halves their cost.
 """
 
 from __future__ import annotations
@@ -82,4 +82,4 @@ def unsupported(node: gs.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(f"{node.op} node {node.name!r}: {why}")
 
 
-from . import elementwise, linear, pooling, shape  # noqa: E402,F401  (registration side effect)
+from . import elementwise, linear, pooling, products, shape  # noqa: E402,F401  (registration side effect)

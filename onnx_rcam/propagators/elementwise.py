@@ -1,4 +1,8 @@
-"""Element-wise ops: activations (pass or their derivative), unfoldable BatchNormalization, Add/Sum."""
+"""Element-wise ops: activations (pass or their derivative), unfoldable BatchNormalization, LRN, Add/Sum.
+
+Sign rules: Relu, Sigmoid and HardSigmoid never output a negative value; most other activations keep the sign of
+their input (f(x) >= 0 for x >= 0), so their output is known to be non-negative wherever their input is.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +58,106 @@ def clip(ctx: Context, node, relevance):
     return _nonlinear(ctx, node, relevance, inside_bounds)
 
 
+@register("Sigmoid", sign=always_nonnegative)
+def sigmoid(ctx: Context, node, relevance):
+    y = node.outputs[0].name
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(r, b.mul(y, b.sub(b.const(1.0), y))))
+
+
+@register("Tanh", sign=like_first_input)
+def tanh(ctx: Context, node, relevance):
+    y = node.outputs[0].name
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(r, b.sub(b.const(1.0), b.mul(y, y))))
+
+
+@register("HardSigmoid", sign=always_nonnegative)
+def hard_sigmoid(ctx: Context, node, relevance):
+    y, slope = node.outputs[0].name, node.attrs.get("alpha", 0.2)
+
+    def on_the_ramp(b, r):
+        # y = clip(alpha x + beta, 0, 1): slope alpha where 0 < y < 1, flat elsewhere.
+        ramp = b.and_(b.greater(y, b.const(0.0)), b.less(y, b.const(1.0)))
+        return b.where(ramp, b.scale(r, slope), b.const(0.0))
+
+    return _nonlinear(ctx, node, relevance, on_the_ramp)
+
+
+@register("HardSwish", sign=like_first_input)
+def hard_swish(ctx: Context, node, relevance):
+    x = node.inputs[0].name
+
+    def derivative(b, r):
+        # y = x clip(x / 6 + 1/2, 0, 1): 0 below -3, x / 3 + 1/2 on [-3, 3], 1 above 3.
+        ramp = b.add(b.scale(x, 1.0 / 3.0), b.const(0.5))
+        above = b.where(b.greater(x, b.const(3.0)), b.const(1.0), ramp)
+        return b.mul(r, b.where(b.less(x, b.const(-3.0)), b.const(0.0), above))
+
+    return _nonlinear(ctx, node, relevance, derivative)
+
+
+@register("Elu", sign=like_first_input)
+def elu(ctx: Context, node, relevance):
+    x, y, alpha = node.inputs[0].name, node.outputs[0].name, node.attrs.get("alpha", 1.0)
+    # Below 0, y = alpha (e^x - 1), so dy/dx = e^x alpha = y + alpha.
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
+        r, b.where(b.greater(x, b.const(0.0)), b.const(1.0), b.add(y, b.const(alpha)))))
+
+
+@register("PRelu", sign=like_first_input)
+def prelu(ctx: Context, node, relevance):
+    x = node.inputs[0].name
+    slope = constant_input(node, 1)
+    if slope is None:
+        raise unsupported(node, "its slope is computed at run time; only a constant slope is supported")
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
+        r, b.where(b.greater(x, b.const(0.0)), b.const(1.0), b.const(slope, "prelu_slope"))))
+
+
+@register("Pow", sign=like_first_input)
+def power(ctx: Context, node, relevance):
+    """x^p with a constant p, e.g. in the denominator of torch's LocalResponseNorm."""
+    x = node.inputs[0].name
+    exponent = constant_input(node, 1)
+    if exponent is None:
+        raise unsupported(node, "its exponent is computed at run time; only a constant exponent is supported")
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
+        r, b.mul(b.const(exponent, "exponent"), b.node("Pow", [x, b.const(exponent - 1, "exponent")]))))
+
+
+@register("Cast", sign=like_first_input)
+def cast(ctx: Context, node, relevance):
+    return _nonlinear(ctx, node, relevance, lambda b, r: r)
+
+
+@register("LRN", sign=like_first_input)
+def local_response_norm(ctx: Context, node, relevance):
+    """y_c = x_c / d_c^beta, d_c = bias + alpha / size * (sum of x^2 over the channels c - below .. c + above)."""
+    x, y = node.inputs[0], node.outputs[0].name
+    channels = static_shape(x)[1] if len(static_shape(x)) > 2 else None
+    if not isinstance(channels, int):
+        raise unsupported(node, f"its input has shape {x.shape}: the number of channels must be static")
+    size = node.attrs["size"]
+    alpha, beta, bias = node.attrs.get("alpha", 1e-4), node.attrs.get("beta", 0.75), node.attrs.get("bias", 1.0)
+    below, above = (size - 1) // 2, size // 2
+
+    def window_sum(b, t, before, after):
+        """At each channel c, the sum of t over the channels c - before .. c + after: a Conv over the channel axis."""
+        channels_as_rows = b.reshape(t, b.ints([0, 1, channels, -1]))  # [N, 1, C, rest]
+        ones = b.const(np.ones([1, 1, size, 1]), "lrn_window")
+        return b.reshape_like(b.conv(channels_as_rows, ones, kernel_shape=[size, 1], pads=[before, 0, after, 0]),
+                              x.name)
+
+    def derivative(b, r):
+        # dL/dx_j = r_j d_j^-beta - 2 alpha beta / size * x_j * sum over the c whose window holds j of r_c y_c / d_c;
+        # j is in the window of c exactly when c is in [j - above, j + below]: the transposed window.
+        d = b.add(b.const(bias), b.scale(window_sum(b, b.mul(x.name, x.name), below, above), alpha / size))
+        direct = b.mul(r, b.node("Pow", [d, b.const(-beta)]))
+        through_d = window_sum(b, b.div(b.mul(r, y), d), above, below)
+        return b.sub(direct, b.scale(b.mul(x.name, through_d), 2.0 * alpha * beta / size))
+
+    return _nonlinear(ctx, node, relevance, derivative)
+
+
 @register("BatchNormalization")
 def batch_normalization(ctx: Context, node, relevance):
     """A BatchNormalization that canonicalize could not fold into a preceding linear layer."""
@@ -73,8 +177,7 @@ def add_or_sum(ctx: Context, node, relevance):
     if len(activations) == 1:
         # Activation plus a constant (a bias): the constant takes no relevance.
         result = [None] * len(node.inputs)
-        result[activations[0]] = _unbroadcast(ctx.builder, node.inputs[activations[0]], node.outputs[0],
-                                              relevance[0])
+        result[activations[0]] = unbroadcast(ctx.builder, node.inputs[activations[0]], node.outputs[0], relevance[0])
         return result
     constants = [constant_input(node, i) for i in range(len(node.inputs)) if i not in activations]
     bias = sum(constants) if constants else None
@@ -85,7 +188,7 @@ def add_or_sum(ctx: Context, node, relevance):
         return b.scale(b.sum(xs), w.scalar())
 
     def transpose(b, g, w):
-        return [_unbroadcast(b, x, output, b.scale(g, w.scalar())) for x in inputs]
+        return [unbroadcast(b, x, output, b.scale(g, w.scalar())) for x in inputs]
 
     layer = LinearLayer([x.name for x in inputs], output.name, WeightRef(np.array(1.0, dtype=np.float32)), bias,
                         forward, transpose, op=node.op, same_shape=keeps_shape(inputs, output))
@@ -96,7 +199,7 @@ def add_or_sum(ctx: Context, node, relevance):
     return result
 
 
-def _unbroadcast(b, x, output, g):
+def unbroadcast(b, x, output, g):
     """Sum g over the axes along which x was broadcast to the output's shape."""
     if g is None:
         return None

@@ -56,3 +56,79 @@ def concat(ctx: Context, node, relevance):
         return [None] * len(sizes)
     offsets = np.cumsum([0] + sizes)
     return [ctx.builder.slice(r, [int(start)], [int(end)], [axis]) for start, end in zip(offsets, offsets[1:])]
+
+
+@register("Split", sign=like_first_input)
+def split(ctx: Context, node, relevance):
+    """The parts' relevance concatenated back; a part that no relevance reaches contributes zeros of its shape."""
+    b = ctx.builder
+    axis = node.attrs.get("axis", 0)
+    parts = [r if r is not None else b.node("ConstantOfShape", [b.shape(part.name)])
+             for r, part in zip(relevance, node.outputs)]
+    return [b.concat(parts, axis)] + [None] * (len(node.inputs) - 1)
+
+
+@register("Slice", sign=like_first_input)
+def slice_(ctx: Context, node, relevance):
+    """Relevance back to the sliced positions, zero elsewhere: zero padding for unit steps, a scatter otherwise."""
+    shape = static_shape(node.inputs[0])
+    rank = len(shape)
+    starts, ends, axes, steps = (constant_input(node, i) for i in range(1, 5))
+    optional_given = [i < len(node.inputs) and node.inputs[i].name != "" for i in (3, 4)]
+    if starts is None or ends is None or (optional_given[0] and axes is None) or (optional_given[1] and steps is None):
+        raise unsupported(node, "its starts, ends, axes or steps are computed at run time; only constant ones are "
+                                "supported")
+    axes = range(len(starts)) if axes is None else axes
+    steps = np.ones(len(starts), dtype=np.int64) if steps is None else steps
+    b, r = ctx.builder, relevance[0]
+    pads = [0] * (2 * rank)
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        axis, size = _static_axis(node, shape, int(axis))
+        positions = range(*slice(int(start), int(end), int(step)).indices(size))
+        if positions.step == 1:
+            pads[axis], pads[rank + axis] = positions.start, size - max(positions.stop, positions.start)
+        else:
+            r = _scatter(b, r, rank, axis, list(positions), size)
+    if any(pads):
+        r = b.node("Pad", [r, b.ints(pads)], mode="constant")
+    return [r] + [None] * (len(node.inputs) - 1)
+
+
+@register("Gather", sign=like_first_input)
+def gather(ctx: Context, node, relevance):
+    """Gather of constant indices along an axis: each gathered slice's relevance goes back to its position (added up
+    where an index repeats)."""
+    indices = constant_input(node, 1)
+    if indices is None:
+        raise unsupported(node, "its indices are computed at run time; only constant indices are supported")
+    shape = static_shape(node.inputs[0])
+    axis, size = _static_axis(node, shape, node.attrs.get("axis", 0))
+    b, r = ctx.builder, relevance[0]
+    # The indices' axes (none for a scalar index) become one axis holding every gathered slice, in order.
+    one_axis = b.concat([b.node("Shape", [r], end=axis), b.ints([-1]), b.node("Shape", [r], start=axis + indices.ndim)],
+                        axis=0)
+    positions = indices.reshape(-1).tolist()  # negative ones count from the end, for ScatterElements as for Gather
+    return [_scatter(b, b.reshape(r, one_axis), len(shape), axis, positions, size), None]
+
+
+@register("Shape")
+def shape_of(ctx: Context, node, relevance):
+    """A shape is integers: nothing flows back through it (its readers return no relevance for it)."""
+    return [None]
+
+
+def _static_axis(node, shape: list, axis: int) -> tuple[int, int]:
+    """The axis counted from the front, and its size, which must be static."""
+    size = shape[axis] if -len(shape) <= axis < len(shape) else None
+    if not isinstance(size, int):
+        raise unsupported(node, f"it indexes axis {axis} of shape {shape or 'unknown'}, whose size is not static")
+    return axis % len(shape), size
+
+
+def _scatter(b, r: str, rank: int, axis: int, positions: list[int], size: int) -> str:
+    """A zero tensor `size` long along `axis`, with r's slices along it added at `positions`."""
+    widened = b.concat([b.node("Shape", [r], end=axis), b.ints([size]), b.node("Shape", [r], start=axis + 1)], axis=0)
+    index_shape = [1] * rank
+    index_shape[axis] = len(positions)
+    indices = b.expand(b.ints(np.reshape(positions, index_shape)), b.shape(r))
+    return b.node("ScatterElements", [b.node("ConstantOfShape", [widened]), indices, r], axis=axis, reduction="add")

@@ -1,0 +1,118 @@
+"""Mul and Div: an activation scaled by a constant, gated, or divided by a normaliser.
+
+- By a constant (Mul, or Div by the reciprocal): a linear layer whose weight is the constant; `rcam` passes.
+- By a gate, the output of a Sigmoid or HardSigmoid (squeeze-and-excitation blocks, SiLU/Swish x * sigmoid(x)): LRP
+  holds the gate constant, so the other factor takes all the relevance and the gate none.
+- By another activation (Div): a normaliser, as in torch's LocalResponseNorm x / (k + alpha * mean(x^2))^beta; LRP
+  holds it constant, like a gate.
+- By itself (x * x): the square, an activation of one input.
+
+Under the gradient rule the factors held constant get their share of the product or quotient rule instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..canonicalize import is_activation
+from ..linear import LinearLayer, NonlinearOp, WeightRef
+from . import Context, like_all_inputs, register, unsupported
+from .common import constant_input, keeps_shape
+from .elementwise import unbroadcast
+
+GATES = ("Sigmoid", "HardSigmoid")
+LAYOUT_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand")  # a gate may be reshaped before it scales
+
+
+@register("Mul", sign=like_all_inputs)
+def mul(ctx: Context, node, relevance):
+    if not all(is_activation(t) for t in node.inputs):
+        factor = next(constant_input(node, i) for i, t in enumerate(node.inputs) if not is_activation(t))
+        return _scaled_by_constant(ctx, node, relevance[0], factor)
+    x, y = node.inputs[0], node.outputs[0]
+    if node.inputs[1] is x:
+        # x * x, as torch writes x^2 (its LocalResponseNorm does): an activation of one input, derivative 2 x.
+        square = NonlinearOp(x.name, y.name, node.op, same_shape=True,
+                             vjp=lambda b, g: b.mul(g, b.scale(x.name, 2.0)))
+        return [ctx.rule(node).nonlinear(ctx.builder, square, relevance[0]), None]
+    gates = [i for i, t in enumerate(node.inputs) if is_gate(t)]
+    if len(gates) != 1:
+        why = "both factors are gates" if gates else "neither factor is a gate (the output of a Sigmoid or HardSigmoid)"
+        raise unsupported(node, f"it multiplies two activations and {why}; relevance passes through a product of "
+                                f"activations only when exactly one factor is a gate")
+    gate, scaled = node.inputs[gates[0]], node.inputs[1 - gates[0]]
+    y, r = node.outputs[0], relevance[0]
+    result = [None, None]
+    result[1 - gates[0]] = _scaled_operand(
+        ctx, node, scaled, r, lambda b, g: unbroadcast(b, scaled, y, b.mul(g, gate.name)))
+    result[gates[0]] = _held_operand(
+        ctx, node, gate, r, lambda b, g: unbroadcast(b, gate, y, b.mul(g, scaled.name)))
+    return result
+
+
+@register("Div", sign=like_all_inputs)
+def div(ctx: Context, node, relevance):
+    numerator, divisor = node.inputs
+    if not is_activation(numerator):
+        raise unsupported(node, "it divides a constant by an activation; only an activation divided by something is "
+                                "supported")
+    if not is_activation(divisor):
+        return _scaled_by_constant(ctx, node, relevance[0], 1.0 / constant_input(node, 1))
+    y, r = node.outputs[0], relevance[0]
+
+    def to_numerator(b, g):  # d(x / d)/dx = 1 / d
+        return unbroadcast(b, numerator, y, b.div(g, divisor.name))
+
+    def to_divisor(b, g):  # d(x / d)/dd = -x / d^2 = -y / d
+        return unbroadcast(b, divisor, y, b.scale(b.div(b.mul(g, y.name), divisor.name), -1.0))
+
+    return [_scaled_operand(ctx, node, numerator, r, to_numerator), _held_operand(ctx, node, divisor, r, to_divisor)]
+
+
+def is_gate(tensor: gs.Tensor) -> bool:
+    """Whether the tensor is the output of a Sigmoid or HardSigmoid, possibly reshaped or broadcast since."""
+    while tensor.inputs:
+        producer = tensor.inputs[0]
+        if producer.op in GATES:
+            return True
+        if producer.op not in LAYOUT_OPS:
+            return False
+        tensor = producer.inputs[0]
+    return False
+
+
+def _scaled_by_constant(ctx: Context, node, relevance: str, factor: np.ndarray) -> list:
+    """activation * factor: a linear layer whose weight is the (broadcast) constant factor."""
+    index = next(i for i, t in enumerate(node.inputs) if is_activation(t))
+    x, y = node.inputs[index], node.outputs[0]
+
+    def forward(b, xs, w):
+        return b.mul(xs[0], w.name(b))
+
+    def transpose(b, g, w):
+        return [unbroadcast(b, x, y, b.mul(g, w.name(b)))]
+
+    layer = LinearLayer([x.name], y.name, WeightRef(np.asarray(factor, dtype=np.float32)), None, forward, transpose,
+                        op=node.op, same_shape=keeps_shape([x], y))
+    result = [None] * len(node.inputs)
+    result[index] = ctx.rule(node).linear(ctx.builder, layer, relevance)[0]
+    return result
+
+
+def _scaled_operand(ctx: Context, node, x: gs.Tensor, relevance: str, vjp) -> str | None:
+    """The relevance of x in x * gate or x / divisor, the other factor held constant: R passed through, or vjp(R)."""
+    op = NonlinearOp(x.name, node.outputs[0].name, node.op, same_shape=keeps_shape([x], node.outputs[0]), vjp=vjp)
+    return ctx.rule(node).nonlinear(ctx.builder, op, relevance)
+
+
+def _held_operand(ctx: Context, node, factor: gs.Tensor, relevance: str, vjp) -> str | None:
+    """The relevance of the factor that LRP holds constant (a gate, a divisor).
+
+    A rule that passes relevance through the op (every LRP rule) gives the factor none; a rule that asks for the
+    op's derivative (gradient) gives it vjp(R). The passed-through value is discarded, so the view may claim that
+    the factor has the output's shape even where it is broadcast.
+    """
+    view = NonlinearOp(factor.name, node.outputs[0].name, node.op, same_shape=True, vjp=vjp)
+    share = ctx.rule(node).nonlinear(ctx.builder, view, relevance)
+    return None if share == relevance else share

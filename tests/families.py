@@ -1,0 +1,489 @@
+"""One small model per common CNN family (issue 3), with torchvision's module paths.
+
+As in zoo.py, every activation is applied by its own module and joins are modules (zoo.Add), so that the reference's
+hooks see each tensor; products with a gate go through `Gate` for the same reason, and SiLU is written out as
+x * sigmoid(x). Widths, depths and input sizes are cut down so that a case runs in a second or two; the op patterns
+the exporters write (grouped and depthwise convs, Concat, Split/Slice, channel shuffles, gates, LRN) are the real
+ones. `FAMILIES` says how the tests use each model.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+import zoo
+
+
+class Gate(nn.Module):
+    """x scaled by a gate, the output of a Sigmoid or Hardsigmoid (maybe [N, C, 1, 1]); gate_first writes gate * x,
+    as torchvision's SqueezeExcitation does."""
+
+    def __init__(self, gate_first: bool = False):
+        super().__init__()
+        self.gate_first = gate_first
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return gate * x if self.gate_first else x * gate
+
+
+class SiLU(nn.Module):
+    """x * sigmoid(x), written out (ONNX has no SiLU: both exporters write Sigmoid and Mul anyway)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sigmoid = nn.Sigmoid()
+        self.gate = Gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x, self.sigmoid(x))
+
+
+class SpatialMean(nn.Module):
+    """x.mean([2, 3]), ShuffleNetV2's global pooling (ReduceMean in ONNX)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean([2, 3])
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
+            activation: Callable[[], nn.Module] | None = nn.ReLU) -> nn.Sequential:
+    """torchvision's Conv2dNormActivation: conv (same padding, no bias), BatchNorm, optional activation."""
+    layers = [nn.Conv2d(in_channels, out_channels, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(out_channels)]
+    if activation is not None:
+        layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision's SE block: scale = gate(fc2(act(fc1(avgpool(x))))), out = scale * x."""
+
+    def __init__(self, channels: int, squeezed: int, activation: Callable[[], nn.Module],
+                 scale_activation: Callable[[], nn.Module]):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.activation = activation()
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self.scale_activation = scale_activation()
+        self.gate = Gate(gate_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return self.gate(x, scale)
+
+
+# -- DenseNet: pre-activation BatchNorm -> ReLU -> Conv on concatenated features, average-pool transitions ------
+
+class DenseLayer(nn.Module):
+    def __init__(self, in_channels: int, growth: int, bn_size: int):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(in_channels)  # reads a concatenation: cannot be folded into a conv
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_channels, bn_size * growth, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(bn_size * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.relu1(self.norm1(torch.cat(features, 1)))
+        return self.conv2(self.relu2(self.norm2(self.conv1(x))))
+
+
+class DenseBlock(nn.ModuleDict):
+    def __init__(self, layers: int, in_channels: int, growth: int, bn_size: int):
+        super().__init__({f"denselayer{i + 1}": DenseLayer(in_channels + i * growth, growth, bn_size)
+                          for i in range(layers)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class DenseNet(nn.Module):
+    def __init__(self, growth: int = 4, blocks: tuple[int, ...] = (2, 2, 2), stem: int = 8, bn_size: int = 2,
+                 num_classes: int = 20):
+        super().__init__()
+        layers = OrderedDict(conv0=nn.Conv2d(3, stem, 7, 2, 3, bias=False), norm0=nn.BatchNorm2d(stem),
+                             relu0=nn.ReLU(), pool0=nn.MaxPool2d(3, 2, 1))
+        channels = stem
+        for i, depth in enumerate(blocks, start=1):
+            layers[f"denseblock{i}"] = DenseBlock(depth, channels, growth, bn_size)
+            channels += depth * growth
+            if i < len(blocks):
+                layers[f"transition{i}"] = nn.Sequential(OrderedDict(
+                    norm=nn.BatchNorm2d(channels), relu=nn.ReLU(),
+                    conv=nn.Conv2d(channels, channels // 2, 1, bias=False), pool=nn.AvgPool2d(2, 2)))
+                channels //= 2
+        layers["norm5"] = nn.BatchNorm2d(channels)
+        self.features = nn.Sequential(layers)
+        self.relu = nn.ReLU()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.relu(self.features(x))), 1))
+
+
+# -- MobileNetV2: inverted residuals, depthwise convs, ReLU6, no activation after the residual Add ----------------
+
+class InvertedResidualV2(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int):
+        super().__init__()
+        hidden = in_channels * expand_ratio
+        layers = [conv_bn(in_channels, hidden, 1, activation=nn.ReLU6)] if expand_ratio != 1 else []
+        layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden, activation=nn.ReLU6),
+                   nn.Conv2d(hidden, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)]
+        self.conv = nn.Sequential(*layers)
+        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) if self.add is None else self.add(x, self.conv(x))
+
+
+class MobileNetV2(nn.Module):
+    # (expand ratio, channels, blocks, stride): the first four stages of torchvision's, at a quarter width.
+    SETTING = ((1, 4, 1, 1), (6, 6, 2, 2), (6, 8, 3, 2), (6, 16, 2, 2))
+
+    def __init__(self, num_classes: int = 20, stem: int = 8, last: int = 64):
+        super().__init__()
+        layers = [conv_bn(3, stem, 3, 2, activation=nn.ReLU6)]
+        channels = stem
+        for expand_ratio, out_channels, blocks, stride in self.SETTING:
+            for i in range(blocks):
+                layers.append(InvertedResidualV2(channels, out_channels, stride if i == 0 else 1, expand_ratio))
+                channels = out_channels
+        layers.append(conv_bn(channels, last, 1, activation=nn.ReLU6))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+# -- MobileNetV3: HardSwish, SE blocks gated by Hardsigmoid --------------------------------------------------------
+
+class InvertedResidualV3(nn.Module):
+    def __init__(self, in_channels: int, kernel: int, expanded: int, out_channels: int, use_se: bool,
+                 activation: Callable[[], nn.Module], stride: int):
+        super().__init__()
+        layers = [conv_bn(in_channels, expanded, 1, activation=activation)] if expanded != in_channels else []
+        layers.append(conv_bn(expanded, expanded, kernel, stride, groups=expanded, activation=activation))
+        if use_se:
+            layers.append(SqueezeExcitation(expanded, max(2, expanded // 4), nn.ReLU, nn.Hardsigmoid))
+        layers.append(conv_bn(expanded, out_channels, 1, activation=None))
+        self.block = nn.Sequential(*layers)
+        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        return result if self.add is None else self.add(result, x)
+
+
+class MobileNetV3(nn.Module):
+    # (in, kernel, expanded, out, SE, activation, stride): mobilenet_v3_small's first blocks at a quarter width.
+    SETTING = ((4, 3, 4, 4, True, nn.ReLU, 2), (4, 3, 18, 6, False, nn.ReLU, 2), (6, 3, 22, 6, False, nn.ReLU, 1),
+               (6, 5, 24, 10, True, nn.Hardswish, 2), (10, 5, 60, 10, True, nn.Hardswish, 1))
+
+    def __init__(self, num_classes: int = 20, last: int = 60, hidden: int = 64):
+        super().__init__()
+        layers = [conv_bn(3, 4, 3, 2, activation=nn.Hardswish)]
+        layers += [InvertedResidualV3(*setting) for setting in self.SETTING]
+        layers.append(conv_bn(self.SETTING[-1][3], last, 1, activation=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(0.2),
+                                        nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+# -- EfficientNet-B0: MBConv with SiLU = x * sigmoid(x) and SE blocks gated by Sigmoid -------------------------------
+
+class MBConv(nn.Module):
+    def __init__(self, expand_ratio: int, kernel: int, stride: int, in_channels: int, out_channels: int):
+        super().__init__()
+        expanded = in_channels * expand_ratio
+        layers = [conv_bn(in_channels, expanded, 1, activation=SiLU)] if expand_ratio != 1 else []
+        layers += [conv_bn(expanded, expanded, kernel, stride, groups=expanded, activation=SiLU),
+                   SqueezeExcitation(expanded, max(1, in_channels // 4), SiLU, nn.Sigmoid),
+                   conv_bn(expanded, out_channels, 1, activation=None)]
+        self.block = nn.Sequential(*layers)
+        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        return result if self.add is None else self.add(result, x)
+
+
+class EfficientNet(nn.Module):
+    # (expand ratio, kernel, stride, channels, blocks): B0's first four stages at a quarter width.
+    SETTING = ((1, 3, 1, 4, 1), (6, 3, 2, 6, 2), (6, 5, 2, 10, 2), (6, 3, 2, 20, 2))
+
+    def __init__(self, num_classes: int = 20, stem: int = 8, last: int = 80):
+        super().__init__()
+        stages: list[nn.Module] = [conv_bn(3, stem, 3, 2, activation=SiLU)]
+        channels = stem
+        for expand_ratio, kernel, stride, out_channels, blocks in self.SETTING:
+            stages.append(nn.Sequential(*[MBConv(expand_ratio, kernel, stride if i == 0 else 1,
+                                                 channels if i == 0 else out_channels, out_channels)
+                                          for i in range(blocks)]))
+            channels = out_channels
+        stages.append(conv_bn(channels, last, 1, activation=SiLU))
+        self.features = nn.Sequential(*stages)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+# -- SqueezeNet 1.1: Fire modules, class scores from a conv, a ReLU and global pooling (no Gemm) --------------------
+
+class Fire(nn.Module):
+    def __init__(self, in_channels: int, squeeze: int, expand1x1: int, expand3x3: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(in_channels, squeeze, 1)
+        self.squeeze_activation = nn.ReLU()
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, 1)
+        self.expand1x1_activation = nn.ReLU()
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, 3, padding=1)
+        self.expand3x3_activation = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNet(nn.Module):
+    """squeezenet1_1 at 1/8 width."""
+
+    def __init__(self, num_classes: int = 20):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(8, 2, 8, 8), Fire(16, 2, 8, 8), nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(16, 4, 16, 16), Fire(32, 4, 16, 16), nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(32, 6, 24, 24), Fire(48, 6, 24, 24), Fire(48, 8, 32, 32), Fire(64, 8, 32, 32))
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(64, num_classes, 1), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+# -- GoogLeNet: Inception modules with parallel branches, one of them a max pool, joined by Concat ------------------
+
+class BasicConv2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, padding: int = 0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class Inception(nn.Module):
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
+                 pool_proj: int):
+        super().__init__()
+        self.branch1 = BasicConv2d(in_channels, ch1x1, 1)
+        self.branch2 = nn.Sequential(BasicConv2d(in_channels, ch3x3red, 1), BasicConv2d(ch3x3red, ch3x3, 3, padding=1))
+        self.branch3 = nn.Sequential(BasicConv2d(in_channels, ch5x5red, 1), BasicConv2d(ch5x5red, ch5x5, 3, padding=1))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv2d(in_channels, pool_proj, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class GoogLeNet(nn.Module):
+    """torchvision's googlenet up to inception4a, at 1/8 width, without the auxiliary heads."""
+
+    def __init__(self, num_classes: int = 20):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 8, 7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = BasicConv2d(8, 8, 1)
+        self.conv3 = BasicConv2d(8, 24, 3, padding=1)
+        self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception3a = Inception(24, 8, 12, 16, 2, 4, 4)
+        self.inception3b = Inception(32, 16, 16, 24, 4, 12, 8)
+        self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception4a = Inception(60, 24, 12, 26, 2, 6, 8)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
+        x = self.inception4a(self.maxpool3(self.inception3b(self.inception3a(x))))
+        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+
+
+# -- ShuffleNetV2: channel split (chunk), Concat, channel shuffle (Reshape -> Transpose -> Reshape) -----------------
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width)
+    return torch.transpose(x, 1, 2).contiguous().view(batch, channels, height, width)
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's shufflenetv2.InvertedResidual."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        half = out_channels // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
+                nn.BatchNorm2d(in_channels), nn.Conv2d(in_channels, half, 1, bias=False), nn.BatchNorm2d(half),
+                nn.ReLU())
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(in_channels if stride > 1 else half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            kept, processed = x.chunk(2, dim=1)
+            out = torch.cat((kept, self.branch2(processed)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self, repeats: tuple[int, ...] = (2, 2, 2), channels: tuple[int, ...] = (8, 16, 32, 64, 128),
+                 num_classes: int = 20):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, channels[0], 3, 2, 1, bias=False), nn.BatchNorm2d(channels[0]),
+                                   nn.ReLU())
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_channels = channels[0]
+        for i, (count, out_channels) in enumerate(zip(repeats, channels[1:]), start=2):
+            units = [ShuffleUnit(in_channels, out_channels, 2)]
+            units += [ShuffleUnit(out_channels, out_channels, 1) for _ in range(count - 1)]
+            setattr(self, f"stage{i}", nn.Sequential(*units))
+            in_channels = out_channels
+        self.conv5 = nn.Sequential(nn.Conv2d(in_channels, channels[-1], 1, bias=False), nn.BatchNorm2d(channels[-1]),
+                                   nn.ReLU())
+        self.mean = SpatialMean()
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage4(self.stage3(self.stage2(self.maxpool(self.conv1(x)))))
+        return self.fc(self.mean(self.conv5(x)))
+
+
+# -- ResNeXt: ResNet with grouped 3x3 convs ----------------------------------------------------------------------
+
+class ResNeXtBottleneck(zoo.Bottleneck):
+    """zoo.Bottleneck with torchvision's ResNeXt widths: conv2 is a grouped conv, width = channels * 2 here."""
+
+    groups, width_per_group = 4, 32
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__(in_channels, channels, stride, downsample)
+        # zoo.Bottleneck's forward and module paths, with the first three convs replaced by ResNeXt's.
+        width = channels * self.width_per_group // 64 * self.groups
+        self.conv1, self.bn1 = zoo.conv1x1(in_channels, width), nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=self.groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = zoo.conv1x1(width, channels * self.expansion)
+
+
+def resnext(num_classes: int = 20) -> zoo.ResNet:
+    return zoo.ResNet(ResNeXtBottleneck, (2, 1, 1, 1), 0.125, num_classes)
+
+
+# -- AlexNet with LocalResponseNorm (Krizhevsky et al. 2012, as in Caffe's reference net) ----------------------------
+
+class AlexNet(nn.Module):
+    """The original's layout, classifier on the flattened 6 x 6 maps. There is no AdaptiveAvgPool2d as in torchvision's
+    AlexNet: the TorchScript exporter loses the static shapes in torch's LocalResponseNorm and then cannot export it."""
+
+    def __init__(self, num_classes: int = 20, hidden: int = 64):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 12, 11, 4, 2), nn.ReLU(), nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(12, 32, 5, padding=2), nn.ReLU(), nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(32, 48, 3, padding=1), nn.ReLU(), nn.Conv2d(48, 48, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(48, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+        self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(32 * 6 * 6, hidden), nn.ReLU(), nn.Dropout(),
+                                        nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+# -- A fully convolutional head: 1x1 Conv to the classes, then global average pooling and Flatten (NiN style) -------
+
+class ConvHeadNet(nn.Module):
+    def __init__(self, num_classes: int = 20):
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(3, 8, 3, 2), conv_bn(8, 16, 3, 2), conv_bn(16, 16, 3, 1),
+                                      conv_bn(16, 32, 3, 2))
+        self.classifier = nn.Conv2d(32, num_classes, 1)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flatten(self.avgpool(self.classifier(self.features(x))))
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """zoo.randomize, with two changes that keep the fp32 comparison against the float64 reference well-conditioned.
+
+    - Residual branches end at a quarter of their scale, as zoo.randomize does for ResNets: the Add's proportional
+      split amplifies rounding where branch and shortcut nearly cancel.
+    - DenseNet's transition convs get non-negative weights, so that their average pools see non-negative values: the
+      exact norm rule divides by each window's sum, which rounding moves without bound where signed values cancel.
+    """
+    zoo.randomize(model, seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (InvertedResidualV2, InvertedResidualV3, MBConv)) and module.add is not None:
+                branch_end = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)][-1]
+                branch_end.weight.mul_(0.25)
+                branch_end.bias.mul_(0.25)
+            elif isinstance(module, DenseNet):
+                for name, transition in module.features.named_children():
+                    if name.startswith("transition"):
+                        transition.conv.weight.abs_()
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Family:
+    build: Callable[[], nn.Module]
+    size: int                # input height and width
+    layers: tuple[str, ...]  # module paths whose outputs the tests explain
+
+
+FAMILIES = {
+    "densenet": Family(DenseNet, 64, ("features.denseblock1", "features.transition1", "features.denseblock2",
+                                      "features.norm5")),
+    "mobilenet_v2": Family(MobileNetV2, 96, ("features.1", "features.3", "features.6", "features.9")),
+    "mobilenet_v3": Family(MobileNetV3, 96, ("features.1", "features.3", "features.5", "features.6")),
+    "efficientnet": Family(EfficientNet, 96, ("features.2", "features.3", "features.4", "features.5")),
+    "squeezenet": Family(SqueezeNet, 96, ("features.3", "features.7", "features.12", "classifier.2")),
+    "googlenet": Family(GoogLeNet, 96, ("conv3", "inception3a", "inception3b", "inception4a")),
+    "shufflenet_v2": Family(ShuffleNetV2, 96, ("maxpool", "stage2", "stage3", "conv5")),
+    "resnext": Family(resnext, 96, ("layer1", "layer2", "layer4")),
+    "alexnet_lrn": Family(AlexNet, 224, ("features.1", "features.2", "features.6", "features.12")),
+    "conv_head": Family(ConvHeadNet, 64, ("features.1", "features.3", "classifier")),
+}
