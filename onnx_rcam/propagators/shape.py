@@ -111,12 +111,6 @@ def gather(ctx: Context, node, relevance):
     return [_scatter(b, b.reshape(r, one_axis), len(shape), axis, positions, size), None]
 
 
-@register("Shape")
-def shape_of(ctx: Context, node, relevance):
-    """A shape is integers: nothing flows back through it (its readers return no relevance for it)."""
-    return [None]
-
-
 def _static_axis(node, shape: list, axis: int) -> tuple[int, int]:
     """The axis counted from the front, and its size, which must be static."""
     size = shape[axis] if -len(shape) <= axis < len(shape) else None
