@@ -121,6 +121,17 @@ def test_pad_then_conv(fill):
     assert_matches(out.relevance(), relevance_padded[:, :, 1:-2, 2:])
 
 
+def assert_routes_like_the_gradient(model, pool, samples):
+    """Forward equals `pool`, and the relevance at `a` is the gradient of `pool` applied to each unit's relevance."""
+    y_shape = pool(f64(samples[:1])).shape[1:]
+    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
+    out = explain(model, x, targets)
+
+    assert_matches(out.output, pool(f64(x)).flatten(1), "forward")
+    expected = torch.autograd.functional.vjp(pool, f64(x), relevance_at_output(targets, y_shape))[1]
+    assert_matches(out.relevance(), expected)
+
+
 def test_pad_then_max_pool():
     """Pad before a MaxPool is not folded: the Pad propagator slices what the pool routed into the padding off.
 
@@ -139,13 +150,7 @@ def test_pad_then_max_pool():
 
     samples = distinct_samples([2, 3, 5, 5], seed=6)
     samples = samples - samples.min() + 0.1  # distinct and positive
-    y_shape = pool(f64(samples[:1])).shape[1:]
-    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
-    out = explain(model, x, targets)
-
-    assert_matches(out.output, pool(f64(x)).flatten(1), "forward")
-    expected = torch.autograd.functional.vjp(pool, f64(x), relevance_at_output(targets, y_shape))[1]
-    assert_matches(out.relevance(), expected)
+    assert_routes_like_the_gradient(model, pool, samples)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,13 +382,7 @@ def test_max_pool(case):
         return F.max_pool2d(v, kernel, stride, pad, dilation, ceil_mode=bool(ceil_mode))
 
     samples = distinct_samples([2, 3, size, size], seed=27)
-    y_shape = pool(f64(samples[:1])).shape[1:]
-    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
-    out = explain(model, x, targets)
-
-    assert_matches(out.output, pool(f64(x)).flatten(1), "forward")
-    expected = torch.autograd.functional.vjp(pool, f64(x), relevance_at_output(targets, y_shape))[1]
-    assert_matches(out.relevance(), expected)
+    assert_routes_like_the_gradient(model, pool, samples)
 
 
 # id: (kernel, stride, pad, count_include_pad, ceil_mode), on a 7 x 6 input. onnxruntime and torch agree on the

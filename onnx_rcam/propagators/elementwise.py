@@ -28,9 +28,13 @@ def relu(ctx: Context, node, relevance):
 
 @register("LeakyRelu", sign=like_first_input)
 def leaky_relu(ctx: Context, node, relevance):
-    x, slope = node.inputs[0].name, node.attrs.get("alpha", 0.01)
-    return _nonlinear(ctx, node, relevance,
-                      lambda b, r: b.mul(r, b.where(b.greater(x, b.const(0.0)), b.const(1.0), b.const(slope))))
+    slope = node.attrs.get("alpha", 0.01)
+    return _nonlinear(ctx, node, relevance, lambda b, r: _sloped_below_zero(b, node.inputs[0].name, r, slope))
+
+
+def _sloped_below_zero(b, x: str, r: str, slope) -> str:
+    """r times the derivative of max(x, 0) + slope * min(x, 0): 1 above 0, slope (scalar or per channel) below."""
+    return b.mul(r, b.where(b.greater(x, b.const(0.0)), b.const(1.0), b.const(slope, "slope")))
 
 
 def _clip_sign(node, is_nonnegative) -> bool:
@@ -109,8 +113,7 @@ def prelu(ctx: Context, node, relevance):
     slope = constant_input(node, 1)
     if slope is None:
         raise unsupported(node, "its slope is computed at run time; only a constant slope is supported")
-    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
-        r, b.where(b.greater(x, b.const(0.0)), b.const(1.0), b.const(slope, "prelu_slope"))))
+    return _nonlinear(ctx, node, relevance, lambda b, r: _sloped_below_zero(b, x, r, slope))
 
 
 @register("Pow", sign=like_first_input)
