@@ -10,22 +10,33 @@ import click
 from onnx import TensorProto
 
 from onnx_rcam import RcamError, default_model_path
-from onnx_rcam.augment import build
+from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.explain import explain_images
 from onnx_rcam.explainer import Explainer
 from onnx_rcam.images import Preprocessing, find_images, input_layout
-from onnx_rcam.canonicalize import canonicalize
 from onnx_rcam.export import save
 from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
-from onnx_rcam.load import infer_shapes, load
+from onnx_rcam.load import parse_shape
 from onnx_rcam.rules import COMPOSITES
-from onnx_rcam.select import candidates
 
 MODEL_HELP = "ONNX image classifier. Omit it to use the bundled ImageNet EfficientNet-Lite0."
 
 
 def _model_argument(model: str | None) -> Path:
     return Path(model) if model else default_model_path()
+
+
+def _parse_shape(ctx, param, value):
+    try:
+        return parse_shape(value) if value else None
+    except RcamError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shape", callback=_parse_shape, metavar="N,C,H,W",
+    help="Fix the image input's shape, for models with a dynamic height and width, e.g. N,3,224,224 (a name keeps "
+         "that dimension dynamic). The augmented model then takes this shape only.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,8 +67,9 @@ def main():
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Explain the K highest-scoring classes of each image in the same run: rcam/class becomes [N, K] "
                    "and each map [N, K, H, W].")
+@input_shape_option
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def augment(model, output, layers, composite, initial, relu, top_k, force):
+def augment(model, output, layers, composite, initial, relu, top_k, input_shape, force):
     """Add Relevance-CAM outputs to MODEL and write the augmented model.
 
     The augmented model keeps the original inputs and outputs (same values, bit for bit) and adds, per layer L,
@@ -70,7 +82,7 @@ def augment(model, output, layers, composite, initial, relu, top_k, force):
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists; pass --force to overwrite it")
     started = time.perf_counter()
-    result = build(source, layers or ("auto",), composite, initial, relu, top_k)
+    result = build(source, layers or ("auto",), composite, initial, relu, top_k, input_shape)
     save(result.model, target, force=force)
     seconds = time.perf_counter() - started
 
@@ -108,15 +120,17 @@ def augment(model, output, layers, composite, initial, relu, top_k, force):
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Class names, one per line "
               "[default: ImageNet's for 1000-class models].")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
+@input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
-def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force):
+def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite,
+            input_shape, force):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
     MODEL is a plain or an already augmented ONNX classifier; INPUT is image files (JPEG, PNG, WebP, BMP) or folders.
     An unreadable image is reported and skipped; the exit status is then 1.
     """
     _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
-             preprocess, labels, composite, force)
+             preprocess, labels, composite, force, input_shape)
 
 
 @main.command()
@@ -128,7 +142,8 @@ def demo(outdir, force):
              ("auto", "_blocks.10", "_blocks.4"), None, 1, 8, "auto", None, None, "rcam", force)
 
 
-def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force):
+def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
+             input_shape=None):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
     if outdir.exists() and any(outdir.iterdir()) and not force:
@@ -139,7 +154,7 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
     preprocessing = Preprocessing.from_file(Path(preprocess)) if preprocess and Path(preprocess).is_file() \
         else preprocess
     explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
-                          preprocessing=preprocessing)
+                          preprocessing=preprocessing, input_shape=input_shape)
     if isinstance(preprocessing, Preprocessing):  # a file gives no layout: take the model's
         explainer.preprocessing = Preprocessing(preprocessing.size, preprocessing.resize_shorter,
                                                 preprocessing.mean, preprocessing.std,
@@ -172,13 +187,14 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 
 @main.command()
 @click.argument("model", required=False, metavar="[MODEL]")
-def layers(model):
+@input_shape_option
+def layers(model, input_shape):
     """List the layers of MODEL that can be explained, shallowest first.
 
     Use the INDEX (negative), the TENSOR name or a SCOPE prefix with `onnx-rcam augment --layer`.
     """
     source = _model_argument(model)
-    options = candidates(canonicalize(infer_shapes(load(source))))
+    options = candidate_layers(source, input_shape)
     rows = [("INDEX", "TENSOR", "OP", "SHAPE", "DOWN", "SCOPE")]
     for c in options:
         rows.append((str(c.index - len(options)), c.tensor, c.op, _shape(c.shape), f"{c.downsampling:g}x",

@@ -4,7 +4,7 @@
 rcam/L/relevance and rcam/L/activation, plus rcam/class and an optional rcam/target input. See DESIGN.md.
 """
 
-from .augment import augment
+from .augment import augment, candidate_layers
 from .errors import CompositeError, LayerSelectionError, ModelError, RcamError, UnsupportedOpError
 from .explainer import Explainer, Explanation
 from .models_path import default_model_path
@@ -12,5 +12,5 @@ from .overlay import overlay
 
 __version__ = "0.1.0"
 
-__all__ = ["augment", "Explainer", "Explanation", "overlay", "default_model_path", "RcamError", "ModelError", "LayerSelectionError",
-           "UnsupportedOpError", "CompositeError", "__version__"]
+__all__ = ["augment", "candidate_layers", "Explainer", "Explanation", "overlay", "default_model_path", "RcamError",
+           "ModelError", "LayerSelectionError", "UnsupportedOpError", "CompositeError", "__version__"]

@@ -13,12 +13,13 @@ from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import RcamError
 from .export import assemble
+from .forward_copies import materialize
 from .fusion import protect_fusions
 from .heads import output_names, relevance_cam
 from .initial import INITIAL_KINDS, initial_relevance
-from .load import default_opset, infer_shapes, load
+from .load import default_opset, fix_input_shape, infer_shapes, load
 from .propagators import nonnegative_tensors
-from .select import Target, region, resolve
+from .select import Candidate, Target, candidates, region, resolve
 from .sweep import sweep
 
 METHOD = "rcam"
@@ -33,20 +34,22 @@ class Augmented:
 
 
 def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
-            initial: str = "contrastive", relu: bool = False, top_k: int = 1) -> onnx.ModelProto:
+            initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None) -> onnx.ModelProto:
     """Return `model` with Relevance-CAM outputs for `layers` added (DESIGN.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
     into the candidates that `onnx-rcam layers` lists. composite: `rcam` (the paper's rules), `epsilon_plus`, a
     JSON file or a dict mapping op types to rules. initial: `contrastive`, `onehot` or `logit`. relu: clip the raw
     map at 0 before normalising (Grad-CAM style). top_k: explain the top_k highest-scoring classes of each sample
-    in the same run; rcam/class becomes [N, top_k] and the maps [N, top_k, H, W].
+    in the same run; rcam/class becomes [N, top_k] and the maps [N, top_k, H, W]. input_shape: the image input's
+    shape, for models whose height and width are dynamic, e.g. ("N", 3, 224, 224); a name keeps a dimension
+    dynamic. The augmented model then takes that shape only.
     """
-    return build(model, layers, composite, initial, relu, top_k).model
+    return build(model, layers, composite, initial, relu, top_k, input_shape).model
 
 
 def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
-          top_k: int = 1) -> Augmented:
+          top_k: int = 1, input_shape=None) -> Augmented:
     if initial not in INITIAL_KINDS:
         raise RcamError(f"unknown initial relevance {initial!r}; choose one of {', '.join(INITIAL_KINDS)}")
     if isinstance(layers, str):
@@ -54,8 +57,7 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     if not layers:
         raise RcamError("no layers given")
     chosen_rules = rules.composite(composite)
-    original = load(model)
-    canonical = canonicalize(infer_shapes(original))
+    original, canonical = _analyse(model, input_shape)
     targets = resolve(canonical, layers)
     tensors = canonical.graph.tensors()
     logits = canonical.logits
@@ -72,7 +74,21 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     relevance = sweep(canonical, region(canonical, targets), target_tensors, start, b, chosen_rules)
     for target in targets:
         relevance_cam(b, target.tensor, relevance[target.tensor], list(tensors[target.tensor].shape),
-                      tuple(canonical.image.shape[2:]), output_names(METHOD, target.key), relu, top_k)
+                      canonical.image_size, output_names(METHOD, target.key), relu, top_k)
+    materialize(original, canonical, b)
     protect_fusions(original, canonical, b)
     repeat_forward_reads(original, canonical, b, top_k)
     return Augmented(assemble(original, b), targets, b.outputs, logits.name)
+
+
+def candidate_layers(model, input_shape=None) -> list[Candidate]:
+    """The layers of `model` that can be explained, shallowest first (what `onnx-rcam layers` lists)."""
+    return candidates(_analyse(model, input_shape)[1])
+
+
+def _analyse(model, input_shape):
+    """The loaded model (its input shape fixed where asked) and its canonical analysis graph."""
+    original = load(model)
+    if input_shape is not None:
+        fix_input_shape(original, list(input_shape))
+    return original, canonicalize(infer_shapes(original))

@@ -18,7 +18,9 @@ def repeat_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Bui
     if times == 1:
         return
     forward = {i.name for i in original.graph.input} | {o for n in original.graph.node for o in n.output}
+    forward |= set(b.forward_copies)
     shapes = {name: tensor.shape for name, tensor in canonical.graph.tensors().items()}
+    shapes.update({copy: shapes[source] for copy, source in b.forward_copies.items()})
     backward, b.nodes = b.nodes, []  # the repeats read only forward tensors: they go first
     repeated: dict[str, str] = {}
 

@@ -27,6 +27,8 @@ class Builder:
         self._counter = 0
         self._constants: dict[tuple, str] = {}
         self.per_sample_nodes: set[str] = set()  # nodes that work on the model's own batch (see batching.py)
+        # forward tensors the generated nodes compute -> the canonical tensor each copies (forward_copies.py)
+        self.forward_copies: dict[str, str] = {}
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[tuple[str, int, list]] = []  # (name, elem_type, shape) of each added output
 

@@ -21,12 +21,24 @@ PASS_THROUGH = ("Identity", "Dropout")
 OUTPUT_NORMALIZERS = ("Softmax", "LogSoftmax")
 
 
+# Ops whose inputs and outputs are laid out [N, C, H, W]: the first one the image reaches tells its layout.
+CHANNEL_FIRST_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                     "BatchNormalization", "LRN", "InstanceNormalization")
+TO_CHANNEL_FIRST = [0, 3, 1, 2]
+
+
 @dataclass
 class Canonical:
     graph: gs.Graph
     image: gs.Variable   # the image input (4-D)
     logits: gs.Variable  # [N, K] class scores before any final Softmax
     scopes: dict[str, str]  # tensor name -> torch module path that produced it, where the exporter recorded one
+    layout: str = "NCHW"  # the image's: "NHWC" for TensorFlow graphs, which Transpose it first
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        shape = self.image.shape
+        return (shape[1], shape[2]) if self.layout == "NHWC" else (shape[2], shape[3])
 
 
 def canonicalize(model: onnx.ModelProto) -> Canonical:
@@ -35,11 +47,45 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph.toposort()
     graph.fold_constants(error_ok=True)
     graph.cleanup()
+    _refine_shapes(graph)
     _drop_pass_through(graph)
-    _fold_batchnorm(graph)
+    _fold_channel_affine(graph)
     _fold_zero_pad(graph)
     graph.cleanup().toposort()
-    return Canonical(graph, _find_image(graph), _find_logits(graph), scopes)
+    logits = _find_logits(graph)  # may append a Flatten, after everything it reads (and which cleanup would drop)
+    image = _find_image(graph)
+    return Canonical(graph, image, logits, scopes, _image_layout(image))
+
+
+def _refine_shapes(graph: gs.Graph) -> None:
+    """Infer shapes again on the folded graph and take every dimension that became a number.
+
+    TorchScript writes chunk() as Slices whose ends are computed from Shape through Div, which ONNX's data
+    propagation does not follow: every shape after them is unknown until folding has made those ends constants.
+    Dimensions that stay symbolic keep their old names (a fresh inference would rename the batch dimension).
+    """
+    if all(_is_static(t.shape) for t in graph.tensors().values() if isinstance(t, gs.Variable)):
+        return
+    try:
+        inferred = onnx.shape_inference.infer_shapes(gs.export_onnx(graph), data_prop=True)
+    except Exception:  # noqa: BLE001 - refinement is a bonus; the shapes from before folding stay usable
+        return
+    found = {info.name: info.type.tensor_type for info in inferred.graph.value_info}
+    for tensor in graph.tensors().values():
+        info = found.get(tensor.name)
+        if not isinstance(tensor, gs.Variable) or info is None or not info.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in info.shape.dim]
+        if tensor.shape is None:
+            tensor.shape = [d if d is not None else f"rcam_unknown_{i}" for i, d in enumerate(dims)]
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type)
+        elif len(tensor.shape) == len(dims):
+            tensor.shape = [new if new is not None and not isinstance(old, int) else old
+                            for old, new in zip(tensor.shape, dims)]
+
+
+def _is_static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape[1:])
 
 
 def module_path(node: onnx.NodeProto) -> str:
@@ -81,42 +127,102 @@ def _drop_pass_through(graph: gs.Graph) -> None:
         node.outputs.clear()
 
 
-def _fold_batchnorm(graph: gs.Graph) -> None:
-    """Conv/Gemm -> BatchNormalization becomes one linear layer carrying the BN's output name."""
-    for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
-        linear_out = bn.inputs[0]
-        if len(linear_out.inputs) != 1 or len(linear_out.outputs) != 1 or linear_out in graph.outputs:
-            continue
-        linear = linear_out.inputs[0]
-        params = [constant_value(t) for t in bn.inputs[1:5]]
-        if linear.op not in ("Conv", "Gemm") or any(p is None for p in params) or len(bn.outputs) != 1:
-            continue
-        weight = constant_value(linear.inputs[1])
-        if weight is None:
-            continue
+def _fold_channel_affine(graph: gs.Graph) -> None:
+    """Conv/Gemm/MatMul followed by a per-output-channel affine map becomes one linear layer carrying the map's
+    output name: BatchNormalization, and Mul/Div/Add/Sub by constants (BatchNormalization written out, as
+    converters do, and the bias Add of a MatMul head, which becomes a Gemm). Repeated until nothing folds.
+    """
+    folded = True
+    while folded:
+        folded = False
+        for node in list(graph.nodes):
+            affine = _channel_affine(node)
+            if affine is not None and _fold_into_linear(graph, node, *affine):
+                folded = True
+
+
+def _channel_affine(node: gs.Node):
+    """(input, scale, shift) when `node` computes input * scale + shift per channel (axis 1) with constant scale
+    and shift (numpy arrays broadcastable to [C], or None); otherwise None."""
+    if node.op == "BatchNormalization":
+        params = [constant_value(t) for t in node.inputs[1:5]]
+        if len(node.outputs) != 1 or any(p is None for p in params):
+            return None
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-        factor = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
-        bias = constant_value(linear.inputs[2]) if len(linear.inputs) > 2 else None
-        bias = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
-        if linear.op == "Conv":
-            folded_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
-        else:  # Gemm: fold into the output-feature axis of B
-            alpha = linear.attrs.get("alpha", 1.0)
-            out_axis = 0 if linear.attrs.get("transB", 0) else 1
-            folded_weight = weight * np.expand_dims(factor, 1 - out_axis) * alpha
-            bias = bias * linear.attrs.get("beta", 1.0)
-            linear.attrs["alpha"], linear.attrs["beta"] = 1.0, 1.0
-        folded_bias = (bias - mean) * factor + beta
-        name = linear.name or linear.outputs[0].name
-        # onnx-graphsurgeon's node lists keep tensors' producer/reader links in sync only through these methods.
-        while len(linear.inputs) > 1:
-            linear.inputs.pop()
-        linear.inputs.extend([gs.Constant(f"rcam/folded/{name}/weight", folded_weight.astype(np.float32)),
-                              gs.Constant(f"rcam/folded/{name}/bias", folded_bias.astype(np.float32))])
-        result = bn.outputs[0]
-        bn.outputs.clear()
-        linear.outputs.clear()
-        linear.outputs.append(result)
+        scale = gamma / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
+        return node.inputs[0], scale, beta - mean * scale
+    if node.op not in ("Mul", "Div", "Add", "Sub") or len(node.inputs) != 2:
+        return None
+    x, other = node.inputs
+    if node.op in ("Mul", "Add") and constant_value(x) is not None:
+        x, other = other, x
+    value = constant_value(other)
+    if value is None or not is_activation(x) or x.shape is None or len(x.shape) < 2:
+        return None  # no channel axis
+    vector = _channel_vector(value.astype(np.float64), len(x.shape))
+    if vector is None:
+        return None
+    return {"Mul": (x, vector, None), "Div": (x, 1.0 / vector, None),
+            "Add": (x, None, vector), "Sub": (x, None, -vector)}[node.op]
+
+
+def _channel_vector(value: np.ndarray, rank: int) -> np.ndarray | None:
+    """`value` as a [C] or [1] vector if it broadcasts against a rank-`rank` tensor along axis 1 only."""
+    if value.ndim > rank or (value.ndim == rank and value.shape[0] != 1):
+        return None
+    trailing = value.reshape(value.shape[-(rank - 1):] if value.ndim >= rank - 1 else
+                             (1,) * (rank - 1 - value.ndim) + value.shape)
+    if rank == 2:
+        return trailing.reshape(-1)
+    if any(d != 1 for d in trailing.shape[1:]):
+        return None
+    return trailing.reshape(-1)
+
+
+def _fold_into_linear(graph: gs.Graph, affine: gs.Node, x: gs.Variable, scale, shift) -> bool:
+    if len(x.inputs) != 1 or len(x.outputs) != 1 or x in graph.outputs or len(affine.outputs) != 1:
+        return False
+    linear = x.inputs[0]
+    weight = constant_value(linear.inputs[1]) if len(linear.inputs) > 1 else None
+    if weight is None or linear.op not in ("Conv", "Gemm", "MatMul") or not is_activation(linear.inputs[0]):
+        return False
+    if len(linear.inputs) > 2 and linear.inputs[2].name and constant_value(linear.inputs[2]) is None:
+        return False  # a computed bias
+    if linear.op == "MatMul" and (weight.ndim != 2 or linear.inputs[0].shape is None
+                                  or len(linear.inputs[0].shape) != 2):
+        return False  # only the 2-D [N, C] x [C, K] form is a Gemm
+    if linear.op == "Gemm" and linear.attrs.get("transA", 0):
+        return False
+    channels = weight.shape[0] if linear.op == "Conv" else weight.shape[0 if linear.attrs.get("transB", 0) else 1]
+    if any(v is not None and v.size not in (1, channels) for v in (scale, shift)):
+        return False
+    if linear.op == "MatMul":
+        linear.op, linear.attrs = "Gemm", {}
+    scale = np.ones(channels) if scale is None else np.broadcast_to(scale, channels)
+    shift = np.zeros(channels) if shift is None else np.broadcast_to(shift, channels)
+    weight = weight.astype(np.float64)
+    bias = constant_value(linear.inputs[2]) if len(linear.inputs) > 2 else None
+    bias = np.zeros(channels) if bias is None else np.broadcast_to(bias.astype(np.float64), channels)
+    if linear.op == "Conv":
+        folded_weight = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    else:  # Gemm: scale the output-feature axis of B, and take alpha and beta in
+        out_axis = 0 if linear.attrs.get("transB", 0) else 1
+        folded_weight = weight * np.expand_dims(scale, 1 - out_axis) * linear.attrs.get("alpha", 1.0)
+        bias = bias * linear.attrs.get("beta", 1.0)
+        linear.attrs["alpha"], linear.attrs["beta"] = 1.0, 1.0
+    folded_bias = bias * scale + shift
+    name = linear.name or linear.outputs[0].name
+    generation = sum(1 for t in graph.tensors() if t.startswith(f"rcam/folded/{name}/weight"))
+    # onnx-graphsurgeon's node lists keep tensors' producer/reader links in sync only through these methods.
+    while len(linear.inputs) > 1:
+        linear.inputs.pop()
+    linear.inputs.extend([gs.Constant(f"rcam/folded/{name}/weight{generation}", folded_weight.astype(np.float32)),
+                          gs.Constant(f"rcam/folded/{name}/bias{generation}", folded_bias.astype(np.float32))])
+    result = affine.outputs[0]
+    affine.outputs.clear()
+    linear.outputs.clear()
+    linear.outputs.append(result)
+    return True
 
 
 def _fold_zero_pad(graph: gs.Graph) -> None:
@@ -149,31 +255,62 @@ def _fold_zero_pad(graph: gs.Graph) -> None:
 
 
 def _find_image(graph: gs.Graph) -> gs.Variable:
-    images = [t for t in graph.inputs if t.shape is not None and len(t.shape) == 4]
+    images = [t for t in graph.inputs if isinstance(t, gs.Variable) and t.shape is not None and len(t.shape) == 4]
     if len(images) != 1:
         found = ", ".join(f"{t.name} {t.shape}" for t in graph.inputs) or "none"
         raise ModelError(f"expected exactly one 4-D image input, found: {found}")
     image = images[0]
     if not all(isinstance(d, int) for d in image.shape[1:]):
         raise ModelError(
-            f"input {image.name!r} has shape {image.shape}: channels, height and width must be fixed numbers")
+            f"input {image.name!r} has shape {image.shape}: channels, height and width must be fixed numbers. "
+            f"Give the shape to explain at: --input-shape (input_shape= in Python), e.g. "
+            f"--input-shape N,3,224,224; N keeps the batch dynamic")
     return image
 
 
+def _image_layout(image: gs.Variable) -> str:
+    """NHWC if the first layout-defining op the image reaches is a Transpose to [N, C, H, W] (how TensorFlow
+    converters start a graph); NCHW otherwise."""
+    seen, frontier = set(), [image]
+    while frontier:
+        tensor = frontier.pop(0)
+        for reader in tensor.outputs:
+            if reader.op == "Transpose" and list(reader.attrs.get("perm", [])) == TO_CHANNEL_FIRST:
+                return "NHWC"
+            if reader.op in CHANNEL_FIRST_OPS:
+                return "NCHW"
+            for out in reader.outputs:
+                if out.name not in seen and out.shape is not None and len(out.shape) == 4:
+                    seen.add(out.name)
+                    frontier.append(out)
+    return "NCHW"
+
+
 def _find_logits(graph: gs.Graph) -> gs.Variable:
+    """The class scores before any final Softmax/LogSoftmax. Scores that stay 4-D ([N, K, 1, 1], as from a conv
+    head) get a Flatten in the analysis graph; the generated nodes compute it again from the original tensor."""
     if not graph.outputs:
         raise ModelError("the model has no outputs")
     scores = graph.outputs[0]
-    while scores.inputs and scores.inputs[0].op in OUTPUT_NORMALIZERS:
+    while scores.inputs and scores.inputs[0].op in OUTPUT_NORMALIZERS and scores.shape is not None:
         normalizer = scores.inputs[0]
-        axis = normalizer.attrs.get("axis", -1)
-        if axis not in (-1, len(scores.shape or [0, 0]) - 1):
+        if normalizer.attrs.get("axis", -1) % len(scores.shape) != _class_axis(scores.shape):
             break
         scores = normalizer.inputs[0]
+    shape = scores.shape
+    if shape is not None and len(shape) > 2 and all(d == 1 for d in shape[2:]) and isinstance(shape[1], int):
+        flat = gs.Variable(f"rcam/flat_scores/{scores.name}", dtype=scores.dtype, shape=[shape[0], shape[1]])
+        graph.nodes.append(gs.Node("Flatten", f"rcam/flatten/{scores.name}", {"axis": 1}, [scores], [flat]))
+        scores = flat
     if scores.shape is None or len(scores.shape) != 2 or not isinstance(scores.shape[1], int):
         raise ModelError(
-            f"output {graph.outputs[0].name!r}: expected class scores of shape [N, K] (optionally after a final "
-            f"Softmax/LogSoftmax), got shape {scores.shape}")
+            f"output {graph.outputs[0].name!r}: expected class scores of shape [N, K] or [N, K, 1, 1] (optionally "
+            f"after a final Softmax/LogSoftmax), got shape {scores.shape}")
     if not scores.inputs:
         raise ModelError(f"output {scores.name!r} is not computed from the input")
     return scores
+
+
+def _class_axis(shape) -> int:
+    """Axis 1 holds the classes of [N, K] and of [N, K, 1, 1]; a Softmax over any other axis is part of the model."""
+    return 1 if len(shape) == 2 or all(d == 1 for d in shape[2:]) else -1

@@ -47,12 +47,13 @@ class Explainer:
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
                  top_k: int = 1, composite="rcam", initial: str = "contrastive",
-                 preprocessing: Preprocessing | str | None = None):
+                 preprocessing: Preprocessing | str | None = None, input_shape=None):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         proto = load(model)
         if TARGET_INPUT not in {i.name for i in proto.graph.input}:
-            proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k)
+            proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k,
+                            input_shape=input_shape)
         self.model = proto
         self.session, self.provider, self.cuda_wanted = _session(proto, device)
         self.input = next(i for i in self.session.get_inputs() if i.name != TARGET_INPUT)

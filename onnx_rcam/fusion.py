@@ -8,13 +8,11 @@ reconstruction instead: the other operand subtracted from the Add's result, or a
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
-from onnx import helper
 
 from .builder import Builder
 from .canonicalize import Canonical
+from .forward_copies import copy_producer
 
 _ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
 _LINEAR_READERS = _ACTIVATIONS + ("Add", "Sum", "BatchNormalization", "Mul", "Div")
@@ -50,24 +48,10 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
         if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1:
             other = others[0]
             if fusion_internal(other) and other not in replacement:
-                replacement[other] = _copy_producer(canonical, other, b)
+                replacement[other] = copy_producer(canonical, other, b)
             replacement[name] = b.sub(join.output[0], replacement.get(other, other))
         else:
-            replacement[name] = _copy_producer(canonical, name, b)
+            replacement[name] = copy_producer(canonical, name, b)
     for node in backward:
         node.input[:] = [replacement.get(i, i) for i in node.input]
     b.nodes.extend(backward)
-
-
-def _copy_producer(canonical: Canonical, name: str, b: Builder) -> str:
-    """A private copy of the node computing `name`, taken from the canonical graph (pads and BN already folded)."""
-    source: gs.Node = canonical.graph.tensors()[name].inputs[0]
-    inputs = []
-    for tensor in source.inputs:
-        if isinstance(tensor, gs.Constant):
-            inputs.append(b.const(np.asarray(tensor.values), "copy_param", dtype=tensor.values.dtype))
-        else:
-            inputs.append(tensor.name)
-    copy = b.fresh("copy")
-    b.nodes.append(helper.make_node(source.op, inputs, [copy], name=b.fresh("node/copy"), **source.attrs))
-    return copy

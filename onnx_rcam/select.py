@@ -30,16 +30,38 @@ def candidates(canonical: Canonical) -> list[Candidate]:
     """4-D activations with a spatial grid (more than 1x1) produced by a node on a path from the image to the
     logits, in topological order."""
     on_path = _descendants([canonical.image]) & _ancestors(canonical.logits)
-    height = canonical.image.shape[2]
+    channel_last = _channel_last(canonical)
+    height = canonical.image_size[0]
     found = []
     for node in canonical.graph.nodes:
         for tensor in node.outputs:
-            if (tensor.name in on_path and tensor.shape is not None and len(tensor.shape) == 4
-                    and _spatial_size(tensor.shape) > 1):
+            if (tensor.name in on_path and tensor.name not in channel_last and tensor.shape is not None
+                    and len(tensor.shape) == 4 and _spatial_size(tensor.shape) > 1):
                 h = tensor.shape[2]
                 factor = height / h if isinstance(h, int) and h else float("nan")
                 found.append(Candidate(len(found), tensor.name, node.op, tuple(tensor.shape), factor,
                                        canonical.scopes.get(tensor.name, "")))
+    return found
+
+
+# Ops after which a tensor's axes mean something else; every other op keeps its input's layout.
+_RELAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "DepthToSpace", "SpaceToDepth")
+_TO_CHANNEL_LAST = [0, 2, 3, 1]
+
+
+def _channel_last(canonical: Canonical) -> set[str]:
+    """Names of the 4-D tensors laid out [N, H, W, C] (TensorFlow graphs): an NHWC image and Transposes to
+    [0, 2, 3, 1], followed through the ops that keep a layout. They are not layers: their axis 1 is not channels."""
+    found = {canonical.image.name} if canonical.layout == "NHWC" else set()
+    for node in canonical.graph.nodes:
+        read = [t for t in node.inputs if t.name in found]
+        if node.op == "Transpose":
+            perm = list(node.attrs.get("perm", []))
+            last = perm == _TO_CHANNEL_LAST if not read else perm == list(range(4))
+        else:
+            last = bool(read) and node.op not in _RELAYOUT_OPS
+        if last:
+            found.update(t.name for t in node.outputs if t.shape is not None and len(t.shape) == 4)
     return found
 
 

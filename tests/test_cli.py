@@ -125,3 +125,24 @@ def test_augmenting_twice_is_refused(capsys, tiny):
     code, _, err = cli(capsys, "augment", str(once), "-o", str(tiny.with_name("twice.onnx")))
     assert code == 1 and "augmented before" in err
     assert not tiny.with_name("twice.onnx").exists()
+
+
+def test_input_shape_fixes_a_dynamic_height_and_width(capsys, tiny, tmp_path):
+    dynamic = onnx.load(str(tiny))
+    for dim, name in zip(dynamic.graph.input[0].type.tensor_type.shape.dim[2:], ("h", "w")):
+        dim.Clear()
+        dim.dim_param = name
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(dynamic, path)
+
+    code, _, err = cli(capsys, "layers", str(path))
+    assert code == 1 and "--input-shape" in err
+    code, out, _ = cli(capsys, "layers", str(path), "--input-shape", "N,3,12,12")
+    assert code == 0 and "[n, 4, 12, 12]" in out
+    code, _, _ = cli(capsys, "augment", str(path), "--input-shape", "Nx3x12x12", "-o", str(tmp_path / "out.onnx"))
+    assert code == 0
+    out = run_model(str(tmp_path / "out.onnx"), {"x": np.random.rand(2, 3, 12, 12).astype(np.float32)})
+    assert out["rcam/act/map"].shape == (2, 12, 12)
+
+    code, _, err = cli(capsys, "augment", str(path), "--input-shape", "3,,12")
+    assert code == 2 and "write it like N,3,224,224" in err

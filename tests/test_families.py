@@ -11,7 +11,6 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 
 import families
 import onnx_rcam
@@ -26,19 +25,7 @@ BATCH = 4
 DEVIATIONS: dict[str, float] = {}
 
 
-# TorchScript writes chunk() as Slices whose ends come from Shape: ONNX shape inference loses every shape after them
-# (down to the final ReduceMean's axes), and canonicalize does not infer shapes again after folding yet (issue 3).
-NEEDS_SHAPES_AFTER_FOLDING = {("shufflenet_v2", "torchscript")}
-
-
-def case(name: str, exporter: str):
-    marks = [pytest.mark.xfail(strict=True, raises=onnx_rcam.UnsupportedOpError,
-                               reason="shapes lost after chunk(); canonicalize must re-infer them after folding")] \
-        if (name, exporter) in NEEDS_SHAPES_AFTER_FOLDING else []
-    return pytest.param(name, exporter, id=f"{name}-{exporter}", marks=marks)
-
-
-CASES = [case(name, exporter) for name in FAMILIES for exporter in EXPORTERS]
+CASES = [pytest.param(name, exporter, id=f"{name}-{exporter}") for name in FAMILIES for exporter in EXPORTERS]
 
 
 @functools.cache
@@ -46,22 +33,8 @@ def model_and_reference(name: str):
     """The randomised model, a well-conditioned batch with per-sample targets, and the reference on it."""
     family = FAMILIES[name]
     model = families.randomize(family.build(), seed=sum(map(ord, name)))
-    x, targets, classes = well_conditioned_batch(model, family.layers, family.size, seed=7)
+    x, targets, classes = reference.well_conditioned_batch(model, family.layers, BATCH, family.size, seed=7)
     return model, x, targets, reference.reference(model, x, family.layers, targets=classes)
-
-
-def well_conditioned_batch(model, layers, size: int, seed: int):
-    """A random batch and targets (fixed classes, the prediction, a runner-up) on which fp32 rounding alone stays
-    far below the tolerance (see reference.fp32_deviation)."""
-    for attempt in range(10):
-        x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(seed + attempt))
-        with torch.no_grad():
-            ranked = model(x).argsort(1, descending=True)
-        targets = np.array([3, 17, -1, int(ranked[-1, 1])], dtype=np.int64)
-        classes = np.where(targets < 0, ranked[:, 0].numpy(), targets)
-        if max(reference.fp32_deviation(model, x, layers, classes).values()) < 1e-5:
-            return x.numpy(), targets, classes
-    raise AssertionError("no well-conditioned batch found")
 
 
 @pytest.mark.parametrize("name, exporter", CASES)

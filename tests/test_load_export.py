@@ -108,9 +108,10 @@ def test_bad_models_are_refused(broken, message):
 def test_scores_must_be_class_scores():
     model = classifier()
     model.graph.node.append(helper.make_node("Unsqueeze", ["scores", "axes"], ["scores3d"]))
+    model.graph.node.append(helper.make_node("Concat", ["scores3d", "scores3d"], ["pairs"], axis=2))
     model.graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), "axes"))
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("scores3d", TensorProto.FLOAT, ["n", 5, 1]))
-    with pytest.raises(ModelError, match=r"class scores of shape \[N, K\]"):
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("pairs", TensorProto.FLOAT, ["n", 5, 2]))
+    with pytest.raises(ModelError, match=r"class scores of shape \[N, K\] or \[N, K, 1, 1\]"):
         onnx_rcam.augment(model)
 
 

@@ -41,25 +41,6 @@ IDS = [f"{name}-{width:g}-{exporter}" for name, width, _, exporter in CASES]
 DEVIATIONS: dict[str, float] = {}
 
 
-def well_conditioned_batch(model, layers, batch: int, seed: int, initial: str = "contrastive"):
-    """A random batch, and per-sample targets, on which fp32 rounding alone stays far below the tolerance.
-
-    Max-pool windows with near-ties, and deep contrastive relevance (a small difference of large terms), are
-    ill-conditioned: no fp32 implementation can match the float64 reference there (tests/reference.py).
-    """
-    for attempt in range(10):
-        x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed + attempt))
-        with torch.no_grad():
-            logits = model(x)
-        ranked = logits.argsort(1, descending=True)
-        # Fixed classes, the prediction (-1), and the runner-up of the last sample.
-        targets = np.array([3, 17, -1][: batch - 1] + [int(ranked[-1, 1])], dtype=np.int64)
-        classes = np.where(targets < 0, ranked[:, 0].numpy(), targets)
-        if max(reference.fp32_deviation(model, x, layers, classes, initial=initial).values()) < 1e-5:
-            return x.numpy(), targets, classes
-    raise AssertionError("no well-conditioned batch found")
-
-
 @pytest.fixture(scope="module")
 def case(request, export_dir):
     name, width, initial, exporter = request.param
@@ -72,7 +53,8 @@ def case(request, export_dir):
 @pytest.mark.parametrize("case", CASES, indirect=True, ids=IDS)
 def test_matches_reference(case):
     name, model, path, layers, initial = case
-    x, targets, expected_classes = well_conditioned_batch(model, layers, 4, seed=7, initial=initial)
+    x, targets, expected_classes = reference.well_conditioned_batch(model, layers, 4, SIZE, seed=7,
+                                                                     initial=initial)
     plain = run_model(str(path), {"input": x})["logits"]
     augmented = onnx_rcam.augment(path, layers=layers, initial=initial)
     onnx.checker.check_model(augmented, full_check=True)

@@ -221,8 +221,8 @@ def test_transpose_then_gemm_trans_a(composite):
 @pytest.mark.parametrize("composite", ["rcam", "epsilon_plus"])
 @pytest.mark.parametrize("bias_add", [False, True], ids=["matmul", "matmul_then_bias_add"])
 def test_matmul_constant_right(composite, bias_add):
-    """MatMul(activation, constant). A bias in a separate Add passes relevance through, and is not part of the
-    MatMul's z under epsilon: the MatMul's own output is its z."""
+    """MatMul(activation, constant). A bias in a separate Add is folded into the layer (canonicalize makes the
+    pair a Gemm), so under epsilon it is part of z, as nn.Linear's bias is."""
     features = 2 * 3 * 3
     matrix = weights([features, CLASSES], seed=13)
     c = weights([CLASSES], seed=14, scale=0.1)
@@ -239,8 +239,8 @@ def test_matmul_constant_right(composite, bias_add):
 
     flat_ref = f64(x).flatten(1)
     assert_matches(out.output, flat_ref @ f64(matrix) + (f64(c) if bias_add else 0), "forward")
-    expected = linear_reference(composite, flat_ref, f64(matrix).T)(onehot(targets, CLASSES))
-    assert_matches(out.relevance(), expected.reshape(x.shape))
+    expected = linear_reference(composite, flat_ref, f64(matrix).T, f64(c) if bias_add else None)
+    assert_matches(out.relevance(), expected(onehot(targets, CLASSES)).reshape(x.shape))
 
 
 # ---------------------------------------------------------------------------------------------------------------

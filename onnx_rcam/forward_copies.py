@@ -1,0 +1,53 @@
+"""Forward tensors that the generated nodes read but the original model does not hold: copies of canonical nodes.
+
+canonicalize may add nodes to the analysis graph (the Flatten of class scores that stay 4-D), and fusion.py
+replaces reads of fusion-internal tensors by private copies of their producers. Both are forward computations:
+the copies work on the model's own batch, and top-k (batching.py) repeats their outputs like any forward tensor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from .builder import Builder
+from .canonicalize import Canonical
+
+
+def copy_producer(canonical: Canonical, name: str, b: Builder, out: str | None = None) -> str:
+    """Append a copy of the canonical node computing `name` (pads and BN already folded); returns its output."""
+    source: gs.Node = canonical.graph.tensors()[name].inputs[0]
+    inputs = []
+    for tensor in source.inputs:
+        if isinstance(tensor, gs.Constant):
+            inputs.append(b.const(np.asarray(tensor.values), "copy_param", dtype=tensor.values.dtype))
+        else:
+            inputs.append(tensor.name)
+    copy = out or b.fresh("copy")
+    with b.per_sample():
+        b.nodes.append(helper.make_node(source.op, inputs, [copy], name=b.fresh("node/copy"), **source.attrs))
+    b.forward_copies[copy] = name
+    return copy
+
+
+def materialize(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> None:
+    """Compute, ahead of the generated nodes, every tensor they read that only the analysis graph has."""
+    held = {i.name for i in original.graph.input} | {i.name for i in original.graph.initializer}
+    held |= {o for n in original.graph.node for o in n.output}
+    generated = {o for n in b.nodes for o in n.output} | {i.name for i in b.initializers}
+    backward, b.nodes = b.nodes, []
+
+    def ensure(name: str) -> None:
+        if name and name not in held and name not in generated:
+            generated.add(name)
+            for tensor in canonical.graph.tensors()[name].inputs[0].inputs:
+                if isinstance(tensor, gs.Variable):
+                    ensure(tensor.name)
+            copy_producer(canonical, name, b, out=name)
+
+    for node in backward:
+        for name in node.input:
+            ensure(name)
+    b.nodes.extend(backward)
