@@ -21,7 +21,6 @@ def repeat_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Bui
     forward |= set(b.forward_copies)
     shapes = {name: tensor.shape for name, tensor in canonical.graph.tensors().items()}
     shapes.update({copy: shapes[source] for copy, source in b.forward_copies.items()})
-    backward, b.nodes = b.nodes, []  # the repeats read only forward tensors: they go first
     repeated: dict[str, str] = {}
 
     def repeat(name: str) -> str:
@@ -32,7 +31,5 @@ def repeat_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Bui
             repeated[name] = b.reshape(spread, b.concat([b.ints([-1]), trailing], axis=0))
         return repeated[name]
 
-    for node in backward:
-        if node.name not in b.per_sample_nodes:
-            node.input[:] = [repeat(i) if i in forward else i for i in node.input]
-    b.nodes.extend(backward)
+    b.rewrite_reads(lambda node, name: repeat(name) if name in forward and node.name not in b.per_sample_nodes
+                    else name)

@@ -81,6 +81,14 @@ class Builder:
     def ints(self, values, hint: str = "ints") -> str:
         return self.const(np.asarray(values, dtype=np.int64), hint, np.int64)
 
+    def rewrite_reads(self, replace) -> None:
+        """Pass every input of the nodes emitted so far through `replace(node, name) -> name`. Nodes that `replace`
+        emits go ahead of them all: they compute forward values for them (fusion.py, batching.py)."""
+        existing, self.nodes = self.nodes, []
+        for node in existing:
+            node.input[:] = [replace(node, name) for name in node.input]
+        self.nodes.extend(existing)
+
     @contextmanager
     def per_sample(self):
         """Mark the nodes emitted inside as working on the model's batch of N, never on the N*K explained pairs."""

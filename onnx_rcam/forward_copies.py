@@ -37,17 +37,14 @@ def materialize(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> 
     held = {i.name for i in original.graph.input} | {i.name for i in original.graph.initializer}
     held |= {o for n in original.graph.node for o in n.output}
     generated = {o for n in b.nodes for o in n.output} | {i.name for i in b.initializers}
-    backward, b.nodes = b.nodes, []
 
-    def ensure(name: str) -> None:
+    def ensure(node, name: str) -> str:
         if name and name not in held and name not in generated:
             generated.add(name)
             for tensor in canonical.graph.tensors()[name].inputs[0].inputs:
                 if isinstance(tensor, gs.Variable):
-                    ensure(tensor.name)
+                    ensure(None, tensor.name)
             copy_producer(canonical, name, b, out=name)
+        return name
 
-    for node in backward:
-        for name in node.input:
-            ensure(name)
-    b.nodes.extend(backward)
+    b.rewrite_reads(ensure)

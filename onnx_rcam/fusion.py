@@ -36,22 +36,19 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
         return (source is not None and name not in outputs and len(sinks) == 1
                 and sinks[0].op_type in FUSIONS.get(source.op_type, ()))
 
-    generated = {o for n in b.nodes for o in n.output}
-    read = {i for n in b.nodes for i in n.input if i not in generated}
-    backward, b.nodes = b.nodes, []  # reconstructions read only forward tensors: they go first
     replacement: dict[str, str] = {}
-    for name in sorted(n for n in read if fusion_internal(n)):
-        if name in replacement:
-            continue
-        join = readers[name][0]
-        others = [i for i in join.input if i != name]
-        if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1:
-            other = others[0]
-            if fusion_internal(other) and other not in replacement:
-                replacement[other] = copy_producer(canonical, other, b)
-            replacement[name] = b.sub(join.output[0], replacement.get(other, other))
-        else:
-            replacement[name] = copy_producer(canonical, name, b)
-    for node in backward:
-        node.input[:] = [replacement.get(i, i) for i in node.input]
-    b.nodes.extend(backward)
+
+    def reconstruction(name: str) -> str:
+        if name not in replacement:
+            join = readers[name][0]
+            others = [i for i in join.input if i != name]
+            if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1:
+                other = others[0]
+                if fusion_internal(other) and other not in replacement:  # both fused: copy one, subtract it
+                    replacement[other] = copy_producer(canonical, other, b)
+                replacement[name] = b.sub(join.output[0], replacement.get(other, other))
+            else:
+                replacement[name] = copy_producer(canonical, name, b)
+        return replacement[name]
+
+    b.rewrite_reads(lambda node, name: reconstruction(name) if fusion_internal(name) else name)
