@@ -1,0 +1,331 @@
+"""Speed of the augmented model against the plain one and against Relevance-CAM in eager PyTorch, on the CPU.
+
+    python benchmarks/speed.py                        # writes benchmarks/speed.json and benchmarks/speed.md
+    python benchmarks/speed.py --quick                # a check that the script works: speed-quick.{json,md}
+    python benchmarks/speed.py --models resnet50 --batches 1 8 --repeats 10 --threads 4 --output speed-r50
+    python benchmarks/speed.py --export-only DIR [--width 0.5]   # only write the plain ONNX models into DIR
+
+Needs the test extras (torch exports tests/zoo.py's random-weight ResNet50 and VGG16 and runs the reference).
+Models: ResNet50 and VGG16 (random weights, seed 0, TorchScript export) and the bundled EfficientNet-Lite0; each
+plain and augmented with the last stage, two stages (stride 8 and the last) and all stages (configurations.py),
+at batch 1, 8 and 32, on onnxruntime's CPU provider; beside each augmented configuration, the same maps computed by
+tests/reference.py's rules with torch autograd in float32, set up once (torch_reference.py): what a PyTorch user
+pays per batch today. EfficientNet-Lite0 has no torch version here, so no torch column.
+
+Time: all sessions and torch references of one model and batch in one process, taking turns (one warm-up each,
+which also compares the torch maps with onnxruntime's; each turn is one untimed and one timed run), median of
+--repeats turns. onnxruntime's intra-op threads and torch's threads are both --threads (default: all cores).
+Memory: per configuration, a fresh process (memory_probe.py) reads its resident memory, creates the session (or the
+torch model) and runs one batch; peak (VmHWM) minus the memory before is what the configuration adds.
+FLOP floor: (forward FLOPs + FLOPs of the generated ops) / forward FLOPs, per image, from the shape-inferred
+graphs (flops.py: 2 * MACs for Conv, ConvTranspose, Gemm and MatMul; window size per output for pools; input
+elements for reductions; output elements for other arithmetic; 0 for ops that only move data). "vs floor" is the
+measured time ratio augmented / plain divided by that FLOP-floor ratio: 1.0 means the generated ops run as
+efficiently, per FLOP, as the forward pass.
+
+Targets (the issue's), marked met / not met in speed.md: ResNet50 at batch 8 with two and with all stages within
+1.3x of the FLOP floor; the last stage within 1.15x of the plain model; at batch 1 and 8 at least 3x faster than
+the torch reference; peak memory added at most 2x the plain model's.
+
+--quick: batch 1, 3 repeats, ResNet50 and VGG16 at 1/8 width; it writes speed-quick.json/md, never the real results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import onnx_rcam
+from configurations import IMAGE_SHAPE, SUBJECTS, Subject, model_file, save, session_options
+from flops import forward_and_generated
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+BUSY_CORES = 0.25  # CPU that other processes used during the run, in cores, above which speed.md warns
+QUICK = {"batches": [1], "repeats": 3, "width": 0.125}
+FULL = {"batches": [1, 8, 32], "repeats": 10, "width": 1.0}
+
+# The issue's targets. Each: a label, the rows it applies to, the row's number it checks and its bound.
+FLOOR_LIMIT, LAST_STAGE_LIMIT, TORCH_SPEEDUP_MIN, MEMORY_LIMIT = 1.3, 1.15, 3.0, 2.0
+TARGETS = [
+    (f"ResNet50, batch 8, two and all stages: time ratio <= {FLOOR_LIMIT}x the FLOP-floor ratio",
+     lambda r: r["model"] == "resnet50" and r["batch"] == 8 and r["configuration"] in ("two stages", "all stages"),
+     "vs_floor", lambda v: v <= FLOOR_LIMIT),
+    (f"last stage: <= {LAST_STAGE_LIMIT}x the plain model's time",
+     lambda r: r["configuration"] == "last stage", "vs_plain", lambda v: v <= LAST_STAGE_LIMIT),
+    (f"batch 1 and 8: >= {TORCH_SPEEDUP_MIN:g}x faster than the torch reference",
+     lambda r: r["batch"] in (1, 8) and r.get("speedup_vs_torch") is not None,
+     "speedup_vs_torch", lambda v: v >= TORCH_SPEEDUP_MIN),
+    (f"peak memory added: <= {MEMORY_LIMIT:g}x the plain model's",
+     lambda r: r["configuration"] != "plain", "memory_vs_plain", lambda v: v <= MEMORY_LIMIT),
+]
+
+
+def machine_info(threads: int) -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+            "torch": torch.__version__, "provider": "CPUExecutionProvider", "onnxruntime_intra_op_threads": threads,
+            "torch_threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+class OtherProcessesCpu:
+    """CPU time that processes other than this one and its children use from now on, from /proc/stat."""
+
+    def __init__(self):
+        self.started, self.busy, self.own = time.perf_counter(), self.system_busy(), self.own_busy()
+
+    @staticmethod
+    def system_busy() -> float:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def own_busy() -> float:
+        times = os.times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    def cores(self) -> float:
+        """Average number of cores the others kept busy since creation."""
+        others = (self.system_busy() - self.busy) - (self.own_busy() - self.own)
+        return max(others, 0.0) / (time.perf_counter() - self.started)
+
+
+def interleaved_times(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per run of each runner; they take turns so that drift hits all alike (warm-ups are the caller's).
+
+    Each turn starts with one untimed run: the previous runner's thread pool still spins for a while after it
+    returns and competes for the cores (on 2 cores the torch reference's last-stage time tripled after an
+    onnxruntime turn without it, and matched its back-to-back time with it).
+    """
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            run()
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def memory(runtime: str, target: str, batch: int, threads: int, extra: list[str]) -> dict:
+    command = [sys.executable, str(HERE / "memory_probe.py"), runtime, target, "--batch", str(batch),
+               "--threads", str(threads), *extra]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def prepare_models(subject: Subject, folder: Path, width: float) -> tuple[dict[str, Path], dict]:
+    """The plain and augmented files (configuration -> path), and the FLOP counts of each configuration."""
+    plain_path = model_file(subject, folder, width)
+    plain = onnx.load(plain_path)
+    paths, flops = {"plain": plain_path}, {}
+    for configuration, layers in subject.stages.items():
+        augmented = onnx_rcam.augment(plain_path, layers=layers)
+        forward, generated = forward_and_generated(plain, augmented)
+        flops[configuration] = {"forward": forward.total, "generated": generated.total,
+                                "floor_ratio": (forward.total + generated.total) / forward.total,
+                                "generated_by_op": dict(generated.by_op.most_common()),
+                                "unresolved": forward.unresolved + generated.unresolved}
+        paths[configuration] = save(augmented, folder / f"{plain_path.stem}.{configuration.replace(' ', '-')}.onnx")
+    return paths, flops
+
+
+def benchmark_subject(subject: Subject, folder: Path, args) -> tuple[dict, list[dict]]:
+    import torch
+
+    from torch_reference import PreparedReference
+
+    width = args.width if subject.zoo_builder else 1.0
+    print(f"{subject.name}: export, augment, count FLOPs", flush=True)
+    paths, flops = prepare_models(subject, folder, width)
+    floors = {"plain": 1.0} | {configuration: f["floor_ratio"] for configuration, f in flops.items()}
+    sessions = {name: ort.InferenceSession(str(path), session_options(args.threads),
+                                           providers=["CPUExecutionProvider"]) for name, path in paths.items()}
+    references = {}
+    if subject.zoo_builder:
+        torch_model, example = subject.torch_model(width), torch.randn(1, *IMAGE_SHAPE)
+        references = {configuration: PreparedReference(torch_model, layers, example)
+                      for configuration, layers in subject.stages.items()}
+
+    rows = []
+    for batch in args.batches:
+        images = np.random.default_rng(0).normal(size=(batch, *IMAGE_SHAPE)).astype(np.float32)
+        feeds, x = {subject.input_name: images}, torch.from_numpy(images)
+        runners = {name: (lambda s=s, feeds=feeds: s.run(None, feeds)) for name, s in sessions.items()}
+        warm_up = {name: run() for name, run in runners.items()}
+        map_difference = {}
+        for configuration, prepared in references.items():  # the torch warm-ups, checked against onnxruntime's
+            runners[f"torch {configuration}"] = lambda p=prepared, x=x: p(x)
+            maps = runners[f"torch {configuration}"]()
+            names = [o.name for o in sessions[configuration].get_outputs()]
+            ours = dict(zip(names, warm_up[configuration], strict=True))
+            map_difference[configuration] = max(float(np.abs(ours[f"rcam/{layer}/map"] - maps[layer][1].numpy()).max())
+                                                for layer in subject.stages[configuration])
+        print(f"{subject.name} batch {batch}: timing {len(runners)} runners, {args.repeats} turns", flush=True)
+        times = interleaved_times(runners, args.repeats)
+        median = {name: statistics.median(t) for name, t in times.items()}
+
+        batch_rows = []
+        for configuration, path in paths.items():
+            print(f"{subject.name} batch {batch}: memory of {configuration}", flush=True)
+            layers = subject.stages.get(configuration, [])
+            row = {"model": subject.name, "batch": batch, "configuration": configuration, "layers": layers,
+                   "median_ms": median[configuration] * 1e3, "runs_ms": [t * 1e3 for t in times[configuration]],
+                   "vs_plain": median[configuration] / median["plain"], "floor_ratio": floors[configuration],
+                   "vs_floor": median[configuration] / median["plain"] / floors[configuration],
+                   "memory": memory("onnxruntime", str(path), batch, args.threads,
+                                    ["--input-name", subject.input_name])}
+            if configuration in references:
+                torch_times = times[f"torch {configuration}"]
+                row |= {"torch_median_ms": median[f"torch {configuration}"] * 1e3,
+                        "torch_runs_ms": [t * 1e3 for t in torch_times],
+                        "speedup_vs_torch": median[f"torch {configuration}"] / median[configuration],
+                        "max_map_difference_vs_torch": map_difference[configuration],
+                        "torch_memory": memory("torch", subject.name, batch, args.threads,
+                                               ["--width", str(width), *(a for layer in layers
+                                                                         for a in ("--layer", layer))])}
+            batch_rows.append(row)
+        for row in batch_rows:
+            row["memory_vs_plain"] = row["memory"]["added_mib"] / batch_rows[0]["memory"]["added_mib"]
+            print(progress_line(row), flush=True)
+        rows += batch_rows
+    return {"width": width, "configurations": subject.stages, "flops": flops}, rows
+
+
+def progress_line(row: dict) -> str:
+    line = (f"{row['model']:18s} batch {row['batch']:2d}  {row['configuration']:11s} {row['median_ms']:9.1f} ms "
+            f"{row['vs_plain']:5.2f}x plain  floor {row['floor_ratio']:5.2f}x  vs floor {row['vs_floor']:4.2f}  "
+            f"+{row['memory']['added_mib']:7.1f} MiB")
+    if "torch_median_ms" in row:
+        line += f"  torch {row['torch_median_ms']:9.1f} ms (onnxruntime {row['speedup_vs_torch']:.1f}x faster)"
+    return line
+
+
+def evaluate_targets(rows: list[dict]) -> list[dict]:
+    results = []
+    for label, applies, key, passes in TARGETS:
+        checked = [r for r in rows if applies(r)]
+        for row in checked:
+            row.setdefault("targets", {})[key] = passes(row[key])
+        results.append({"target": label, "rows": len(checked), "met": sum(passes(r[key]) for r in checked)})
+    return results
+
+
+def cell(row: dict, key: str, text: str) -> str:
+    verdict = row.get("targets", {}).get(key)
+    return text if verdict is None else f"{text} ({'met' if verdict else 'not met'})"
+
+
+def markdown(report: dict, command: str) -> str:
+    machine, settings = report["machine"], report["settings"]
+    lines = [f"# Speed: augmented vs plain vs PyTorch ({'quick check' if settings['quick'] else 'CPU'})", "",
+             f"`{command}` on {machine['cpu']} ({machine['cores']} cores), {machine['date']}: onnxruntime "
+             f"{machine['onnxruntime']} CPU provider with {machine['onnxruntime_intra_op_threads']} intra-op threads, "
+             f"torch {machine['torch']} with {machine['torch_threads']} threads. Median of {settings['repeats']} "
+             "interleaved turns (one untimed and one timed run each) after one warm-up. Peak memory: what one "
+             "fresh process adds to its resident memory by creating the session (or torch model) and running one "
+             "batch.", "",
+             "Columns: time ratio augmented / plain; FLOP floor = (forward + generated FLOPs) / forward FLOPs; "
+             "vs floor = time ratio / FLOP floor; torch = the same maps by torch autograd in eager mode (set up "
+             "once); speed-up = torch time / onnxruntime time; max map diff = max |onnxruntime - torch| of the maps "
+             "(in [0, 1]) on the warm-up batch.", ""]
+    if machine["other_processes_cores"] > BUSY_CORES:
+        lines += [f"**Other processes competed for the cores**: they used {machine['other_processes_cores']:.2f} "
+                  f"of the {machine['cores']} cores on average during the run, so the times are unreliable.", ""]
+    lines += ["## Targets", ""]
+    for target in report["targets"]:
+        verdict = "met" if target["met"] == target["rows"] else "not met"
+        lines.append(f"- {target['target']}: {verdict} (met in {target['met']} of {target['rows']} rows)"
+                     if target["rows"] else f"- {target['target']}: not measured in this run")
+    for name, summary in report["models"].items():
+        width = f", width {summary['width']:g}" if summary["width"] != 1.0 else ""
+        lines += ["", f"## {name}{width}", "",
+                  "| batch | configuration | ms | vs plain | FLOP floor | vs floor | torch ms | speed-up vs torch "
+                  "| max map diff | peak MiB added | vs plain memory | torch peak MiB added |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in (r for r in report["rows"] if r["model"] == name):
+            torch_cells = ([f"{r['torch_median_ms']:.1f}", cell(r, "speedup_vs_torch", f"{r['speedup_vs_torch']:.1f}x"),
+                            f"{r['max_map_difference_vs_torch']:.1e}"] if "torch_median_ms" in r else ["", "", ""])
+            lines.append("| " + " | ".join([
+                str(r["batch"]), f"{r['configuration']} ({', '.join(r['layers'])})" if r["layers"] else "plain",
+                f"{r['median_ms']:.1f}", cell(r, "vs_plain", f"{r['vs_plain']:.2f}x"), f"{r['floor_ratio']:.2f}x",
+                cell(r, "vs_floor", f"{r['vs_floor']:.2f}"), *torch_cells, f"{r['memory']['added_mib']:.0f}",
+                cell(r, "memory_vs_plain", f"{r['memory_vs_plain']:.2f}x"),
+                f"{r['torch_memory']['added_mib']:.0f}" if "torch_memory" in r else ""]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def export_only(folder: Path, names: list[str], width: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = model_file(SUBJECTS[name], folder, width if SUBJECTS[name].zoo_builder else 1.0)
+        print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 1, 3 repeats, 1/8-width zoo models")
+    parser.add_argument("--models", nargs="+", choices=list(SUBJECTS), default=list(SUBJECTS))
+    parser.add_argument("--batches", nargs="+", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--width", type=float, help="channel width of ResNet50 and VGG16 (1 = the real size)")
+    parser.add_argument("--output", help="file stem in benchmarks/ (default speed, or speed-quick with --quick)")
+    parser.add_argument("--export-only", type=Path, metavar="DIR",
+                        help="write the plain ONNX models into DIR (for cuda_check.py --models-dir) and stop")
+    args = parser.parse_args()
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.output = args.output or ("speed-quick" if args.quick else "speed")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.export_only:
+        export_only(args.export_only, args.models, args.width)
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    others = OtherProcessesCpu()
+    report = {"machine": machine_info(args.threads),
+              "settings": {"quick": args.quick, "batches": args.batches, "repeats": args.repeats,
+                           "threads": args.threads, "width": args.width},
+              "models": {}, "rows": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            report["models"][name], rows = benchmark_subject(SUBJECTS[name], Path(folder), args)
+            report["rows"] += rows
+    report["machine"]["other_processes_cores"] = round(others.cores(), 2)
+    report["targets"] = evaluate_targets(report["rows"])
+    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
+    (HERE / f"{args.output}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (HERE / f"{args.output}.md").write_text(markdown(report, command.strip()))
+    print(f"wrote {HERE / args.output}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
