@@ -22,8 +22,7 @@ def conv(ctx: Context, node, relevance):
         return b.conv(xs[0], w.name(b), group=group, **attrs)
 
     def transpose(b, g, w):
-        # The adjoint of a (grouped) Conv is ConvTranspose with the very same weight array and group.
-        return [transpose_window_op(b, g, w.name(b), attrs, group, in_sizes, out_sizes)]
+        return [transpose_window_op(b, g, w, attrs, group, in_sizes, out_sizes)]
 
     layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), constant_input(node, 2), forward,
                         transpose, op="Conv", same_shape=keeps_shape([x], node.outputs[0]))

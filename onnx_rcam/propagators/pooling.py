@@ -67,15 +67,14 @@ def average_pool(ctx: Context, node, relevance):
     attrs = window_attrs(node, kernel)
     in_sizes, out_sizes = spatial_sizes(x), spatial_sizes(y)
     inverse_divisor = _inverse_divisor(node, in_sizes, out_sizes, attrs)
-    ones = np.ones([channels, 1, *kernel], dtype=np.float32)
+    window = WeightRef(np.ones([channels, 1, *kernel], dtype=np.float32))
 
     def forward(b, xs, w):
         return b.scale(b.node("AveragePool", [xs[0]], **node.attrs), w.scalar())
 
     def transpose(b, g, w):
         per_window = b.mul(b.scale(g, w.scalar()), b.const(inverse_divisor, "avgpool_inverse_divisor"))
-        return [transpose_window_op(b, per_window, b.const(ones, "avgpool_window"), attrs, channels, in_sizes,
-                                    out_sizes)]
+        return [transpose_window_op(b, per_window, window, attrs, channels, in_sizes, out_sizes)]
 
     layer = LinearLayer([x.name], y.name, UNIT, None, forward, transpose, op=node.op, same_shape=keeps_shape([x], y))
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
