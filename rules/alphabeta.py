@@ -20,9 +20,9 @@ class AlphaBeta(Rule):
         inhibiting = b.add(pos.forward(b, x_neg), neg.forward(b, x_pos))     # <= 0
         terms = []
         if activating is not None and self.alpha:
-            share = b.scale(b.div_or_zero(relevance, activating), self.alpha)
+            share = b.scale(b.div_or_zero(relevance, activating, terms_share_sign=True), self.alpha)
             terms += [weigh_transposed(b, x_pos, pos, share), weigh_transposed(b, x_neg, neg, share)]
         if inhibiting is not None and self.beta:
-            share = b.scale(b.div_or_zero(relevance, inhibiting), -self.beta)
+            share = b.scale(b.div_or_zero(relevance, inhibiting, terms_share_sign=True), -self.beta)
             terms += [weigh_transposed(b, x_neg, pos, share), weigh_transposed(b, x_pos, neg, share)]
         return add_each(b, *terms) if terms else [None] * len(layer.inputs)

@@ -1,5 +1,7 @@
 """LRP-epsilon: z = W x + b, stabilised by eps * sign(z) (Montavon et al. 2019, section 10.2.2)."""
 
+import numpy as np
+
 from .base import Rule, weigh
 
 
@@ -29,5 +31,9 @@ class Norm(Rule):
 
     def linear(self, b, layer, relevance):
         z = layer.forward(b, layer.inputs) if layer.has_bias else layer.output
-        share = b.div(relevance, b.stabilize(z, self.eps)) if self.eps else b.div_or_zero(relevance, z)
+        if self.eps:
+            share = b.div(relevance, b.stabilize(z, self.eps))
+        else:
+            one_sign = all(x in b.nonnegative for x in layer.inputs) and not np.any(layer.weight.array < 0)
+            share = b.div_or_zero(relevance, z, terms_share_sign=one_sign)
         return weigh(b, layer.inputs, layer.transpose(b, share))

@@ -13,5 +13,5 @@ class ZPlus(Rule):
         z = b.add(pos.forward(b, x_pos), neg.forward(b, x_neg))
         if z is None:
             return [None] * len(layer.inputs)
-        share = b.div_or_zero(relevance, z)
+        share = b.div_or_zero(relevance, z, terms_share_sign=True)
         return add_each(b, weigh_transposed(b, x_pos, pos, share), weigh_transposed(b, x_neg, neg, share))
