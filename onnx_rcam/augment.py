@@ -11,7 +11,7 @@ from . import rules
 from .batching import repeat_forward_reads
 from .builder import Builder
 from .canonicalize import canonicalize
-from .errors import RcamError
+from .errors import LayerSelectionError, RcamError
 from .export import assemble
 from .forward_copies import materialize
 from .fusion import protect_fusions
@@ -72,6 +72,12 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     start = initial_relevance(b, logits.name, logits.shape[1], initial, batch, top_k)
     target_tensors = list(dict.fromkeys(t.tensor for t in targets))
     relevance = sweep(canonical, region(canonical, targets), target_tensors, start, b, chosen_rules)
+    unreached = [t.key for t in targets if relevance[t.tensor] is None]
+    if unreached:
+        raise LayerSelectionError(
+            f"no relevance reaches {', '.join(map(repr, unreached))}: under these rules every path from it to the "
+            f"class scores goes through a gate or a divisor (as the sigmoid in x * sigmoid(x)), which LRP holds "
+            f"constant. Choose the tensor the gate scales, or another layer.")
     for target in targets:
         relevance_cam(b, target.tensor, relevance[target.tensor], list(tensors[target.tensor].shape),
                       canonical.image_size, output_names(METHOD, target.key), relu, top_k)

@@ -100,10 +100,13 @@ def module_path(node: onnx.NodeProto) -> str:
             return names[-2] if isinstance(names, list) and len(names) >= 2 else ""
     if not node.name.startswith("/"):
         return ""
-    # TorchScript writes /layer1/layer1.0/conv1/Conv: each segment is either a full path or a child attribute.
-    path = ""
+    # TorchScript writes /features/features.1/conv/conv.0/Conv: a Sequential's child is named after the previous
+    # segment ("conv.0" is child 0 of "conv"), any other module by its attribute name.
+    path, previous = "", ""
     for segment in node.name.strip("/").split("/")[:-1]:
-        path = segment if (not path or segment.startswith(path + ".")) else f"{path}.{segment}"
+        child = segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment
+        path = f"{path}.{child}" if path else child
+        previous = segment
     return path
 
 

@@ -810,6 +810,33 @@ def test_self_gated_activation(gate, composite):
     assert_matches(out.relevance(), expected)
 
 
+def test_gate_on_a_gated_tensor():
+    """s * sigmoid(s) with s = sigmoid(a) (a SiLU after a Sigmoid): both factors come from a Sigmoid; the gate is the
+    one computed from the other, and rcam passes the Conv's z+ relevance at the product through s to a."""
+    weight = weights([3, 4, 3, 3], seed=70)
+    g = OpGraph(4, 5, 5)
+    s = g.node("Sigmoid", [g.signed_layer()])
+    model = g.classifier(g.node("Conv", [g.node("Mul", [g.node("Sigmoid", [s]), s]), g.const(weight)],
+                                pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=71, scale=2.0), 3 * 5 * 5)
+    out = explain(model, x, targets)
+
+    forward = conv_forward([1, 1, 1, 1])
+    s_ref = torch.sigmoid(f64(x))
+    expected = zplus_rule(forward, s_ref * torch.sigmoid(s_ref), f64(weight), relevance_at_output(targets, [3, 5, 5]))
+    assert_matches(out.relevance(), expected)
+
+
+def test_a_layer_only_gates_read_gets_a_clear_error():
+    """The sigmoid of x * sigmoid(x) is a 4-D activation on the path, but LRP holds the gate constant."""
+    g = OpGraph(4, 5, 5)
+    a = g.signed_layer()
+    model = g.classifier(g.node("Conv", [g.node("Mul", [a, g.node("Sigmoid", [a], out="gate")]),
+                                         g.const(weights([3, 4, 3, 3], seed=72))], pads=[1, 1, 1, 1]))
+    with pytest.raises(onnx_rcam.LayerSelectionError, match="no relevance reaches 'gate'"):
+        onnx_rcam.augment(model, layers=["gate"])
+
+
 @pytest.mark.parametrize("composite", ["rcam", "gradient"])
 def test_division_by_a_normaliser(composite):
     """a / (1 + GlobalAveragePool(a^2))^0.75, an LRN-like normaliser [N, C, 1, 1], then a Conv: rcam holds the

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from onnx import helper
 
 import zoo
 from onnx_rcam import LayerSelectionError
-from onnx_rcam.canonicalize import canonicalize
+from onnx_rcam.canonicalize import canonicalize, module_path
 from onnx_rcam.load import infer_shapes, load
 from onnx_rcam.select import candidates, region, resolve
 
@@ -21,6 +22,14 @@ def resnet(request, export_dir):
 
 def tensor_of(canonical, selector: str) -> str:
     return resolve(canonical, [selector])[0].tensor
+
+
+@pytest.mark.parametrize("node_name, path", [
+    ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
+    ("/features/features.1/conv/conv.0/conv.0.0/Conv", "features.1.conv.0.0"),  # Sequentials below the root
+    ("/fc/Gemm", "fc"), ("Conv_12", "")])
+def test_module_path_from_torchscript_node_names(node_name, path):
+    assert module_path(helper.make_node("Conv", ["x", "w"], ["y"], name=node_name)) == path
 
 
 def test_module_paths_pick_the_last_tensor_of_the_scope(resnet):

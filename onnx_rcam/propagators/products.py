@@ -37,8 +37,12 @@ def mul(ctx: Context, node, relevance):
                              vjp=lambda b, g: b.mul(g, b.scale(x.name, 2.0)))
         return [ctx.rule(node).nonlinear(ctx.builder, square, relevance[0]), None]
     gates = [i for i, t in enumerate(node.inputs) if is_gate(t)]
+    if len(gates) == 2:  # a gate on a Sigmoid-activated tensor (SE or SiLU after a Sigmoid): the gate is computed
+        gates = [i for i in gates if _computed_from(node.inputs[i], node.inputs[1 - i])]  # from the other factor
+        why = "both factors are gates and neither is computed from the other"
+    else:
+        why = "neither factor is a gate (the output of a Sigmoid or HardSigmoid)"
     if len(gates) != 1:
-        why = "both factors are gates" if gates else "neither factor is a gate (the output of a Sigmoid or HardSigmoid)"
         raise unsupported(node, f"it multiplies two activations and {why}; relevance passes through a product of "
                                 f"activations only when exactly one factor is a gate")
     gate, scaled = node.inputs[gates[0]], node.inputs[1 - gates[0]]
@@ -79,6 +83,19 @@ def is_gate(tensor: gs.Tensor) -> bool:
         if producer.op not in LAYOUT_OPS:
             return False
         tensor = producer.inputs[0]
+    return False
+
+
+def _computed_from(tensor: gs.Tensor, source: gs.Tensor) -> bool:
+    """Whether `source` lies upstream of `tensor`."""
+    seen, stack = set(), [tensor]
+    while stack:
+        current = stack.pop()
+        if current is source:
+            return True
+        if current.name not in seen:
+            seen.add(current.name)
+            stack.extend(i for producer in current.inputs for i in producer.inputs if is_activation(i))
     return False
 
 
