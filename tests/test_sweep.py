@@ -31,8 +31,10 @@ def test_negative_half_only_for_signed_inputs(export_dir):
     generated = [n for n in augmented.graph.node if n.name.startswith("rcam/")]
     assert not [n for n in generated if n.op_type == "Min"]
     convs_above = len([n for n in augmented.graph.node if n.op_type == "Conv" and not n.name.startswith("rcam/")]) - 2
-    # one W+ transpose per Conv above features.4, and one for the (1x1) adaptive average pool: no W- halves
-    assert len([n for n in generated if n.op_type == "ConvTranspose"]) == convs_above + 1
+    # per Conv above features.4, W+ x+ and its transpose (a Conv or a ConvTranspose), and the adjoint of the (1x1)
+    # adaptive average pool: no W- halves
+    windows = [n for n in generated if n.op_type in ("Conv", "ConvTranspose")]
+    assert len(windows) == 2 * convs_above + 1
 
     bundled = onnx_rcam.augment(onnx_rcam.default_model_path(), layers=["_blocks.14"])
     assert [n for n in bundled.graph.node if n.name.startswith("rcam/") and n.op_type == "Min"]
