@@ -13,8 +13,8 @@ tests/reference.py's rules with torch autograd in float32, set up once (torch_re
 pays per batch today. EfficientNet-Lite0 has no torch version here, so no torch column.
 
 Time: all sessions and torch references of one model and batch in one process, taking turns (one warm-up each,
-which also compares the torch maps with onnxruntime's; each turn is one untimed and one timed run), median of
---repeats turns. onnxruntime's intra-op threads and torch's threads are both --threads (default: all cores).
+which also compares the torch maps with onnxruntime's; each turn is untimed runs for 50 ms, then one timed run),
+median of --repeats turns. onnxruntime's intra-op threads and torch's threads are both --threads (default: all cores).
 Memory: per configuration, a fresh process (memory_probe.py) reads its resident memory, creates the session (or the
 torch model) and runs one batch; peak (VmHWM) minus the memory before is what the configuration adds.
 FLOP floor: (forward FLOPs + FLOPs of the generated ops) / forward FLOPs, per image, from the shape-inferred
@@ -56,6 +56,7 @@ from flops import forward_and_generated
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+SETTLE_SECONDS = 0.05  # untimed runs at the start of each turn (see interleaved_times)
 BUSY_CORES = 0.25  # CPU that other processes used during the run, in cores, above which speed.md warns
 QUICK = {"batches": [1], "repeats": 3, "width": 0.125}
 FULL = {"batches": [1, 8, 32], "repeats": 10, "width": 1.0}
@@ -113,14 +114,18 @@ class OtherProcessesCpu:
 def interleaved_times(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Seconds per run of each runner; they take turns so that drift hits all alike (warm-ups are the caller's).
 
-    Each turn starts with one untimed run: the previous runner's thread pool still spins for a while after it
-    returns and competes for the cores (on 2 cores the torch reference's last-stage time tripled after an
-    onnxruntime turn without it, and matched its back-to-back time with it).
+    Each turn starts with untimed runs for at least SETTLE_SECONDS: the previous runner's thread pool still spins
+    for a while after it returns and competes for the cores. On 2 cores the torch reference's last-stage time
+    tripled after an onnxruntime turn without them; the bundled model at batch 1 (4.3 ms alone) took 9.3 ms after
+    one untimed run and 4.7 ms after 30 ms of them.
     """
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
+            settling = time.perf_counter()
             run()
+            while time.perf_counter() - settling < SETTLE_SECONDS:
+                run()
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
@@ -242,8 +247,8 @@ def markdown(report: dict, command: str) -> str:
              f"`{command}` on {machine['cpu']} ({machine['cores']} cores), {machine['date']}: onnxruntime "
              f"{machine['onnxruntime']} CPU provider with {machine['onnxruntime_intra_op_threads']} intra-op threads, "
              f"torch {machine['torch']} with {machine['torch_threads']} threads. Median of {settings['repeats']} "
-             "interleaved turns (one untimed and one timed run each) after one warm-up. Peak memory: what one "
-             "fresh process adds to its resident memory by creating the session (or torch model) and running one "
+             "interleaved turns (untimed runs for 50 ms, then one timed run, each) after one warm-up. Peak memory: "
+             "what one fresh process adds to its resident memory by creating the session (or torch model) and running one "
              "batch.", "",
              "Columns: time ratio augmented / plain; FLOP floor = (forward + generated FLOPs) / forward FLOPs; "
              "vs floor = time ratio / FLOP floor; torch = the same maps by torch autograd in eager mode (set up "
