@@ -191,3 +191,15 @@ def test_report_deviations(capsys):
         for style, deviation in sorted(DEVIATIONS.items()):
             print(f"\n  largest deviation {style}: {deviation:.2e} of max|ref|", end="")
     assert DEVIATIONS
+
+
+def test_explainer_feeds_nhwc_models(tmp_path):
+    """Explainer reads the layout from the graph: photos go in as NHWC, maps come out at the input's H x W."""
+    model, *_ = randomized(styles.KerasNet)
+    onnx.save(styles.tf2onnx_graph(model), tmp_path / "keras.onnx")
+    explainer = onnx_rcam.Explainer(tmp_path / "keras.onnx", device="cpu", preprocessing="unit")
+    assert explainer.preprocessing.layout == "NHWC"
+    photo = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    explanation = explainer([photo, photo[::-1]])
+    heat = explanation.maps["model/re_lu_2/Relu:0"]
+    assert heat.shape == (2, styles.SIZE, styles.SIZE) and 0 <= heat.min() and heat.max() <= 1
