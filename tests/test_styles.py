@@ -34,15 +34,23 @@ def randomized(cls):
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight[::2] *= -1
-    layers = list(cls.layers)
+    return (model, *batch_and_reference(model))
+
+
+def batch_and_reference(model):
+    layers = list(type(model).layers)
     x, targets, classes = reference.well_conditioned_batch(model, layers, BATCH, styles.SIZE, seed=3)
-    return model, x, targets, reference.reference(model, x, layers, targets=classes)
+    return x, targets, reference.reference(model, x, layers, targets=classes)
 
 
-def check(path_or_model, cls, layer_names=None, channels_last=False, **options):
+def check(path_or_model, cls, layer_names=None, channels_last=False, reference_model=None, **options):
     """Augment, run, and hold every output to the reference; layer_names maps the reference's module paths to
-    the selectors the ONNX graph knows them by (the same by default)."""
-    model, x, targets, ref = randomized(cls)
+    the selectors the ONNX graph knows them by (the same by default). reference_model: the torch model the ONNX
+    graph computes, where it is not randomized(cls)'s."""
+    if reference_model is None:
+        _, x, targets, ref = randomized(cls)
+    else:
+        x, targets, ref = batch_and_reference(reference_model)
     layer_names = layer_names or {layer: layer for layer in cls.layers}
     feed = x.transpose(0, 2, 3, 1).copy() if channels_last else x
     source = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
@@ -128,13 +136,7 @@ def test_weights_from_constant_and_constant_of_shape_nodes(tmp_path):
     written = styles.constant_node_weights(
         onnx.load(str(styles.torchscript(uniform_bias.eval(), tmp_path / "model.onnx"))))
     assert not written.graph.initializer and {"Constant", "ConstantOfShape"} <= styles.ops(written)
-    # The reference runs on the model with the same uniform bias.
-    model.load_state_dict(uniform_bias.state_dict())
-    randomized.cache_clear()
-    try:
-        check(written, styles.StyleNet)
-    finally:
-        randomized.cache_clear()
+    check(written, styles.StyleNet, reference_model=uniform_bias)
 
 
 def test_class_scores_kept_4d_up_to_softmax(tmp_path):
