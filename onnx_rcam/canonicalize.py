@@ -175,8 +175,6 @@ def _channel_vector(value: np.ndarray, rank: int) -> np.ndarray | None:
         return None
     trailing = value.reshape(value.shape[-(rank - 1):] if value.ndim >= rank - 1 else
                              (1,) * (rank - 1 - value.ndim) + value.shape)
-    if rank == 2:
-        return trailing.reshape(-1)
     if any(d != 1 for d in trailing.shape[1:]):
         return None
     return trailing.reshape(-1)
@@ -214,14 +212,12 @@ def _fold_into_linear(graph: gs.Graph, affine: gs.Node, x: gs.Variable, scale, s
         bias = bias * linear.attrs.get("beta", 1.0)
         linear.attrs["alpha"], linear.attrs["beta"] = 1.0, 1.0
     folded_bias = bias * scale + shift
-    name = linear.name or linear.outputs[0].name
-    generation = sum(1 for t in graph.tensors() if t.startswith(f"rcam/folded/{name}/weight"))
+    result = affine.outputs[0]  # a unique name, also when the same layer folds several maps in turn
     # onnx-graphsurgeon's node lists keep tensors' producer/reader links in sync only through these methods.
     while len(linear.inputs) > 1:
         linear.inputs.pop()
-    linear.inputs.extend([gs.Constant(f"rcam/folded/{name}/weight{generation}", folded_weight.astype(np.float32)),
-                          gs.Constant(f"rcam/folded/{name}/bias{generation}", folded_bias.astype(np.float32))])
-    result = affine.outputs[0]
+    linear.inputs.extend([gs.Constant(f"rcam/folded/{result.name}/weight", folded_weight.astype(np.float32)),
+                          gs.Constant(f"rcam/folded/{result.name}/bias", folded_bias.astype(np.float32))])
     affine.outputs.clear()
     linear.outputs.clear()
     linear.outputs.append(result)

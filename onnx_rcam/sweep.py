@@ -86,8 +86,8 @@ def _where(node, canonical: Canonical, targets: list[str], region: set[str]) -> 
     steps = [f"{n.op} {n.name!r}" for n in below] + [f"[{node.op} {node.name!r}]"]
     steps += [f"{n.op} {n.name!r}" for n in above]
     if len(steps) > 9:
-        marked = next(i for i, step in enumerate(steps) if step.startswith("["))
-        keep = set(range(2)) | set(range(len(steps) - 2, len(steps))) | {marked - 1, marked, marked + 1}
+        marked = len(below)
+        keep = {0, 1, marked - 1, marked, marked + 1, len(steps) - 2, len(steps) - 1}
         steps = [step if i in keep else "..." for i, step in enumerate(steps)]
         steps = [step for i, step in enumerate(steps) if step != "..." or i == 0 or steps[i - 1] != "..."]
     return " -> ".join([layer] + steps + [canonical.logits.name])
