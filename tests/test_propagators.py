@@ -747,6 +747,20 @@ GATES = {
 SE_CASES = {"gate_times_x": (True, False), "x_times_gate": (False, False), "x_times_unsqueezed_gate": (False, True)}
 
 
+def assert_transform_then_conv(out, x, targets, transform, weight, composite="rcam"):
+    """The model is a -> transform -> Conv(weight, pads 1) -> logits. rcam holds transform's gates and divisors
+    constant: a gets the Conv's z+ relevance at transform(a) in full; gradient is autograd through transform."""
+    forward = conv_forward([1, 1, 1, 1])
+    a_ref = f64(x)
+    relevance = relevance_at_output(targets, [weight.shape[0], *x.shape[2:]])
+    assert_matches(out.output, forward(transform(a_ref), f64(weight)).flatten(1), "forward")
+    if composite == "rcam":
+        expected = zplus_rule(forward, transform(a_ref), f64(weight), relevance)
+    else:
+        expected = torch.autograd.functional.vjp(lambda v: forward(transform(v), f64(weight)), a_ref, relevance)[1]
+    assert_matches(out.relevance(), expected)
+
+
 @pytest.mark.parametrize("composite", ["rcam", "gradient"])
 @pytest.mark.parametrize("case", SE_CASES)
 @pytest.mark.parametrize("gate", GATES)
@@ -772,18 +786,10 @@ def test_squeeze_excitation(gate, case, composite):
     x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=65), 3 * 5 * 5)
     out = explain(model, x, targets, composite=GRADIENT if composite == "gradient" else composite)
 
-    forward = conv_forward([1, 1, 1, 1])
-
     def excite(v):
         return v * gate_function(F.linear(v.mean(dim=(2, 3)), f64(squeeze), f64(squeeze_bias)))[:, :, None, None]
 
-    a_ref, relevance = f64(x), relevance_at_output(targets, [3, 5, 5])
-    assert_matches(out.output, forward(excite(a_ref), f64(weight)).flatten(1), "forward")
-    if composite == "rcam":
-        expected = zplus_rule(forward, excite(a_ref), f64(weight), relevance)
-    else:
-        expected = torch.autograd.functional.vjp(lambda v: forward(excite(v), f64(weight)), a_ref, relevance)[1]
-    assert_matches(out.relevance(), expected)
+    assert_transform_then_conv(out, x, targets, excite, weight, composite)
 
 
 @pytest.mark.parametrize("composite", ["rcam", "gradient"])
@@ -799,15 +805,7 @@ def test_self_gated_activation(gate, composite):
     x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=67, scale=4.0), 3 * 5 * 5)
     out = explain(model, x, targets, composite=GRADIENT if composite == "gradient" else composite)
 
-    forward = conv_forward([1, 1, 1, 1])
-    a_ref, relevance = f64(x), relevance_at_output(targets, [3, 5, 5])
-    assert_matches(out.output, forward(a_ref * gate_function(a_ref), f64(weight)).flatten(1), "forward")
-    if composite == "rcam":
-        expected = zplus_rule(forward, a_ref * gate_function(a_ref), f64(weight), relevance)
-    else:
-        expected = torch.autograd.functional.vjp(lambda v: forward(v * gate_function(v), f64(weight)), a_ref,
-                                                 relevance)[1]
-    assert_matches(out.relevance(), expected)
+    assert_transform_then_conv(out, x, targets, lambda v: v * gate_function(v), weight, composite)
 
 
 def test_gate_on_a_gated_tensor():
@@ -821,10 +819,7 @@ def test_gate_on_a_gated_tensor():
     x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=71, scale=2.0), 3 * 5 * 5)
     out = explain(model, x, targets)
 
-    forward = conv_forward([1, 1, 1, 1])
-    s_ref = torch.sigmoid(f64(x))
-    expected = zplus_rule(forward, s_ref * torch.sigmoid(s_ref), f64(weight), relevance_at_output(targets, [3, 5, 5]))
-    assert_matches(out.relevance(), expected)
+    assert_transform_then_conv(out, x, targets, lambda v: torch.sigmoid(v) * torch.sigmoid(torch.sigmoid(v)), weight)
 
 
 def test_a_layer_only_gates_read_gets_a_clear_error():
@@ -853,14 +848,7 @@ def test_division_by_a_normaliser(composite):
     def normalise(v):
         return v / (1 + (v ** 2).mean(dim=(2, 3), keepdim=True)) ** 0.75
 
-    forward = conv_forward([1, 1, 1, 1])
-    a_ref, relevance = f64(x), relevance_at_output(targets, [3, 5, 5])
-    assert_matches(out.output, forward(normalise(a_ref), f64(weight)).flatten(1), "forward")
-    if composite == "rcam":
-        expected = zplus_rule(forward, normalise(a_ref), f64(weight), relevance)
-    else:
-        expected = torch.autograd.functional.vjp(lambda v: forward(normalise(v), f64(weight)), a_ref, relevance)[1]
-    assert_matches(out.relevance(), expected)
+    assert_transform_then_conv(out, x, targets, normalise, weight, composite)
 
 
 # id: (the product or quotient on (graph, a), what the error says)
