@@ -9,6 +9,7 @@ from ..builder import Builder
 from ..canonicalize import constant_value
 from ..errors import ModelError
 from ..linear import WeightRef
+from . import unsupported
 
 
 def static_shape(tensor: gs.Tensor) -> list:
@@ -88,6 +89,14 @@ def adjoint_kernel(weight: np.ndarray, group: int) -> np.ndarray:
     swapped = weight.reshape(group, out_channels // group, in_per_group, *kernel).swapaxes(1, 2)
     swapped = swapped.reshape(group * in_per_group, out_channels // group, *kernel)
     return np.ascontiguousarray(np.flip(swapped, axis=tuple(range(2, swapped.ndim))))
+
+
+def required_constant(node: gs.Node, index: int, what: str) -> np.ndarray:
+    """Input `index` of `node`, which must be a constant; otherwise a clear error naming it (`what`, e.g. "slope")."""
+    value = constant_input(node, index)
+    if value is None:
+        raise unsupported(node, f"its {what} is computed at run time; only a constant {what} is supported")
+    return value
 
 
 def constant_input(node: gs.Node, index: int) -> np.ndarray | None:

@@ -11,7 +11,7 @@ import numpy as np
 from ..canonicalize import is_activation
 from ..linear import LinearLayer, NonlinearOp, WeightRef
 from . import Context, always_nonnegative, like_all_inputs, like_first_input, register, unsupported
-from .common import constant_input, keeps_shape, static_shape
+from .common import constant_input, keeps_shape, required_constant, static_shape
 
 
 def _nonlinear(ctx: Context, node, relevance, vjp):
@@ -109,20 +109,14 @@ def elu(ctx: Context, node, relevance):
 
 @register("PRelu", sign=like_first_input)
 def prelu(ctx: Context, node, relevance):
-    x = node.inputs[0].name
-    slope = constant_input(node, 1)
-    if slope is None:
-        raise unsupported(node, "its slope is computed at run time; only a constant slope is supported")
+    x, slope = node.inputs[0].name, required_constant(node, 1, "slope")
     return _nonlinear(ctx, node, relevance, lambda b, r: _sloped_below_zero(b, x, r, slope))
 
 
 @register("Pow", sign=like_first_input)
 def power(ctx: Context, node, relevance):
     """x^p with a constant p, e.g. in the denominator of torch's LocalResponseNorm."""
-    x = node.inputs[0].name
-    exponent = constant_input(node, 1)
-    if exponent is None:
-        raise unsupported(node, "its exponent is computed at run time; only a constant exponent is supported")
+    x, exponent = node.inputs[0].name, required_constant(node, 1, "exponent")
     return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
         r, b.mul(b.const(exponent, "exponent"), b.node("Pow", [x, b.const(exponent - 1, "exponent")]))))
 

@@ -6,14 +6,12 @@ import numpy as np
 
 from ..linear import LinearLayer, WeightRef
 from . import Context, register, unsupported
-from .common import constant_input, keeps_shape, spatial_sizes, transpose_window_op, window_attrs
+from .common import constant_input, keeps_shape, required_constant, spatial_sizes, transpose_window_op, window_attrs
 
 
 @register("Conv")
 def conv(ctx: Context, node, relevance):
-    x, weight = node.inputs[0], constant_input(node, 1)
-    if weight is None:
-        raise unsupported(node, "the weight is computed at run time; only constant weights are supported")
+    x, weight = node.inputs[0], required_constant(node, 1, "weight")
     attrs = window_attrs(node, list(weight.shape[2:]))
     group = node.attrs.get("group", 1)
     in_sizes, out_sizes = spatial_sizes(x), spatial_sizes(node.outputs[0])
