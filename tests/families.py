@@ -146,12 +146,24 @@ class InvertedResidualV2(nn.Module):
         return self.conv(x) if self.add is None else self.add(x, self.conv(x))
 
 
-class MobileNetV2(nn.Module):
+class PooledClassifier(nn.Module):
+    """torchvision's MobileNet and EfficientNet layout: `features`, global average pooling, then `classifier`."""
+
+    def __init__(self, features: list[nn.Module], classifier: nn.Module):
+        super().__init__()
+        self.features = nn.Sequential(*features)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class MobileNetV2(PooledClassifier):
     # (expand ratio, channels, blocks, stride): the first four stages of torchvision's, at a quarter width.
     SETTING = ((1, 4, 1, 1), (6, 6, 2, 2), (6, 8, 3, 2), (6, 16, 2, 2))
 
     def __init__(self, num_classes: int = 20, stem: int = 8, last: int = 64):
-        super().__init__()
         layers = [conv_bn(3, stem, 3, 2, activation=nn.ReLU6)]
         channels = stem
         for expand_ratio, out_channels, blocks, stride in self.SETTING:
@@ -159,12 +171,7 @@ class MobileNetV2(nn.Module):
                 layers.append(InvertedResidualV2(channels, out_channels, stride if i == 0 else 1, expand_ratio))
                 channels = out_channels
         layers.append(conv_bn(channels, last, 1, activation=nn.ReLU6))
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        super().__init__(layers, nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes)))
 
 
 # -- MobileNetV3: HardSwish, SE blocks gated by Hardsigmoid --------------------------------------------------------
@@ -186,23 +193,17 @@ class InvertedResidualV3(nn.Module):
         return result if self.add is None else self.add(result, x)
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(PooledClassifier):
     # (in, kernel, expanded, out, SE, activation, stride): mobilenet_v3_small's first blocks at a quarter width.
     SETTING = ((4, 3, 4, 4, True, nn.ReLU, 2), (4, 3, 18, 6, False, nn.ReLU, 2), (6, 3, 22, 6, False, nn.ReLU, 1),
                (6, 5, 24, 10, True, nn.Hardswish, 2), (10, 5, 60, 10, True, nn.Hardswish, 1))
 
     def __init__(self, num_classes: int = 20, last: int = 60, hidden: int = 64):
-        super().__init__()
         layers = [conv_bn(3, 4, 3, 2, activation=nn.Hardswish)]
         layers += [InvertedResidualV3(*setting) for setting in self.SETTING]
         layers.append(conv_bn(self.SETTING[-1][3], last, 1, activation=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(0.2),
-                                        nn.Linear(hidden, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        super().__init__(layers, nn.Sequential(nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(0.2),
+                                               nn.Linear(hidden, num_classes)))
 
 
 # -- EfficientNet-B0: MBConv with SiLU = x * sigmoid(x) and SE blocks gated by Sigmoid -------------------------------
@@ -223,12 +224,11 @@ class MBConv(nn.Module):
         return result if self.add is None else self.add(result, x)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(PooledClassifier):
     # (expand ratio, kernel, stride, channels, blocks): B0's first four stages at a quarter width.
     SETTING = ((1, 3, 1, 4, 1), (6, 3, 2, 6, 2), (6, 5, 2, 10, 2), (6, 3, 2, 20, 2))
 
     def __init__(self, num_classes: int = 20, stem: int = 8, last: int = 80):
-        super().__init__()
         stages: list[nn.Module] = [conv_bn(3, stem, 3, 2, activation=SiLU)]
         channels = stem
         for expand_ratio, kernel, stride, out_channels, blocks in self.SETTING:
@@ -237,12 +237,7 @@ class EfficientNet(nn.Module):
                                           for i in range(blocks)]))
             channels = out_channels
         stages.append(conv_bn(channels, last, 1, activation=SiLU))
-        self.features = nn.Sequential(*stages)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        super().__init__(stages, nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes)))
 
 
 # -- SqueezeNet 1.1: Fire modules, class scores from a conv, a ReLU and global pooling (no Gemm) --------------------
