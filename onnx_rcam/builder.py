@@ -2,6 +2,12 @@
 
 `None` stands for a tensor known to be zero, so rules can skip terms (x- of a non-negative input, W- of a pooling
 op) without special cases: arithmetic on `None` folds away at augment time instead of running at inference.
+
+Supports: the builder tracks, for the tensors its products, quotients and sums create, the tensors they vanish with
+(a product is 0 wherever a factor is). With the propagators' `equal_where_nonzero` facts (y = Relu(z) equals z
+wherever y != 0) a rule may read y for z where only the support of its relevance matters (`on_support`): a
+residual join then stabilises its ReLU's output, which the model computes anyway, not the fused sum it never
+materialises, and no sign test runs at all.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .errors import RcamError
 
@@ -29,6 +35,8 @@ class Builder:
         self.per_sample_nodes: set[str] = set()  # nodes that work on the model's own batch (see batching.py)
         # forward tensors the generated nodes compute -> the canonical tensor each copies (forward_copies.py)
         self.forward_copies: dict[str, str] = {}
+        self.supports: dict[str, frozenset[str]] = {}  # tensor -> tensors it is 0 wherever they are 0
+        self.equal_where_nonzero: dict[str, str] = {}  # z -> y: z == y wherever y != 0 (y = Relu(z))
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[tuple[str, int, list]] = []  # (name, elem_type, shape) of each added output
 
@@ -89,6 +97,24 @@ class Builder:
             node.input[:] = [replace(node, name) for name in node.input]
         self.nodes.extend(existing)
 
+    # -- supports -------------------------------------------------------------------------------------------------
+    def support_of(self, name: str) -> frozenset[str]:
+        """The tensors `name` is 0 wherever they are 0 (itself among them)."""
+        return self.supports.get(name, frozenset()) | {name}
+
+    def on_support(self, z: str, relevance: str | None) -> str:
+        """A tensor equal to z wherever `relevance` is non-zero: z itself, or y where z == y wherever y != 0 and the
+        relevance vanishes wherever y does."""
+        y = self.equal_where_nonzero.get(z)
+        return y if relevance is not None and y in self.support_of(relevance) else z
+
+    def vanishes_with(self, node: onnx.NodeProto, name: str) -> frozenset[str]:
+        """Tensors wherever whose zeros `node`'s output is 0, whatever its input `name` holds there."""
+        if node.op_type == "Mul" and len(node.input) == 2:
+            others = [i for i in node.input if i != name]
+            return self.support_of(others[0]) if len(others) == 1 else frozenset()
+        return frozenset()
+
     @contextmanager
     def per_sample(self):
         """Mark the nodes emitted inside as working on the model's batch of N, never on the N*K explained pairs."""
@@ -110,7 +136,9 @@ class Builder:
             return None
         if len(present) == 1:
             return present[0]
-        return self.node("Sum", present)
+        total = self.node("Sum", present)
+        self.supports[total] = frozenset.intersection(*(self.support_of(t) for t in present))
+        return total
 
     def sub(self, a: str, b: str) -> str:
         return self.node("Sub", [a, b])
@@ -118,7 +146,9 @@ class Builder:
     def mul(self, a: str | None, b: str | None) -> str | None:
         if a is None or b is None:
             return None
-        return self.node("Mul", [a, b])
+        product = self.node("Mul", [a, b])
+        self.supports[product] = self.support_of(a) | self.support_of(b)
+        return product
 
     def scale(self, x: str | None, factor: float) -> str | None:
         if x is None or factor == 0:
@@ -128,7 +158,9 @@ class Builder:
         return self.mul(x, self.const(factor))
 
     def div(self, a: str, b: str) -> str:
-        return self.node("Div", [a, b])
+        quotient = self.node("Div", [a, b])
+        self.supports[quotient] = self.support_of(a)
+        return quotient
 
     def relu(self, x: str) -> str:
         return x if x in self.nonnegative else self.node("Relu", [x])
@@ -161,24 +193,18 @@ class Builder:
         return self.node("Identity", [x], out=out)
 
     # -- guarded division: no input may produce NaN or Inf (DESIGN.md section 1) --------------------------
-    def div_or_zero(self, numerator: str, denominator: str, terms_share_sign: bool = False) -> str:
-        """numerator / denominator, and 0 where the denominator is exactly 0.
-
-        terms_share_sign: the denominator is a sum of terms of one sign (z+, a pool over non-negative inputs), and
-        the quotient only ever multiplies those terms, as every LRP rule's x_i * (W^T share)_i does. Where the
-        denominator is 0 every term is then 0, so any finite quotient gives the same relevance: dividing by
-        denominator + (denominator == 0) spares the two Where passes, the slowest elementwise op in onnxruntime.
-        """
+    def div_or_zero(self, numerator: str, denominator: str) -> str:
+        """numerator / denominator, and 0 where the denominator is exactly 0 (rules/base.py's one_sign_sum is the
+        cheaper guard where the denominator's terms share a sign)."""
         zero = self.const(0.0)
-        if terms_share_sign:
-            return self.div(numerator, self.add(denominator, self.cast(self.equal(denominator, zero),
-                                                                      TensorProto.FLOAT)))
         is_zero = self.equal(denominator, zero)
         safe = self.where(is_zero, self.const(1.0), denominator)
         return self.where(is_zero, zero, self.div(numerator, safe))
 
     def stabilize(self, z: str, eps: float) -> str:
         """z + eps * sign(z) with sign(0) = +1."""
+        if z in self.nonnegative:
+            return self.add(z, self.const(eps))
         nonneg = self.greater_or_equal(z, self.const(0.0))
         return self.add(z, self.where(nonneg, self.const(eps), self.const(-eps)))
 
@@ -230,8 +256,8 @@ class Builder:
         return self.node("ArgMax", [x], axis=axis, keepdims=0)
 
     # -- linear ops --------------------------------------------------------------------------------------------
-    def conv(self, x: str, weight: str, **attrs) -> str:
-        return self.node("Conv", [x, weight], **attrs)
+    def conv(self, x: str, weight: str, *bias: str, **attrs) -> str:
+        return self.node("Conv", [x, weight, *bias], **attrs)
 
     def conv_transpose(self, g: str, weight: str, **attrs) -> str:
         return self.node("ConvTranspose", [g, weight], **attrs)

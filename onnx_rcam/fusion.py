@@ -3,7 +3,8 @@
 onnxruntime fuses a Conv/Gemm with the activation or Add that reads it, and computes the fused pair with different
 rounding. If a generated node also read the Conv's output, the fusion would be skipped and the original logits
 would change in their last bits. So where the generated nodes read such a fusion-internal tensor, they read a
-reconstruction instead: the other operand subtracted from the Add's result, or a private copy of the producer.
+reconstruction instead: the other operand subtracted from the Add's result (or from the ReLU's output after it,
+where only the support of a product needs it: builder.py's supports), or a private copy of the producer.
 """
 
 from __future__ import annotations
@@ -38,17 +39,30 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
 
     replacement: dict[str, str] = {}
 
-    def reconstruction(name: str) -> str:
-        if name not in replacement:
-            join = readers[name][0]
-            others = [i for i in join.input if i != name]
-            if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1:
-                other = others[0]
-                if fusion_internal(other) and other not in replacement:  # both fused: copy one, subtract it
-                    replacement[other] = copy_producer(canonical, other, b)
-                replacement[name] = b.sub(join.output[0], replacement.get(other, other))
-            else:
-                replacement[name] = copy_producer(canonical, name, b)
-        return replacement[name]
+    def join_of(name: str) -> onnx.NodeProto | None:
+        """The two-input Add or Sum that `name` is fused into, if that is its reader."""
+        join = readers[name][0]
+        others = [i for i in join.input if i != name]
+        return join if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1 else None
 
-    b.rewrite_reads(lambda node, name: reconstruction(name) if fusion_internal(name) else name)
+    def minus_other(join: onnx.NodeProto, name: str, total: str) -> str:
+        """total - the join's other operand (itself copied first if it is fused too)."""
+        other = next(i for i in join.input if i != name)
+        if fusion_internal(other) and other not in replacement:
+            replacement[other] = copy_producer(canonical, other, b)
+        return b.sub(total, replacement.get(other, other))
+
+    def reconstruction(node: onnx.NodeProto, name: str) -> str:
+        join = join_of(name)
+        # Where node's output vanishes wherever y = Relu(join) does, y - other serves for join - other (they agree
+        # wherever y != 0), and the join stays fused with its ReLU.
+        y = b.equal_where_nonzero.get(join.output[0]) if join is not None else None
+        key = f"{name} where {y} != 0" if y in b.vanishes_with(node, name) else name
+        if key not in replacement:
+            if join is None:
+                replacement[key] = copy_producer(canonical, name, b)
+            else:
+                replacement[key] = minus_other(join, name, y if key != name else join.output[0])
+        return replacement[key]
+
+    b.rewrite_reads(lambda node, name: reconstruction(node, name) if fusion_internal(name) else name)

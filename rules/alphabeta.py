@@ -2,7 +2,7 @@
 
 from onnx_rcam.errors import CompositeError
 
-from .base import Rule, add_each, negative, positive, signed_parts, weigh_transposed
+from .base import Rule, add_each, negative, one_sign_sum, positive, signed_parts, weigh_transposed
 
 
 class AlphaBeta(Rule):
@@ -16,13 +16,13 @@ class AlphaBeta(Rule):
     def linear(self, b, layer, relevance):
         pos, neg = layer.with_weight(positive(layer.weight.array)), layer.with_weight(negative(layer.weight.array))
         x_pos, x_neg = signed_parts(b, layer.inputs)
-        activating = b.add(pos.forward(b, x_pos), neg.forward(b, x_neg))     # >= 0
-        inhibiting = b.add(pos.forward(b, x_neg), neg.forward(b, x_pos))     # <= 0
+        activating = one_sign_sum(b, [(pos, x_pos), (neg, x_neg)], +1)
+        inhibiting = one_sign_sum(b, [(pos, x_neg), (neg, x_pos)], -1)
         terms = []
         if activating is not None and self.alpha:
-            share = b.scale(b.div_or_zero(relevance, activating, terms_share_sign=True), self.alpha)
+            share = b.scale(b.div(relevance, activating), self.alpha)
             terms += [weigh_transposed(b, x_pos, pos, share), weigh_transposed(b, x_neg, neg, share)]
         if inhibiting is not None and self.beta:
-            share = b.scale(b.div_or_zero(relevance, inhibiting, terms_share_sign=True), -self.beta)
+            share = b.scale(b.div(relevance, inhibiting), -self.beta)
             terms += [weigh_transposed(b, x_neg, pos, share), weigh_transposed(b, x_pos, neg, share)]
         return add_each(b, *terms) if terms else [None] * len(layer.inputs)

@@ -39,6 +39,23 @@ def signed_parts(b, xs):
     return [b.relu(x) for x in xs], [b.negative_part(x) for x in xs]
 
 
+# A denominator that sums terms of one sign is 0 only where every term is 0, and its quotient only ever multiplies
+# those terms (x_i * (W^T share)_i), so any finite quotient gives the exact relevance 0 there. Offsetting the sum by
+# TINY in the terms' sign gives one: |z| above 4e-13 absorbs TINY exactly in float32, so elsewhere the quotient is
+# bitwise R / z, and a Conv or Gemm takes the offset in its bias: the guard costs no pass over the tensor (it took
+# three: ==, Cast, +). Quotients stay finite for any |R| below 1e18.
+TINY = 1e-20
+
+
+def one_sign_sum(b, parts, sign: int):
+    """sign * TINY + sum of layer.forward(b, xs) over the (layer, xs) parts, whose terms all have `sign`; None when
+    every part is known to be zero."""
+    total = None
+    for layer, xs in parts:
+        total = b.add(total, layer.forward(b, xs, offset=0.0 if total is not None else sign * TINY))
+    return total
+
+
 def weigh(b, xs, transposed):
     """x_i * (W^T c)_i for each input: the last step of every LRP rule."""
     return [b.mul(x, g) for x, g in zip(xs, transposed)]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import Rule, weigh
+from .base import TINY, Rule, weigh
 
 
 class Epsilon(Rule):
@@ -12,8 +12,8 @@ class Epsilon(Rule):
         self.eps = eps
 
     def linear(self, b, layer, relevance):
-        # The model already computed z = W x + b: reuse it instead of recomputing.
-        share = b.div(relevance, b.stabilize(layer.output, self.eps))
+        # The model already computed z = W x + b: reuse it (or, on the relevance's support, its ReLU's output).
+        share = b.div(relevance, b.stabilize(b.on_support(layer.output, relevance), self.eps))
         return weigh(b, layer.inputs, layer.transpose(b, share))
 
 
@@ -30,10 +30,12 @@ class Norm(Rule):
         self.eps = eps
 
     def linear(self, b, layer, relevance):
-        z = layer.forward(b, layer.inputs) if layer.has_bias else layer.output
-        if self.eps:
-            share = b.div(relevance, b.stabilize(z, self.eps))
+        one_sign = all(x in b.nonnegative for x in layer.inputs) and not np.any(layer.weight.array < 0)
+        if not self.eps and one_sign:
+            z = (layer.forward(b, layer.inputs, offset=TINY) if layer.has_bias
+                 else b.add(layer.output, b.const(TINY)))
+            share = b.div(relevance, z)
         else:
-            one_sign = all(x in b.nonnegative for x in layer.inputs) and not np.any(layer.weight.array < 0)
-            share = b.div_or_zero(relevance, z, terms_share_sign=one_sign)
+            z = layer.forward(b, layer.inputs) if layer.has_bias else b.on_support(layer.output, relevance)
+            share = b.div(relevance, b.stabilize(z, self.eps)) if self.eps else b.div_or_zero(relevance, z)
         return weigh(b, layer.inputs, layer.transpose(b, share))

@@ -18,8 +18,8 @@ from onnx import TensorProto, helper
 
 import onnx_rcam
 from onnx_rcam.propagators import nonnegative_tensors
-from opgraph import (OpGraph, assert_matches, conv_forward, distinct_samples, explain, f64, onehot, per_unit_batch,
-                     random_samples, relevance_at_output, weights)
+from opgraph import (OpGraph, assert_matches, augment, conv_forward, distinct_samples, explain, f64, onehot,
+                     per_unit_batch, random_samples, relevance_at_output, weights)
 from reference import proportional_rule, zplus_rule
 
 GRADIENT = {"*": "gradient"}
@@ -680,6 +680,31 @@ def test_residual_join():
     assert_matches(out.output, (a_ref + branch_ref).flatten(1), "forward")
     direct, through_branch = proportional_rule(lambda u, v: u + v, [a_ref, branch_ref],
                                                relevance_at_output(targets, [4, 4, 4]), eps=1e-6)
+    assert_matches(out.relevance(), direct + zplus_rule(forward, a_ref, f64(weight), through_branch))
+
+
+def test_residual_join_before_relu():
+    """Conv(Relu(Conv(a) + a)), ResNet's block end: the ReLU's relevance (z+ weighs it by the ReLU's output) vanishes
+    wherever that output does, so the norm split reads the ReLU's output for the sum (they agree on that support)
+    and the ReLU's output - a for the Conv branch. No generated node reads the sum, which onnxruntime then fuses
+    with the Conv and the ReLU, and none tests its sign; the relevance is the formula's on the sum itself."""
+    weight, bias, head = weights([4, 4, 3, 3], seed=44), weights([4], seed=45), weights([3, 4, 3, 3], seed=46)
+    g = OpGraph(4, 4, 4)
+    a = g.relu_layer()
+    joined = g.node("Add", [g.node("Conv", [a, g.const(weight), g.const(bias)], pads=[1, 1, 1, 1]), a], out="s")
+    model = g.classifier(g.node("Conv", [g.node("Relu", [joined]), g.const(head)], pads=[1, 1, 1, 1]))
+    generated = [n for n in augment(model).graph.node if n.name.startswith("rcam/")]
+    assert not [n.name for n in generated if "s" in n.input or n.op_type == "GreaterOrEqual"]
+
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=47), 3 * 4 * 4)
+    out = explain(model, x, targets)
+    forward = conv_forward([1, 1, 1, 1])
+    a_ref = F.relu(f64(x))
+    branch_ref = forward(a_ref, f64(weight)) + f64(bias).reshape(-1, 1, 1)
+    y_ref = F.relu(branch_ref + a_ref)
+    assert_matches(out.output, forward(y_ref, f64(head)).flatten(1), "forward")
+    at_sum = zplus_rule(forward, y_ref, f64(head), relevance_at_output(targets, [3, 4, 4]))
+    through_branch, direct = proportional_rule(lambda u, v: u + v, [branch_ref, a_ref], at_sum, eps=1e-6)
     assert_matches(out.relevance(), direct + zplus_rule(forward, a_ref, f64(weight), through_branch))
 
 

@@ -16,7 +16,7 @@ import onnx_rcam
 from onnx_rcam.rules import RULES, Composite
 from opgraph import (OpGraph, assert_matches, conv_forward, explain, f64, onehot, per_unit_batch, random_samples,
                      relevance_at_output, weights)
-from reference import proportional_rule, safe_divide, transposed
+from reference import proportional_rule, safe_divide, transposed, zplus_rule
 
 CLASSES = 5
 
@@ -214,6 +214,32 @@ def test_conservation(case):
     x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=20, positive=True), classes)
     out = explain(model, x, targets, composite=composite)
     np.testing.assert_allclose(out.relevance().sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", [{"rule": "zplus"}, {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0}])
+def test_one_sign_denominator_of_zero(rule):
+    """Where every term of z+ (or of alpha-beta's two sums) is 0 but the unit's relevance is not (its bias makes y
+    non-zero), the input's relevance is exactly 0: the TINY offset in the generated Conv's bias must neither leak
+    relevance nor overflow. Units elsewhere match the formula."""
+    weight, bias = weights([3, 4, 3, 3], seed=30), weights([3], seed=31, scale=2.0)
+    g = OpGraph(4, 6, 6)
+    model = conv_classifier(g, g.relu_layer(), weight, bias, pads=[1, 1, 1, 1])
+    samples = random_samples([1, 4, 6, 6], seed=32, positive=True)
+    samples[:, :, :4, :4] = 0  # the windows of units (0..2, 0..2) see only zeros and padding
+    x, targets = per_unit_batch(samples, 3 * 6 * 6)
+    out = explain(model, x, targets, composite={"Conv": rule})
+
+    relevance = out.relevance()
+    dead = np.zeros([3, 6, 6], bool)
+    dead[:, :3, :3] = True
+    assert np.isfinite(relevance).all()
+    assert not relevance[dead.flatten()[targets]].any()
+    at_output, forward = relevance_at_output(targets, [3, 6, 6]), conv_forward([1, 1, 1, 1])
+    if rule["rule"] == "zplus":
+        expected = zplus_rule(forward, f64(x), f64(weight), at_output)
+    else:
+        expected = alphabeta_reference(forward, f64(x), f64(weight), at_output, 2.0, 1.0)
+    assert_matches(relevance, expected)
 
 
 def test_gradient_rule_is_the_chain_rule():

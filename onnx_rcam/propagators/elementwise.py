@@ -22,6 +22,7 @@ def _nonlinear(ctx: Context, node, relevance, vjp):
 @register("Relu", sign=always_nonnegative)
 def relu(ctx: Context, node, relevance):
     x = node.inputs[0].name
+    ctx.builder.equal_where_nonzero[x] = node.outputs[0].name
     return _nonlinear(ctx, node, relevance,
                       lambda b, r: b.where(b.greater(x, b.const(0.0)), r, b.const(0.0)))
 
@@ -181,7 +182,7 @@ def add_or_sum(ctx: Context, node, relevance):
     inputs = [node.inputs[i] for i in activations]
     output = node.outputs[0]
 
-    def forward(b, xs, w):
+    def forward(b, xs, w, offset):
         return b.scale(b.sum(xs), w.scalar())
 
     def transpose(b, g, w):

@@ -16,14 +16,15 @@ def conv(ctx: Context, node, relevance):
     group = node.attrs.get("group", 1)
     in_sizes, out_sizes = spatial_sizes(x), spatial_sizes(node.outputs[0])
 
-    def forward(b, xs, w):
-        return b.conv(xs[0], w.name(b), group=group, **attrs)
+    def forward(b, xs, w, offset):
+        bias = [b.const(np.full(weight.shape[0], offset, np.float32), "offset")] if offset else []
+        return b.conv(xs[0], w.name(b), *bias, group=group, **attrs)
 
     def transpose(b, g, w):
         return [transpose_window_op(b, g, w, attrs, group, in_sizes, out_sizes)]
 
     layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), constant_input(node, 2), forward,
-                        transpose, op="Conv", same_shape=keeps_shape([x], node.outputs[0]))
+                        transpose, op="Conv", same_shape=keeps_shape([x], node.outputs[0]), offset_in_forward=True)
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
@@ -38,15 +39,15 @@ def gemm(ctx: Context, node, relevance):
     bias = constant_input(node, 2)
     bias = None if bias is None else node.attrs.get("beta", 1.0) * bias
 
-    def forward(b, xs, w):
-        return b.node("Gemm", [xs[0], w.name(b)], transA=trans_a)
+    def forward(b, xs, w, offset):
+        return b.node("Gemm", [xs[0], w.name(b)] + ([b.const(offset)] if offset else []), transA=trans_a)
 
     def transpose(b, g, w):
         grad = b.node("Gemm", [g, w.name(b)], transB=1)
         return [b.transpose(grad, [1, 0]) if trans_a else grad]
 
     layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight.astype(np.float32)), bias, forward,
-                        transpose, op="Gemm", same_shape=keeps_shape([x], node.outputs[0]))
+                        transpose, op="Gemm", same_shape=keeps_shape([x], node.outputs[0]), offset_in_forward=True)
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
@@ -56,7 +57,7 @@ def matmul(ctx: Context, node, relevance):
     if weight is None or weight.ndim != 2 or constant_input(node, 0) is not None:
         raise unsupported(node, "only MatMul(activation, constant 2-D matrix) is supported")
 
-    def forward(b, xs, w):
+    def forward(b, xs, w, offset):
         return b.matmul(xs[0], w.name(b))
 
     def transpose(b, g, w):

@@ -18,7 +18,7 @@ def global_average_pool(ctx: Context, node, relevance):
     x = node.inputs[0]
     count = int(np.prod(spatial_sizes(x)))
 
-    def forward(b, xs, w):
+    def forward(b, xs, w, offset):
         return b.scale(b.node("GlobalAveragePool", [xs[0]]), w.scalar())
 
     def transpose(b, g, w):
@@ -47,7 +47,7 @@ def reduce_mean_or_sum(ctx: Context, node, relevance):
     keepdims = node.attrs.get("keepdims", 1)
     factor = 1.0 / np.prod(reduced) if node.op == "ReduceMean" else 1.0
 
-    def forward(b, xs, w):
+    def forward(b, xs, w, offset):
         return b.scale(b.reduce_sum(xs[0], axes, keepdims), w.scalar() * factor)
 
     def transpose(b, g, w):
@@ -69,7 +69,7 @@ def average_pool(ctx: Context, node, relevance):
     inverse_divisor = _inverse_divisor(node, in_sizes, out_sizes, attrs)
     window = WeightRef(np.ones([channels, 1, *kernel], dtype=np.float32))
 
-    def forward(b, xs, w):
+    def forward(b, xs, w, offset):
         return b.scale(b.node("AveragePool", [xs[0]], **node.attrs), w.scalar())
 
     def transpose(b, g, w):

@@ -104,7 +104,7 @@ def _scaled_by_constant(ctx: Context, node, relevance: str, factor: np.ndarray) 
     index = next(i for i, t in enumerate(node.inputs) if is_activation(t))
     x, y = node.inputs[index], node.outputs[0]
 
-    def forward(b, xs, w):
+    def forward(b, xs, w, offset):
         return b.mul(xs[0], w.name(b))
 
     def transpose(b, g, w):
