@@ -16,6 +16,18 @@ def static_shape(tensor: gs.Tensor) -> list:
     return list(tensor.shape) if tensor.shape is not None else []
 
 
+def target_shape(b, target: gs.Tensor, source: gs.Tensor, batch: int) -> str:
+    """target's shape, for reshaping (batch=0: copy the first dim) or expanding (batch=1: keep it) relevance shaped
+    like `source` back to target. A constant where target's dims past the first are static and its first is
+    source's: shape inference then keeps the batch symbol through the generated graph, so that onnxruntime's
+    NCHWc layout can prove relevance and activations equal in shape and multiply them without reordering either.
+    Shape(target) at run time otherwise."""
+    dims, lead = static_shape(target), static_shape(source)[:1]
+    if dims and lead and dims[0] == lead[0] and all(isinstance(d, int) for d in dims[1:]):
+        return b.ints([batch, *dims[1:]])
+    return b.shape(target.name)
+
+
 def keeps_shape(inputs, output) -> bool:
     """Whether every input has exactly the output's (static) shape."""
     shape = static_shape(output)

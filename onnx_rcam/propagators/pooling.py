@@ -8,7 +8,8 @@ from onnx import TensorProto, helper
 
 from ..linear import LinearLayer, NonlinearOp, WeightRef
 from . import Context, like_first_input, register, unsupported
-from .common import constant_input, keeps_shape, spatial_sizes, static_shape, transpose_window_op, window_attrs
+from .common import (constant_input, keeps_shape, spatial_sizes, static_shape, target_shape, transpose_window_op,
+                     window_attrs)
 
 UNIT = WeightRef(np.array(1.0, dtype=np.float32))
 
@@ -22,7 +23,7 @@ def global_average_pool(ctx: Context, node, relevance):
         return b.scale(b.node("GlobalAveragePool", [xs[0]]), w.scalar())
 
     def transpose(b, g, w):
-        return [b.expand(b.scale(g, w.scalar() / count), b.shape(x.name))]
+        return [b.expand(b.scale(g, w.scalar() / count), target_shape(b, x, node.outputs[0], 1))]
 
     layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op,
                         same_shape=keeps_shape([x], node.outputs[0]))
@@ -52,7 +53,7 @@ def reduce_mean_or_sum(ctx: Context, node, relevance):
 
     def transpose(b, g, w):
         kept = g if keepdims else b.unsqueeze(g, axes)
-        return [b.expand(b.scale(kept, w.scalar() * factor), b.shape(x.name))]
+        return [b.expand(b.scale(kept, w.scalar() * factor), target_shape(b, x, node.outputs[0], 1))]
 
     layer = LinearLayer([x.name], node.outputs[0].name, UNIT, None, forward, transpose, op=node.op,
                         same_shape=keeps_shape([x], node.outputs[0]))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import Context, like_all_inputs, like_first_input, register, unsupported
-from .common import constant_input, static_shape
+from .common import constant_input, static_shape, target_shape
 
 
 @register("Flatten", "Reshape", "Squeeze", "Unsqueeze", sign=like_first_input)
 def reshape(ctx: Context, node, relevance):
     b = ctx.builder
-    return [None if relevance[0] is None else b.reshape_like(relevance[0], node.inputs[0].name)]
+    if relevance[0] is None:
+        return [None]
+    return [b.reshape(relevance[0], target_shape(b, node.inputs[0], node.outputs[0], 0))]
 
 
 @register("Transpose", sign=like_first_input)
