@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -164,8 +165,6 @@ def benchmark_subject(subject: Subject, folder: Path, args) -> tuple[dict, list[
     print(f"{subject.name}: export, augment, count FLOPs", flush=True)
     paths, flops = prepare_models(subject, folder, width)
     floors = {"plain": 1.0} | {configuration: f["floor_ratio"] for configuration, f in flops.items()}
-    sessions = {name: ort.InferenceSession(str(path), session_options(args.threads),
-                                           providers=["CPUExecutionProvider"]) for name, path in paths.items()}
     references = {}
     if subject.zoo_builder:
         torch_model, example = subject.torch_model(width), torch.randn(1, *IMAGE_SHAPE)
@@ -176,6 +175,10 @@ def benchmark_subject(subject: Subject, folder: Path, args) -> tuple[dict, list[
     for batch in args.batches:
         images = np.random.default_rng(0).normal(size=(batch, *IMAGE_SHAPE)).astype(np.float32)
         feeds, x = {subject.input_name: images}, torch.from_numpy(images)
+        # Per batch, and gone before the memory probes: VGG16's four sessions hold 18 GiB after batch 32, and a
+        # probe beside them ran this 24 GiB machine out of memory.
+        sessions = {name: ort.InferenceSession(str(path), session_options(args.threads),
+                                               providers=["CPUExecutionProvider"]) for name, path in paths.items()}
         runners = {name: (lambda s=s, feeds=feeds: s.run(None, feeds)) for name, s in sessions.items()}
         warm_up = {name: run() for name, run in runners.items()}
         map_difference = {}
@@ -189,6 +192,8 @@ def benchmark_subject(subject: Subject, folder: Path, args) -> tuple[dict, list[
         print(f"{subject.name} batch {batch}: timing {len(runners)} runners, {args.repeats} turns", flush=True)
         times = interleaved_times(runners, args.repeats)
         median = {name: statistics.median(t) for name, t in times.items()}
+        del sessions, runners, warm_up
+        gc.collect()
 
         batch_rows = []
         for configuration, path in paths.items():
@@ -320,16 +325,20 @@ def main() -> None:
               "settings": {"quick": args.quick, "batches": args.batches, "repeats": args.repeats,
                            "threads": args.threads, "width": args.width},
               "models": {}, "rows": []}
+    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             report["models"][name], rows = benchmark_subject(SUBJECTS[name], Path(folder), args)
             report["rows"] += rows
+            write(report, others, args.output, command.strip())  # after each model: a crash keeps what ran
+    print(f"wrote {HERE / args.output}.json and .md")
+
+
+def write(report: dict, others: OtherProcessesCpu, output: str, command: str) -> None:
     report["machine"]["other_processes_cores"] = round(others.cores(), 2)
     report["targets"] = evaluate_targets(report["rows"])
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
-    (HERE / f"{args.output}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (HERE / f"{args.output}.md").write_text(markdown(report, command.strip()))
-    print(f"wrote {HERE / args.output}.json and .md")
+    (HERE / f"{output}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (HERE / f"{output}.md").write_text(markdown(report, command))
 
 
 if __name__ == "__main__":
