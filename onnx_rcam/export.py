@@ -50,9 +50,12 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -
     if model.ByteSize() > 2**31 - 1:
         raise ModelError("the augmented model is over 2 GiB; saving with external data is not supported yet")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(model.SerializeToString())
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from its other users
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

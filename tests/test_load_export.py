@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import onnx
 import pytest
@@ -127,3 +130,13 @@ def test_save_is_atomic_and_refuses_to_overwrite(tmp_path):
     save(model, target, force=True)
     assert target.read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path):
+    """The temporary file's private mode does not survive the rename: the model gets 0666 less the umask."""
+    previous = os.umask(0o022)
+    try:
+        target = save(onnx_rcam.augment(classifier(), layers=["act"]), tmp_path / "out.onnx")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
