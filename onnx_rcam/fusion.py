@@ -37,32 +37,33 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
         return (source is not None and name not in outputs and len(sinks) == 1
                 and sinks[0].op_type in FUSIONS.get(source.op_type, ()))
 
-    replacement: dict[str, str] = {}
+    copies: dict[str, str] = {}  # fusion-internal tensor -> a private copy of its producer
+    differences: dict[tuple[str, str], str] = {}  # (tensor, total) -> total - the join's other operand
 
-    def join_of(name: str) -> onnx.NodeProto | None:
-        """The two-input Add or Sum that `name` is fused into, if that is its reader."""
+    def copy(name: str) -> str:
+        if name not in copies:
+            copies[name] = copy_producer(canonical, name, b)
+        return copies[name]
+
+    def join_of(name: str) -> tuple[onnx.NodeProto, str] | None:
+        """The two-input Add or Sum that `name` is fused into, and its other operand, if that is its reader."""
         join = readers[name][0]
         others = [i for i in join.input if i != name]
-        return join if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1 else None
-
-    def minus_other(join: onnx.NodeProto, name: str, total: str) -> str:
-        """total - the join's other operand (itself copied first if it is fused too)."""
-        other = next(i for i in join.input if i != name)
-        if fusion_internal(other) and other not in replacement:
-            replacement[other] = copy_producer(canonical, other, b)
-        return b.sub(total, replacement.get(other, other))
+        if join.op_type in ("Add", "Sum") and len(join.input) == 2 and len(others) == 1:
+            return join, others[0]
+        return None
 
     def reconstruction(node: onnx.NodeProto, name: str) -> str:
-        join = join_of(name)
+        joined = join_of(name)
+        if name in copies or joined is None:  # a join of two fused operands copies one and subtracts it
+            return copy(name)
+        join, other = joined
         # Where node's output vanishes wherever y = Relu(join) does, y - other serves for join - other (they agree
         # wherever y != 0), and the join stays fused with its ReLU.
-        y = b.equal_where_nonzero.get(join.output[0]) if join is not None else None
-        key = f"{name} where {y} != 0" if y in b.vanishes_with(node, name) else name
-        if key not in replacement:
-            if join is None:
-                replacement[key] = copy_producer(canonical, name, b)
-            else:
-                replacement[key] = minus_other(join, name, y if key != name else join.output[0])
-        return replacement[key]
+        y = b.equal_where_nonzero.get(join.output[0])
+        total = y if y in b.vanishes_with(node, name) else join.output[0]
+        if (name, total) not in differences:
+            differences[(name, total)] = b.sub(total, copy(other) if fusion_internal(other) else other)
+        return differences[(name, total)]
 
     b.rewrite_reads(lambda node, name: reconstruction(node, name) if fusion_internal(name) else name)

@@ -708,6 +708,33 @@ def test_residual_join_before_relu():
     assert_matches(out.relevance(), direct + zplus_rule(forward, a_ref, f64(weight), through_branch))
 
 
+def test_projection_join_before_relu():
+    """Conv(Relu(Conv1(a) + Conv2(a))), ResNet's projection shortcut: onnxruntime fuses the sum into one of the two
+    Convs, so one of them is recomputed from a private copy of its Conv and the other is the ReLU's output minus
+    that copy. One copy, however many generated nodes read the two branches; relevance as the formula's."""
+    first, second = weights([4, 4, 3, 3], seed=48), weights([4, 4, 1, 1], seed=49)
+    head = weights([3, 4, 3, 3], seed=50)
+    g = OpGraph(4, 4, 4)
+    a = g.relu_layer()
+    joined = g.node("Add", [g.node("Conv", [a, g.const(first)], pads=[1, 1, 1, 1]),
+                            g.node("Conv", [a, g.const(second)])])
+    model = g.classifier(g.node("Conv", [g.node("Relu", [joined]), g.const(head)], pads=[1, 1, 1, 1]))
+    generated = [n for n in augment(model).graph.node if n.name.startswith("rcam/")]
+    assert len([n for n in generated if n.op_type == "Conv" and n.output[0].startswith("rcam/copy")]) == 1
+
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=51), 3 * 4 * 4)
+    out = explain(model, x, targets)
+    padded, pointwise = conv_forward([1, 1, 1, 1]), conv_forward([0, 0, 0, 0])
+    a_ref = F.relu(f64(x))
+    branches = [padded(a_ref, f64(first)), pointwise(a_ref, f64(second))]
+    y_ref = F.relu(branches[0] + branches[1])
+    assert_matches(out.output, padded(y_ref, f64(head)).flatten(1), "forward")
+    at_sum = zplus_rule(padded, y_ref, f64(head), relevance_at_output(targets, [3, 4, 4]))
+    to_first, to_second = proportional_rule(lambda u, v: u + v, branches, at_sum, eps=1e-6)
+    expected = zplus_rule(padded, a_ref, f64(first), to_first) + zplus_rule(pointwise, a_ref, f64(second), to_second)
+    assert_matches(out.relevance(), expected)
+
+
 def test_broadcast_join():
     """p [N, C, H, W] + GlobalAveragePool(p) [N, C, 1, 1]: the pooled share is summed over the broadcast grid and
     goes back to p through the pool, where it adds to p's direct share."""
