@@ -11,7 +11,7 @@ import numpy as np
 from ..canonicalize import is_activation
 from ..linear import LinearLayer, NonlinearOp, WeightRef
 from . import Context, always_nonnegative, like_all_inputs, like_first_input, register, unsupported
-from .common import constant_input, keeps_shape, required_constant, static_shape
+from .common import constant_input, keeps_shape, required_constant, static_shape, target_shape
 
 
 def _nonlinear(ctx: Context, node, relevance, vjp):
@@ -206,4 +206,4 @@ def unbroadcast(b, x, output, g):
         return g
     lead = len(out_shape) - len(x_shape)
     axes = list(range(lead)) + [lead + i for i, n in enumerate(x_shape) if n == 1 and out_shape[lead + i] != 1]
-    return b.reshape_like(b.reduce_sum(g, axes, keepdims=True), x.name)
+    return b.reshape(b.reduce_sum(g, axes, keepdims=True), target_shape(b, x, output, 0))
