@@ -13,7 +13,8 @@ from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.explain import explain_images
 from onnx_rcam.explainer import Explainer
-from onnx_rcam.images import Preprocessing, find_images, input_layout
+from onnx_rcam.heads import METHODS
+from onnx_rcam.images import Preprocessing, find_images, input_bounds, input_layout
 from onnx_rcam.export import save
 from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
 from onnx_rcam.load import parse_shape
@@ -58,36 +59,51 @@ def main():
               "[default: beside MODEL, its stem + .rcam.onnx; for the bundled model, the current folder].")
 @click.option("--layer", "layers", multiple=True, metavar="SEL", help="Layer to explain; repeat for several. "
               "`auto` (default: the last activation before global pooling), a tensor name, a node name, a torch "
-              "module path such as `layer4`, or a negative index from `onnx-rcam layers`.")
+              "module path such as `layer4`, a negative index from `onnx-rcam layers`, or `input`: the image "
+              "itself (with --method lrp: the input-level LRP heatmap).")
+@click.option("--method", "methods", multiple=True, type=click.Choice(list(METHODS)),
+              help="CAM to add; repeat for several in one file [default: rcam]. rcam is Relevance-CAM; gradcam, "
+                   "gradcampp, xgradcam, layercam and hirescam come from the gradient of the class score, computed "
+                   "in the same graph; lrp is the LRP heatmap, the relevance summed over channels. Each adds METHOD/L/map, METHOD/L/raw, METHOD/L/activation and "
+                   "METHOD/L/relevance (METHOD/L/gradient for the gradient methods).")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE",
-              help=f"LRP rules per op: {', '.join(COMPOSITES)}, or a JSON file mapping op types to rules.")
+              help=f"LRP rules per op for rcam and lrp: {', '.join(COMPOSITES)}, or a JSON file mapping op types "
+                   "(and `input`, the first Conv) to rules.")
+@click.option("--preprocess", default=None, metavar="PRESET|FILE",
+              help="How images are prepared for MODEL (as for explain), which bounds the image's values for the zbox "
+                   "rule (epsilon_gamma_box) [default: MODEL's sidecar MODEL.preprocess.json, else imagenet].")
 @click.option("--initial", type=click.Choice(INITIAL_KINDS), default="contrastive", show_default=True,
-              help="Relevance at the logits: contrastive (target 1, others -1/K), onehot, or logit.")
-@click.option("--relu", is_flag=True, help="Clip the raw map at 0 before normalising (the Grad-CAM convention).")
+              help="Relevance at the logits for rcam and lrp: contrastive (target 1, others -1/K), onehot, or logit.")
+@click.option("--relu", is_flag=True, help="Clip rcam's raw map at 0 before normalising (the Grad-CAM convention, "
+              "which the gradient methods always follow).")
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Explain the K highest-scoring classes of each image in the same run: rcam/class becomes [N, K] "
                    "and each map [N, K, H, W].")
 @input_shape_option
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def augment(model, output, layers, composite, initial, relu, top_k, input_shape, force):
-    """Add Relevance-CAM outputs to MODEL and write the augmented model.
+def augment(model, output, layers, methods, composite, preprocess, initial, relu, top_k, input_shape, force):
+    """Add Relevance-CAM outputs (or other CAMs, --method) to MODEL and write the augmented model.
 
     The augmented model keeps the original inputs and outputs (same values, bit for bit) and adds, per layer L,
     rcam/L/map (N, H, W in [0, 1]), rcam/L/raw, rcam/L/relevance and rcam/L/activation, plus rcam/class and the
     optional input rcam/target (class per sample; -1 or omitted: the predicted class).
     """
+    methods = methods or ("rcam",)
     source = _model_argument(model)
     target = Path(output) if output else (Path(source.stem + ".rcam.onnx") if model is None
                                           else source.with_name(source.stem + ".rcam.onnx"))
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists; pass --force to overwrite it")
     started = time.perf_counter()
-    result = build(source, layers or ("auto",), composite, initial, relu, top_k, input_shape)
+    result = build(source, layers or ("auto",), composite, initial, relu, top_k, input_shape, methods,
+                   input_bounds(source, preprocess))
     save(result.model, target, force=force)
     seconds = time.perf_counter() - started
 
     click.echo(f"model     {source}{'  (bundled EfficientNet-Lite0)' if model is None else ''}")
-    click.echo(f"composite {composite}, initial relevance {initial}, explaining {result.logits!r}")
+    click.echo(f"methods   {', '.join(methods)}; explaining {result.logits!r}")
+    if "rcam" in methods:
+        click.echo(f"composite {composite}, initial relevance {initial}")
     click.echo("layers")
     for t in result.targets:
         click.echo(f"  {t.key}" + (f"  ->  {t.tensor}" if t.key != t.tensor else ""))
@@ -119,10 +135,12 @@ def augment(model, output, layers, composite, initial, relu, top_k, input_shape,
               "[default: MODEL's sidecar MODEL.preprocess.json if there is one, else imagenet].")
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Class names, one per line "
               "[default: ImageNet's for 1000-class models].")
+@click.option("--method", type=click.Choice(list(METHODS)), default="rcam", show_default=True,
+              help="The CAM to draw (see `onnx-rcam augment --help`).")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
 @input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
-def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite,
+def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, composite,
             input_shape, force):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
@@ -130,7 +148,7 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
     An unreadable image is reported and skipped; the exit status is then 1.
     """
     _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
-             preprocess, labels, composite, force, input_shape)
+             preprocess, labels, composite, force, input_shape, method)
 
 
 @main.command()
@@ -143,7 +161,7 @@ def demo(outdir, force):
 
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
-             input_shape=None):
+             input_shape=None, method="rcam"):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
     if outdir.exists() and any(outdir.iterdir()) and not force:
@@ -154,12 +172,13 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
     preprocessing = Preprocessing.from_file(Path(preprocess)) if preprocess and Path(preprocess).is_file() \
         else preprocess
     explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
-                          preprocessing=preprocessing, input_shape=input_shape)
+                          preprocessing=preprocessing, input_shape=input_shape, method=method)
     if isinstance(preprocessing, Preprocessing):  # a file gives no layout: take the model's
         explainer.preprocessing = Preprocessing(preprocessing.size, preprocessing.resize_shorter,
                                                 preprocessing.mean, preprocessing.std,
                                                 input_layout(explainer.input.shape))
-    click.echo(f"model     {model}\nlayers    {', '.join(explainer.layers)}\nprovider  {explainer.provider_note}")
+    click.echo(f"model     {model}\nmethod    {explainer.method.name}\nlayers    {', '.join(explainer.layers)}\n"
+               f"provider  {explainer.provider_note}")
     started = time.perf_counter()
     done = 0
 

@@ -15,14 +15,13 @@ from .errors import LayerSelectionError, RcamError
 from .export import assemble
 from .forward_copies import materialize
 from .fusion import protect_fusions
-from .heads import output_names, relevance_cam
-from .initial import INITIAL_KINDS, initial_relevance
+from .heads import cam, resolve_methods
+from .initial import INITIAL_KINDS, explained_onehot, initial_relevance
 from .load import default_opset, fix_input_shape, infer_shapes, load
 from .propagators import nonnegative_tensors
-from .select import Candidate, Target, candidates, region, resolve
+from .images import IMAGENET_BOUNDS
+from .select import Candidate, Target, candidates, image_readers, region, resolve
 from .sweep import sweep
-
-METHOD = "rcam"
 
 
 @dataclass
@@ -34,7 +33,8 @@ class Augmented:
 
 
 def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
-            initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None) -> onnx.ModelProto:
+            initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None,
+            methods=("rcam",), input_bounds=IMAGENET_BOUNDS) -> onnx.ModelProto:
     """Return `model` with Relevance-CAM outputs for `layers` added (DESIGN.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
@@ -43,20 +43,27 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
     map at 0 before normalising (Grad-CAM style). top_k: explain the top_k highest-scoring classes of each sample
     in the same run; rcam/class becomes [N, top_k] and the maps [N, top_k, H, W]. input_shape: the image input's
     shape, for models whose height and width are dynamic, e.g. ("N", 3, 224, 224); a name keeps a dimension
-    dynamic. The augmented model then takes that shape only.
+    dynamic. The augmented model then takes that shape only. methods: the CAMs to add, each with outputs
+    METHOD/L/...: `rcam` (Relevance-CAM, under `composite` and `initial`), and the Grad-CAM family `gradcam`,
+    `gradcampp`, `xgradcam`, `layercam`, `hirescam`, from the gradient of the class score, whose outputs hold the
+    gradient in place of the relevance (METHOD/L/gradient); `lrp`, the LRP heatmap sum_k R_k (at layer `input`,
+    the image itself: the input-level heatmap). input_bounds: (low, high), the least and greatest value of the
+    image input, one per channel or one for all, for the zbox rule (epsilon_gamma_box); default: ImageNet's
+    normalisation of pixel values in [0, 1] (images.Preprocessing.bounds gives them for other preprocessing).
     """
-    return build(model, layers, composite, initial, relu, top_k, input_shape).model
+    return build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds).model
 
 
 def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
-          top_k: int = 1, input_shape=None) -> Augmented:
+          top_k: int = 1, input_shape=None, methods=("rcam",), input_bounds=IMAGENET_BOUNDS) -> Augmented:
+    chosen_methods = resolve_methods(methods)
     if initial not in INITIAL_KINDS:
         raise RcamError(f"unknown initial relevance {initial!r}; choose one of {', '.join(INITIAL_KINDS)}")
     if isinstance(layers, str):
         layers = (layers,)
     if not layers:
         raise RcamError("no layers given")
-    chosen_rules = rules.composite(composite)
+    chosen_rules = rules.composite(composite, input_bounds)
     original, canonical = _analyse(model, input_shape)
     targets = resolve(canonical, layers)
     tensors = canonical.graph.tensors()
@@ -69,18 +76,28 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     taken |= {i.name for i in original.graph.initializer}
     b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph))
     batch = canonical.image.shape[0]
-    start = initial_relevance(b, logits.name, logits.shape[1], initial, batch, top_k)
+    hot = explained_onehot(b, logits.name, logits.shape[1], batch, top_k)
     target_tensors = list(dict.fromkeys(t.tensor for t in targets))
-    relevance = sweep(canonical, region(canonical, targets), target_tensors, start, b, chosen_rules)
-    unreached = [t.key for t in targets if relevance[t.tensor] is None]
-    if unreached:
-        raise LayerSelectionError(
-            f"no relevance reaches {', '.join(map(repr, unreached))}: under these rules every path from it to the "
-            f"class scores goes through a gate or a divisor (as the sigmoid in x * sigmoid(x)), which LRP holds "
-            f"constant. Choose the tensor the gate scales, or another layer.")
+    swept = region(canonical, targets)
+    signals = {}
+    if any(m.signal == "relevance" for m in chosen_methods):
+        start = initial_relevance(b, hot, logits.name, logits.shape[1], initial)
+        signals["relevance"] = sweep(canonical, swept, target_tensors, start, b, chosen_rules,
+                                     image_readers(canonical))
+    if any(m.signal == "gradient" for m in chosen_methods):
+        # The chain rule from the class score: d logit_t / d A at every target (a second sweep, its own nodes).
+        signals["gradient"] = sweep(canonical, swept, target_tensors, hot, b, rules.composite("gradient"))
+    for signal, reached in signals.items():
+        unreached = [t.key for t in targets if reached[t.tensor] is None]
+        if unreached:
+            raise LayerSelectionError(
+                f"no {signal} reaches {', '.join(map(repr, unreached))}: under these rules every path from it to "
+                f"the class scores goes through a gate or a divisor (as the sigmoid in x * sigmoid(x)), which LRP "
+                f"holds constant. Choose the tensor the gate scales, or another layer.")
     for target in targets:
-        relevance_cam(b, target.tensor, relevance[target.tensor], list(tensors[target.tensor].shape),
-                      canonical.image_size, output_names(METHOD, target.key), relu, top_k)
+        for method in chosen_methods:
+            cam(b, method, target.tensor, signals[method.signal][target.tensor], list(tensors[target.tensor].shape),
+                canonical.image_size, target.key, relu, top_k)
     materialize(original, canonical, b)
     protect_fusions(original, canonical, b)
     repeat_forward_reads(original, canonical, b, top_k)

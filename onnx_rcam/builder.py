@@ -201,12 +201,12 @@ class Builder:
         safe = self.where(is_zero, self.const(1.0), denominator)
         return self.where(is_zero, zero, self.div(numerator, safe))
 
-    def stabilize(self, z: str, eps: float) -> str:
+    def stabilize(self, z: str, eps: float, dtype=np.float32) -> str:
         """z + eps * sign(z) with sign(0) = +1."""
         if z in self.nonnegative:
-            return self.add(z, self.const(eps))
-        nonneg = self.greater_or_equal(z, self.const(0.0))
-        return self.add(z, self.where(nonneg, self.const(eps), self.const(-eps)))
+            return self.add(z, self.const(eps, dtype=dtype))
+        nonneg = self.greater_or_equal(z, self.const(0.0, dtype=dtype))
+        return self.add(z, self.where(nonneg, self.const(eps, dtype=dtype), self.const(-eps, dtype=dtype)))
 
     # -- shapes ------------------------------------------------------------------------------------------------
     def shape(self, x: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +18,8 @@ from PIL import Image
 
 from .augment import augment
 from .errors import RcamError
-from .images import Preprocessing, input_layout, load_image
+from .heads import resolve_methods
+from .images import Preprocessing, input_bounds, input_layout, load_image, sidecar
 from .initial import CLASS_OUTPUT, TARGET_INPUT
 from .load import load
 
@@ -32,7 +32,7 @@ class Explanation:
     classes: np.ndarray                   # (N,) the explained class, or (N, top_k)
     maps: dict[str, np.ndarray]           # layer -> (N, H, W) in [0, 1], or (N, top_k, H, W)
     raw: dict[str, np.ndarray] = field(default_factory=dict)          # filled when asked for extras
-    relevance: dict[str, np.ndarray] = field(default_factory=dict)
+    relevance: dict[str, np.ndarray] = field(default_factory=dict)   # the gradient, for the Grad-CAM family
     activations: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -43,23 +43,31 @@ class Explanation:
 
 
 class Explainer:
-    """Runs an augmented model: `model` may be plain (augmented here, in memory) or already augmented."""
+    """Runs an augmented model: `model` may be plain (augmented here, in memory) or already augmented.
+
+    method: the CAM whose maps it returns (rcam, or one of the Grad-CAM family; see heads.METHODS).
+    """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
                  top_k: int = 1, composite="rcam", initial: str = "contrastive",
-                 preprocessing: Preprocessing | str | None = None, input_shape=None):
+                 preprocessing: Preprocessing | str | None = None, input_shape=None, method: str = "rcam"):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        self.method = resolve_methods([method])[0]
         proto = load(model)
         if TARGET_INPUT not in {i.name for i in proto.graph.input}:
             proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k,
-                            input_shape=input_shape)
+                            input_shape=input_shape, methods=[method],
+                            input_bounds=input_bounds(model, preprocessing))
         self.model = proto
         self.session, self.provider, self.cuda_wanted = _session(proto, device)
         self.input = next(i for i in self.session.get_inputs() if i.name != TARGET_INPUT)
         outputs = [o.name for o in self.session.get_outputs()]
-        self.layers = [name[len("rcam/"):-len("/map")] for name in outputs
-                       if name.startswith("rcam/") and name.endswith("/map")]
+        self.layers = [name[len(f"{method}/"):-len("/map")] for name in outputs
+                       if name.startswith(f"{method}/") and name.endswith("/map")]
+        if not self.layers:
+            held = sorted({name.split("/")[0] for name in outputs if name.endswith("/map")})
+            raise RcamError(f"the augmented model has no {method} maps; it holds {', '.join(held) or 'none'}")
         class_output = self.session.get_outputs()[outputs.index(CLASS_OUTPUT)]
         self.top_k = class_output.shape[1] if len(class_output.shape) == 2 else 1
         self.preprocessing = self._preprocessing(model, preprocessing)
@@ -77,12 +85,9 @@ class Explainer:
             return preprocessing
         layout = input_layout(self.input.shape)
         size = tuple(self.input.shape[2:4] if layout == "NCHW" else self.input.shape[1:3])
-        if preprocessing is None and isinstance(model, (str, os.PathLike)):
-            path = Path(model)
-            stem = path.name.removesuffix(".onnx").removesuffix(".rcam")
-            sidecar = path.with_name(f"{stem}.preprocess.json")
-            if sidecar.is_file():
-                return Preprocessing.from_file(sidecar, layout)
+        found = sidecar(model) if preprocessing is None else None
+        if found:
+            return Preprocessing.from_file(found, layout)
         return Preprocessing.preset(preprocessing or "imagenet", size, layout)
 
     def prepare(self, images) -> np.ndarray:
@@ -104,12 +109,12 @@ class Explainer:
         logits = out[names[0]]
 
         def part(name: str) -> dict[str, np.ndarray]:
-            return {layer: out[f"rcam/{layer}/{name}"] for layer in self.layers}
+            return {layer: out[f"{self.method.name}/{layer}/{name}"] for layer in self.layers}
 
         explanation = Explanation(logits, out[CLASS_OUTPUT], part("map"))
         if extras:
             explanation.raw, explanation.relevance, explanation.activations = \
-                part("raw"), part("relevance"), part("activation")
+                part("raw"), part(self.method.signal), part("activation")
         return explanation
 
 

@@ -1,23 +1,116 @@
-"""Stage 5: the CAM computed from a layer's activation A and relevance R (DESIGN.md section 1)."""
+"""Stage 5: the CAMs computed from a layer's activation A and the signal the sweep brought there: the relevance R
+(Relevance-CAM, DESIGN.md section 1) or the gradient G of the class score (the Grad-CAM family).
+
+Each method is a raw map, signed, [rows, h, w]; the map is its per-sample min-max normalisation (after a ReLU where
+the method asks for one), resized to the image. Sums over h, w are per channel k; the formulas' sources:
+- rcam: Lee et al., "Relevance-CAM", CVPR 2021: w_k = mean_hw R_k, no ReLU unless asked for.
+- lrp: the LRP heatmap, raw = sum_k R_k, ReLU (its positive evidence); at layer `input` the input-level heatmap
+  (Bach et al., "On Pixel-Wise Explanations ... by Layer-Wise Relevance Propagation", PLoS ONE 2015).
+- gradcam: Selvaraju et al., "Grad-CAM", ICCV 2017, eq. 1-2: w_k = mean_hw G_k, ReLU.
+- gradcampp: Chattopadhay et al., "Grad-CAM++", WACV 2018, the closed form for the exponential score: alpha = G^2 /
+  (2 G^2 + S_k G^3), S_k = sum_hw A_k, w_k = sum_hw alpha ReLU(G_k), ReLU. Cancelling G^2 (alpha only counts where
+  G > 0) gives w_k = sum_hw ReLU(G_k) / (2 + S_k G_k), which has no 0/0; the paper's factor exp(score) is a positive
+  constant per sample that normalisation removes, and is left out (as pytorch-grad-cam does).
+- xgradcam: Fu et al., "Axiom-based Grad-CAM", BMVC 2020: w_k = sum_hw (A_k / sum_hw A_k) G_k, ReLU.
+- layercam: Jiang et al., "LayerCAM", IEEE TIP 2021: raw = sum_k ReLU(G_k) * A_k element-wise, ReLU.
+- hirescam: Draelos and Carin, "Use HiResCAM instead of Grad-CAM", 2020: raw = sum_k G_k * A_k
+  element-wise, ReLU.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 from onnx import TensorProto
 
 from .builder import Builder
+from .errors import RcamError
 
 
-def output_names(method: str, key: str) -> dict[str, str]:
-    return {part: f"{method}/{key}/{part}" for part in ("map", "raw", "relevance", "activation")}
+@dataclass(frozen=True)
+class Method:
+    name: str
+    signal: str            # "relevance": the LRP sweep's; "gradient": the chain rule's, from the one-hot class score
+    raw: Callable[[Builder, str, str, int], str]  # (b, A, signal, h * w) -> the raw map [rows, h, w]
+    relu: bool             # ReLU before normalising (rcam leaves it to the caller)
 
 
-def relevance_cam(b: Builder, activation: str, relevance: str, shape: list, image_size: tuple[int, int],
-                  names: dict[str, str], relu: bool = False, top_k: int = 1) -> None:
-    """alpha_k = mean_hw R_k; raw = sum_k alpha_k A_k; map = min-max normalised raw, resized to the image.
+def _weighted_sum(b: Builder, weights: str, activation: str) -> str:
+    """sum_k w_k A_k, for weights per channel [rows, C, 1, 1] or per unit [rows, C, h, w]."""
+    return b.node("ReduceSum", [b.mul(weights, activation), b.ints([1])], keepdims=0)
 
-    shape is A's [N, C, h, w]. With top_k > 1, R holds N * top_k rows (see batching.py), and the map, raw map and
-    relevance come out as [N, top_k, ...].
+
+def _mean_weighted(b, activation, signal, area):
+    return _weighted_sum(b, b.scale(b.reduce_sum(signal, [2, 3]), 1.0 / area), activation)
+
+
+def _relevance_sum(b, activation, relevance, area):
+    return b.node("ReduceSum", [relevance, b.ints([1])], keepdims=0)
+
+
+def _gradcampp(b, activation, gradient, area):
+    # In float64: where activations are signed (the formula assumes ReLU outputs), 2 + S_k G can cancel to near 0,
+    # and fp32 rounding of S_k then moved the raw map by 1.6e-4 of its maximum (tests/test_heads.py, MobileNetV3).
+    activation64, gradient64 = b.cast(activation, TensorProto.DOUBLE), b.cast(gradient, TensorProto.DOUBLE)
+    activation_sums = b.reduce_sum(activation64, [2, 3])
+    denominator = b.add(b.const(2.0, dtype=np.float64), b.mul(activation_sums, gradient64))
+    # Only G > 0 counts, and there the denominator is 2 + S_k G: zero only where S_k G = -2 exactly.
+    stabilized = b.stabilize(denominator, 1e-12, dtype=np.float64)
+    weights = b.reduce_sum(b.div(b.relu(gradient64), stabilized), [2, 3])
+    return _weighted_sum(b, b.cast(weights, TensorProto.FLOAT), activation)
+
+
+def _xgradcam(b, activation, gradient, area):
+    weights = b.div_or_zero(b.reduce_sum(b.mul(activation, gradient), [2, 3]), b.reduce_sum(activation, [2, 3]))
+    return _weighted_sum(b, weights, activation)
+
+
+def _layercam(b, activation, gradient, area):
+    return _weighted_sum(b, b.relu(gradient), activation)
+
+
+def _hirescam(b, activation, gradient, area):
+    return _weighted_sum(b, gradient, activation)
+
+
+METHODS = {m.name: m for m in (
+    Method("rcam", "relevance", _mean_weighted, relu=False),
+    Method("lrp", "relevance", _relevance_sum, relu=True),
+    Method("gradcam", "gradient", _mean_weighted, relu=True),
+    Method("gradcampp", "gradient", _gradcampp, relu=True),
+    Method("xgradcam", "gradient", _xgradcam, relu=True),
+    Method("layercam", "gradient", _layercam, relu=True),
+    Method("hirescam", "gradient", _hirescam, relu=True),
+)}
+
+
+def resolve_methods(names) -> list[Method]:
+    """The methods named, in the order given, each once."""
+    if isinstance(names, str):
+        names = (names,)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise RcamError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if not names:
+        raise RcamError(f"no method given; choose from {', '.join(METHODS)}")
+    return [METHODS[n] for n in dict.fromkeys(names)]
+
+
+def output_names(method: Method, key: str) -> dict[str, str]:
+    """method/key/part for the parts map, raw, activation, and the signal (relevance or gradient)."""
+    return {part: f"{method.name}/{key}/{part}" for part in ("map", "raw", method.signal, "activation")}
+
+
+def cam(b: Builder, method: Method, activation: str, signal: str, shape: list, image_size: tuple[int, int],
+        key: str, relu: bool = False, top_k: int = 1) -> None:
+    """Emit `method`'s outputs for one layer. relu: clip rcam's raw map at 0 before normalising.
+
+    shape is A's [N, C, h, w]. With top_k > 1, the signal holds N * top_k rows (see batching.py), and the map, raw
+    map and signal come out as [N, top_k, ...].
     """
+    names = output_names(method, key)
     batch, channels, height, width = shape
     with b.per_sample():
         b.identity(activation, out=b.claim(names["activation"]))
@@ -30,11 +123,10 @@ def relevance_cam(b: Builder, activation: str, relevance: str, shape: list, imag
         b.add_output(names[part], TensorProto.FLOAT, [batch, top_k, *dims])
         return b.node("Reshape", [tensor, b.ints([-1, top_k, *dims])], out=b.claim(names[part]))
 
-    publish(relevance, "relevance", [channels, height, width])
-    alpha = b.scale(b.reduce_sum(relevance, [2, 3]), 1.0 / (height * width))
-    raw = b.node("ReduceSum", [b.mul(alpha, activation), b.ints([1])], keepdims=0)
+    publish(signal, method.signal, [channels, height, width])
+    raw = method.raw(b, activation, signal, height * width)
     publish(raw, "raw", [height, width])
-    scored = b.relu(raw) if relu else raw
+    scored = b.relu(raw) if relu or method.relu else raw
     low, high = b.reduce_min(scored, [1, 2]), b.reduce_max(scored, [1, 2])
     span = b.sub(high, low)
     varies = b.greater(span, b.const(0.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from .errors import RcamError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The least and greatest image values, per channel, that ImageNet's normalisation makes of pixels in [0, 1].
+IMAGENET_BOUNDS = (tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
+                   tuple((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)))
 CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875 (256 for 224), then centre-crop: torchvision's
 
 
@@ -45,6 +49,12 @@ class Preprocessing:
         return Preprocessing(size, settings["resize_shorter"], tuple(settings["mean"]), tuple(settings["std"]),
                              layout)
 
+    @property
+    def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The least and greatest value per channel of what this preprocessing makes of pixels in [0, 1]."""
+        return (tuple(-m / s for m, s in zip(self.mean, self.std)),
+                tuple((1 - m) / s for m, s in zip(self.mean, self.std)))
+
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The region of the original photo that the model sees, in the photo's own pixels."""
         scale = self.resize_shorter / min(width, height)
@@ -66,6 +76,28 @@ class Preprocessing:
         normalised = (pixels - np.float32(self.mean)) / np.float32(self.std)
         return (normalised.transpose(2, 0, 1) if self.layout == "NCHW" else normalised).astype(np.float32)
 
+
+
+def sidecar(model) -> Path | None:
+    """MODEL.preprocess.json beside a model file (MODEL.rcam.onnx shares its plain model's), if there is one."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    path = Path(model)
+    found = path.with_name(f"{path.name.removesuffix('.onnx').removesuffix('.rcam')}.preprocess.json")
+    return found if found.is_file() else None
+
+
+def input_bounds(model, preprocessing=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image values' bounds per channel (for the zbox rule) under `preprocessing`: a Preprocessing, a preset
+    name, or a JSON file; by default the model's sidecar, else ImageNet's."""
+    if isinstance(preprocessing, Preprocessing):
+        return preprocessing.bounds
+    if preprocessing is None:
+        found = sidecar(model)
+        return Preprocessing.from_file(found).bounds if found else IMAGENET_BOUNDS
+    if Path(preprocessing).is_file():
+        return Preprocessing.from_file(Path(preprocessing)).bounds
+    return Preprocessing.preset(preprocessing, (224, 224)).bounds
 
 def load_image(path: str | Path) -> Image.Image:
     """An RGB picture; an unreadable file raises RcamError naming it."""

@@ -1,4 +1,4 @@
-"""The initial relevance at the logits, and the class it explains (DESIGN.md section 1)."""
+"""The explained class per sample, and the initial relevance at the logits (DESIGN.md section 1)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ TARGET_INPUT = "rcam/target"
 CLASS_OUTPUT = "rcam/class"
 
 
-def initial_relevance(b: Builder, logits: str, classes: int, kind: str, batch, top_k: int = 1) -> str:
-    """Emit rcam/class (the explained classes) and return the relevance at the logits, one row per explained
-    (sample, class) pair: [N, classes] for top_k = 1, [N * top_k, classes] (sample-major) otherwise."""
+def explained_onehot(b: Builder, logits: str, classes: int, batch, top_k: int = 1) -> str:
+    """Emit rcam/target and rcam/class (the explained classes); return their one-hot rows at the logits, one row per
+    explained (sample, class) pair: [N, classes] for top_k = 1, [N * top_k, classes] (sample-major) otherwise."""
     with b.per_sample():
         # rcam/target: a negative entry, or the stored default of -1, means "the prediction" (the k-th best class).
         if top_k == 1:
@@ -27,7 +27,11 @@ def initial_relevance(b: Builder, logits: str, classes: int, kind: str, batch, t
         explained = b.node("Expand", [chosen, b.shape(ranked)], out=b.claim(CLASS_OUTPUT))
         b.add_output(CLASS_OUTPUT, TensorProto.INT64, [batch] if top_k == 1 else [batch, top_k])
         pairs = explained if top_k == 1 else b.reshape(explained, b.ints([-1]))
-    hot = b.cast(b.equal(b.unsqueeze(pairs, [1]), b.ints([list(range(classes))])), TensorProto.FLOAT)
+    return b.cast(b.equal(b.unsqueeze(pairs, [1]), b.ints([list(range(classes))])), TensorProto.FLOAT)
+
+
+def initial_relevance(b: Builder, hot: str, logits: str, classes: int, kind: str) -> str:
+    """The relevance at the logits for the explained classes' one-hot rows `hot`."""
     if kind == "onehot":
         return hot
     if kind == "logit":

@@ -79,6 +79,11 @@ def resolve(canonical: Canonical, selectors) -> list[Target]:
 
 def _resolve_one(canonical: Canonical, options: list[Candidate], selector: str) -> str:
     by_tensor = {c.tensor: c for c in options}
+    if selector == IMAGE and IMAGE not in by_tensor:
+        if canonical.layout != "NCHW":
+            raise LayerSelectionError("layer 'input' (the image itself) needs an NCHW image input; this model's "
+                                      f"is {canonical.layout}")
+        return canonical.image.name
     if selector == "auto":  # the last activation with a grid: the one global pooling or flattening consumes
         return options[-1].tensor
     if selector.lstrip("-").isdigit() and selector.startswith("-"):
@@ -106,6 +111,26 @@ def _resolve_one(canonical: Canonical, options: list[Candidate], selector: str) 
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise LayerSelectionError(f"layer {selector!r} matches no tensor, node or module scope on the path from the "
                               f"input to the class scores.{hint} Run `onnx-rcam layers MODEL` to list them.")
+
+
+# Ops that pass the image on unchanged in value, only moved or cast.
+_VALUE_KEEPING_OPS = _RELAYOUT_OPS + ("Identity", "Cast")
+IMAGE = "input"  # the selector of the image itself, for input-level heatmaps
+
+
+def image_readers(canonical: Canonical) -> frozenset[str]:
+    """Names of the nodes that compute on the image's values first (the first Conv): those read the image directly
+    or through ops that only move its values."""
+    seen, stack, readers = set(), [canonical.image], set()
+    while stack:
+        tensor = stack.pop()
+        for node in tensor.outputs:
+            if node.op in _VALUE_KEEPING_OPS:
+                stack.extend(t for t in node.outputs if t.name not in seen)
+                seen.update(t.name for t in node.outputs)
+            else:
+                readers.add(node.name)
+    return frozenset(readers)
 
 
 def _spatial_size(shape) -> int:

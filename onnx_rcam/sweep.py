@@ -13,8 +13,9 @@ from .propagators import PROPAGATORS, Context, supported_ops
 
 
 def sweep(canonical: Canonical, region: set[str], targets: list[str], initial: str, builder: Builder,
-          composite) -> dict[str, str]:
-    """Relevance of each target tensor, given the initial relevance at the logits."""
+          composite, image_readers: frozenset = frozenset()) -> dict[str, str]:
+    """Relevance of each target tensor, given the initial relevance at the logits. image_readers: the nodes that
+    get the composite's rule for the image layer."""
     incoming: dict[str, list[str]] = {canonical.logits.name: [initial]}
 
     def total(tensor: str) -> str | None:
@@ -25,7 +26,7 @@ def sweep(canonical: Canonical, region: set[str], targets: list[str], initial: s
             incoming[tensor] = [builder.sum(parts)]
         return incoming[tensor][0]
 
-    context = Context(builder, composite)
+    context = Context(builder, composite, image_readers)
     path = [n for n in canonical.graph.nodes
             if any(t.name in region for t in n.outputs) and any(t.name in region for t in n.inputs)]
     for node in reversed(path):

@@ -1,7 +1,9 @@
 """LRP rules, each written once over the linear-layer view, and composites: which rule each op gets.
 
-A composite is data: op type -> rule spec, with "*" for every op not named. A rule spec is a rule name, or a dict
-with "rule" and the rule's parameters, e.g. {"rule": "epsilon", "eps": 0.25}.
+A composite is data: op type -> rule spec, with "*" for every op not named and "input" for the linear layers that
+read the image (the first Conv). A rule spec is a rule name, or a dict with "rule" and the rule's parameters, e.g.
+{"rule": "epsilon", "eps": 0.25}. A zbox spec without bounds takes the image's (`input_bounds`: what the
+preprocessing maps pixel values 0 and 1 to, per channel).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ from .alphabeta import AlphaBeta
 from .base import Rule
 from .basic import Gradient, Pass
 from .epsilon import Epsilon, Norm
+from .flat import Flat, WSquare
+from .gamma import Gamma
+from .zbox import ZBox
 from .zplus import ZPlus
 
-RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, Norm, Pass, Gradient)}
+RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, Norm, Pass, Gradient, Gamma, ZBox,
+                                                    Flat, WSquare)}
+INPUT = "input"  # the composite key for the layers that read the image
 
 # Pools divide exactly (guarded); residual joins of signed values are stabilised (DESIGN.md section 1).
 _POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool", "GlobalAveragePool", "ReduceMean",
@@ -31,14 +38,26 @@ COMPOSITES: dict[str, dict] = {
     # zennit's EpsilonPlus: z+ for convolutions, epsilon for dense layers.
     "epsilon_plus": {"Conv": "zplus", "Gemm": "epsilon", "MatMul": "epsilon", **_POOLS_AND_JOINS,
                      "MaxPool": "gradient", "*": "pass"},
+    # The plain chain rule everywhere: the sweep computes gradients (the Grad-CAM family's signal).
+    "gradient": {"*": "gradient"},
 }
+# zennit's composites for input-level heatmaps (Kohlbrenner et al. 2020, "Towards best practice in explaining
+# neural network decisions with LRP"): a rule for the image layer, another for the convolutions, epsilon for dense.
+COMPOSITES["epsilon_plus_flat"] = {**COMPOSITES["epsilon_plus"], INPUT: "flat"}
+COMPOSITES["epsilon_gamma_box"] = {**COMPOSITES["epsilon_plus"], "Conv": {"rule": "gamma", "gamma": 0.25},
+                                   INPUT: "zbox"}
+COMPOSITES["epsilon_alpha2_beta1"] = {**COMPOSITES["epsilon_plus"], "Conv": {"rule": "alphabeta", "alpha": 2.0,
+                                                                            "beta": 1.0}}
 
 
-def make_rule(spec) -> Rule:
+def make_rule(spec, input_bounds=None) -> Rule:
     if isinstance(spec, str):
         spec = {"rule": spec}
     params = dict(spec)
     name = params.pop("rule", None)
+    if name == ZBox.name and input_bounds is not None:
+        params.setdefault("low", input_bounds[0])
+        params.setdefault("high", input_bounds[1])
     if name not in RULES:
         raise CompositeError(f"unknown rule {name!r}; known rules: {', '.join(sorted(RULES))}")
     try:
@@ -48,25 +67,27 @@ def make_rule(spec) -> Rule:
 
 
 class Composite:
-    def __init__(self, name: str, table: dict):
+    def __init__(self, name: str, table: dict, input_bounds=None):
         self.name = name
-        self._rules = {op: make_rule(spec) for op, spec in table.items()}
+        self._rules = {op: make_rule(spec, input_bounds) for op, spec in table.items()}
         if "*" not in self._rules:
             self._rules["*"] = Pass()
 
-    def rule_for(self, op_type: str) -> Rule:
+    def rule_for(self, op_type: str, reads_image: bool = False) -> Rule:
+        if reads_image and INPUT in self._rules:
+            return self._rules[INPUT]
         return self._rules.get(op_type, self._rules["*"])
 
 
-def composite(name) -> Composite:
+def composite(name, input_bounds=None) -> Composite:
     """A preset by name, a table like the presets ({"Conv": "zplus", "*": "pass", ...}), a JSON file holding one,
-    or a Composite."""
+    or a Composite. input_bounds: (low, high) of the image's values, for zbox specs that give none."""
     if isinstance(name, Composite):
         return name
     if isinstance(name, dict):
-        return Composite("custom", name)
+        return Composite("custom", name, input_bounds)
     if name in COMPOSITES:
-        return Composite(name, COMPOSITES[name])
+        return Composite(name, COMPOSITES[name], input_bounds)
     path = Path(name)
     if path.suffix.lower() == ".json" or path.is_file():
         try:
@@ -75,10 +96,10 @@ def composite(name) -> Composite:
             raise CompositeError(f"cannot read composite file {path}: {exc}") from None
         if not isinstance(table, dict) or not all(isinstance(op, str) for op in table):
             raise CompositeError(f"composite file {path}: expected a JSON object mapping op types to rules")
-        return Composite(path.stem, table)
+        return Composite(path.stem, table, input_bounds)
     raise CompositeError(f"unknown composite {name!r}; known composites: {', '.join(sorted(COMPOSITES))}, or a "
                          f"JSON file")
 
 
-__all__ = ["RULES", "COMPOSITES", "Composite", "Rule", "composite", "make_rule", "ZPlus", "Epsilon", "AlphaBeta",
-           "Norm", "Pass", "Gradient"]
+__all__ = ["RULES", "COMPOSITES", "INPUT", "Composite", "Rule", "composite", "make_rule", "ZPlus", "Epsilon",
+           "AlphaBeta", "Norm", "Pass", "Gradient", "Gamma", "ZBox", "Flat", "WSquare"]

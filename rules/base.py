@@ -70,3 +70,13 @@ def weigh_transposed(b, xs, layer, share):
 
 def add_each(b, *per_input):
     return [b.sum(terms) for terms in zip(*per_input)]
+
+
+def constant_like(b, x: str, value) -> str:
+    """A tensor shaped like one sample of x ([1, ...]) filled with `value`: a scalar, or one value per channel
+    (axis 1). Layers read it with the batch broadcast, so the rule's extra forward passes run once, not per sample."""
+    value = np.asarray(value, dtype=np.float32)
+    if value.ndim:
+        value = value.reshape(1, -1, *([1] * 2))  # per channel of an NCHW image
+    sample_shape = b.concat([b.ints([1]), b.node("Shape", [x], start=1)], axis=0)
+    return b.expand(b.const(value, "bound"), sample_shape)

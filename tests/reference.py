@@ -90,6 +90,62 @@ def zplus_rule(forward_without_bias, x, weight, relevance):
                for x_part, w_part in parts)
 
 
+def alphabeta_rule(forward, x, weight, relevance, alpha, beta):
+    """LRP-alpha-beta written out: z_pos = W+ x+ + W- x- >= 0 and z_neg = W+ x- + W- x+ <= 0 weigh the activating
+    and the inhibiting contributions apart; 0 where a denominator is 0."""
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+
+    def back(w, g):  # W^T g: the transposed operator, from autograd
+        return transposed(lambda v: forward(v, w), [x], g)[0]
+
+    with torch.no_grad():
+        z_pos = forward(x_pos, w_pos) + forward(x_neg, w_neg)
+        z_neg = forward(x_neg, w_pos) + forward(x_pos, w_neg)
+        c_pos, c_neg = safe_divide(relevance, z_pos), safe_divide(relevance, z_neg)
+    activating = x_pos * back(w_pos, c_pos) + x_neg * back(w_neg, c_pos)
+    inhibiting = x_neg * back(w_pos, c_neg) + x_pos * back(w_neg, c_neg)
+    return alpha * activating - beta * inhibiting
+
+
+def gamma_rule(forward, x, weight, relevance, gamma):
+    """LRP-gamma per sign of z = W x (biases ignored): where z > 0 the positive contributions grow by gamma
+    (W_up = W + gamma W+ on x+, W_down = W + gamma W- on x-), where z < 0 the negative ones; 0 where z = 0."""
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    up, down = weight + gamma * weight.clamp(min=0), weight + gamma * weight.clamp(max=0)
+
+    def back(w, g):
+        return transposed(lambda v: forward(v, w), [x], g)[0]
+
+    with torch.no_grad():
+        z = forward(x, weight)
+        c_up = torch.where(z > 0, safe_divide(relevance, forward(x_pos, up) + forward(x_neg, down)), 0.0)
+        c_down = torch.where(z < 0, safe_divide(relevance, forward(x_pos, down) + forward(x_neg, up)), 0.0)
+    return x_pos * (back(up, c_up) + back(down, c_down)) + x_neg * (back(down, c_up) + back(up, c_down))
+
+
+def zbox_rule(forward, x, weight, relevance, low, high):
+    """z^B: z = W x - W+ low - W- high (stabilised), R_in = x W^T c - low W+^T c - high W-^T c, c = R / z."""
+    low, high = (torch.broadcast_to(torch.as_tensor(v, dtype=x.dtype).reshape(1, -1, 1, 1), x.shape)
+                 for v in (low, high))
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+
+    def back(w, g):
+        return transposed(lambda v: forward(v, w), [x], g)[0]
+
+    with torch.no_grad():
+        c = relevance / stabilize(forward(x, weight) - forward(low, w_pos) - forward(high, w_neg))
+    return x * back(weight, c) - low * back(w_pos, c) - high * back(w_neg, c)
+
+
+def connectivity_rule(forward, x, connection_weight, relevance):
+    """flat (connection weights 1) and wsquare (W^2): R_in = V^T (R / V 1), whatever x holds."""
+    ones = torch.ones_like(x)
+    with torch.no_grad():
+        c = safe_divide(relevance, forward(ones, connection_weight))
+    return transposed(lambda v: forward(v, connection_weight), [ones], c)[0]
+
+
 def conv_without_bias(conv: nn.Conv2d):
     return lambda x, weight: F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
@@ -102,6 +158,33 @@ def linear_without_bias(x, weight):
 def zplus(module, inputs, relevance):
     forward = conv_without_bias(module) if isinstance(module, nn.Conv2d) else linear_without_bias
     return (zplus_rule(forward, inputs[0], module.weight, relevance),)
+
+
+def forward_without_bias(module):
+    return conv_without_bias(module) if isinstance(module, nn.Conv2d) else linear_without_bias
+
+
+def alphabeta(alpha, beta):
+    return lambda module, inputs, relevance: (
+        alphabeta_rule(forward_without_bias(module), inputs[0], module.weight, relevance, alpha, beta),)
+
+
+def gamma(value):
+    return lambda module, inputs, relevance: (
+        gamma_rule(forward_without_bias(module), inputs[0], module.weight, relevance, value),)
+
+
+def zbox(low, high):
+    return lambda module, inputs, relevance: (
+        zbox_rule(forward_without_bias(module), inputs[0], module.weight, relevance, low, high),)
+
+
+def flat(module, inputs, relevance):
+    return (connectivity_rule(forward_without_bias(module), inputs[0], torch.ones_like(module.weight), relevance),)
+
+
+def wsquare(module, inputs, relevance):
+    return (connectivity_rule(forward_without_bias(module), inputs[0], module.weight**2, relevance),)
 
 
 def proportional(module, inputs, relevance):
@@ -134,6 +217,13 @@ COMPOSITES = {
              nn.ZeroPad2d: GRADIENT},
 }
 COMPOSITES["epsilon_plus"] = {**COMPOSITES["rcam"], nn.Linear: proportional}
+IMAGE_LAYER = "input"  # the composite key of the first Conv2d or Linear, which reads the image
+IMAGENET_BOUNDS = ([-m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))],
+                   [(1 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+COMPOSITES["epsilon_plus_flat"] = {**COMPOSITES["epsilon_plus"], IMAGE_LAYER: flat}
+COMPOSITES["epsilon_gamma_box"] = {**COMPOSITES["epsilon_plus"], nn.Conv2d: gamma(0.25),
+                                   IMAGE_LAYER: zbox(*IMAGENET_BOUNDS)}
+COMPOSITES["epsilon_alpha2_beta1"] = {**COMPOSITES["epsilon_plus"], nn.Conv2d: alphabeta(2.0, 1.0)}
 
 
 class RelevanceFunction(torch.autograd.Function):
@@ -181,12 +271,13 @@ def fold_batchnorms(model: nn.Module, example: torch.Tensor) -> None:
 
 def attach_rules(model: nn.Module, composite: str) -> None:
     rules = COMPOSITES[composite]
+    first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     for path, module in model.named_modules():
         if list(module.children()):
             continue
         if type(module) not in rules:
             raise NotImplementedError(f"no {composite} rule for {type(module).__name__} at {path!r}")
-        rule = rules[type(module)]
+        rule = rules.get(IMAGE_LAYER, rules[type(module)]) if module is first else rules[type(module)]
         if rule is not GRADIENT:
             module.register_forward_hook(
                 lambda m, inputs, output, rule=rule: RelevanceFunction.apply(rule, m, output, *inputs))
@@ -216,12 +307,13 @@ def propagate(model, x, layers, targets=None, composite="rcam", initial="contras
     for parameter in model.parameters():
         parameter.requires_grad_(False)
 
-    activations = {}
+    activations = {IMAGE_LAYER: x.requires_grad_(True)}  # layer "input": the image itself
     for path in layers:  # registered after the rule hooks, so these see the hooked outputs
-        model.get_submodule(path).register_forward_hook(
-            lambda m, inputs, output, path=path: activations.__setitem__(path, output))
+        if path != IMAGE_LAYER:
+            model.get_submodule(path).register_forward_hook(
+                lambda m, inputs, output, path=path: activations.__setitem__(path, output))
 
-    logits = model(x.requires_grad_(True))
+    logits = model(x)
     classes = logits.argmax(1) if targets is None else torch.as_tensor(targets, dtype=torch.int64)
     seed = initial_relevance(logits.detach(), classes, initial)
     relevance = torch.autograd.grad(logits, [activations[path] for path in layers], seed)
@@ -279,14 +371,16 @@ def rcam_maps(A, R, size, relu=False):
     """Relevance-CAM head: raw map sum_k mean_hw(R_k) A_k (N, h, w); map: per-sample min-max, bilinear to size."""
     A, R = torch.as_tensor(A), torch.as_tensor(R)
     raw = (R.mean(dim=(2, 3), keepdim=True) * A).sum(dim=1)
-    if relu:
-        raw = raw.clamp(min=0)
+    return raw, normalized_map(raw.clamp(min=0) if relu else raw, size)
+
+
+def normalized_map(raw, size):
+    """Per-sample min-max into [0, 1] (a constant map gives 0), bilinear to size."""
     flat = raw.flatten(1)
     low, high = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
     span = high - low
     normalized = torch.where(span > 0, (raw - low) / torch.where(span > 0, span, 1.0), 0.0)
-    upsampled = F.interpolate(normalized[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    return raw, upsampled
+    return F.interpolate(normalized[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def reference(model, x, layers, targets=None, composite="rcam", initial="contrastive", relu=False) -> Reference:
@@ -305,3 +399,36 @@ def reference(model, x, layers, targets=None, composite="rcam", initial="contras
         raw={path: fp32(raw) for path, (raw, _) in heads.items()},
         maps={path: fp32(m) for path, (_, m) in heads.items()},
     )
+
+
+def gradients(model, x, layers, classes) -> tuple[dict, dict]:
+    """Plain autograd in float64: each layer's activation A and the gradient of the explained class's logit at it."""
+    model = copy.deepcopy(model).double().eval()
+    for module in model.modules():
+        if getattr(module, "inplace", False):  # the hook must keep the layer's output as it was
+            module.inplace = False
+    activations = {}
+    for path in layers:
+        model.get_submodule(path).register_forward_hook(
+            lambda m, inputs, output, path=path: activations.__setitem__(path, output))
+    logits = model(torch.as_tensor(x).double())
+    seed = F.one_hot(torch.as_tensor(classes), logits.shape[1]).double()
+    grads = torch.autograd.grad(logits, [activations[path] for path in layers], seed)
+    return {p: activations[p].detach() for p in layers}, dict(zip(layers, grads))
+
+
+def gradient_cams(A, G, size) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The Grad-CAM family as their papers write it: method -> (raw map, map), ReLU before normalising."""
+    sums = A.sum(dim=(2, 3), keepdim=True)
+    # Grad-CAM++ alpha with the exponential score (Chattopadhay et al. 2018), 0 where the gradient is 0.
+    denominator = 2 * G**2 + sums * G**3
+    alpha = torch.where(G != 0, G**2 / torch.where(denominator != 0, denominator, 1.0), 0.0)
+    xgrad = torch.where(sums != 0, (A * G).sum(dim=(2, 3), keepdim=True) / torch.where(sums != 0, sums, 1.0), 0.0)
+    raws = {
+        "gradcam": (G.mean(dim=(2, 3), keepdim=True) * A).sum(1),
+        "gradcampp": ((alpha * G.clamp(min=0)).sum(dim=(2, 3), keepdim=True) * A).sum(1),
+        "xgradcam": (xgrad * A).sum(1),
+        "layercam": (G.clamp(min=0) * A).sum(1),
+        "hirescam": (G * A).sum(1),
+    }
+    return {name: (raw, normalized_map(raw.clamp(min=0), size)) for name, raw in raws.items()}

@@ -7,7 +7,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import torch
+import torch.nn.functional as F
+
 from conftest import run_model
+from reference import zbox_rule
 from onnx_rcam.console.cli import run
 
 
@@ -49,6 +53,43 @@ def test_augment_writes_beside_the_model_and_reports(capsys, tiny):
     np.testing.assert_array_equal(outputs["probs"], run_model(str(tiny), {"x": x})["probs"])
 
 
+def test_augment_adds_several_methods(capsys, tiny):
+    """--method, repeated: Grad-CAM and Relevance-CAM in one file. Here the class score is fc[:, t] . mean_hw(act),
+    so its gradient at act is fc[k, t] / 64 everywhere, and Grad-CAM's raw map is sum_k fc[k, t] / 64 * act_k."""
+    code, out, err = cli(capsys, "augment", str(tiny), "--method", "gradcam", "--method", "rcam")
+    assert code == 0, err
+    assert "gradcam/act/gradient" in out and "rcam/act/relevance" in out
+    x = np.random.default_rng(2).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    outputs = run_model(str(tiny.with_name("tiny.rcam.onnx")), {"x": x})
+    fc = onnx.numpy_helper.to_array(onnx.load(tiny).graph.initializer[1])
+    weights = fc[:, outputs["rcam/class"]].T  # [N, C]
+    np.testing.assert_allclose(outputs["gradcam/act/gradient"],
+                               np.broadcast_to(weights[:, :, None, None] / 64, (2, 4, 8, 8)), rtol=1e-6)
+    np.testing.assert_allclose(outputs["gradcam/act/raw"],
+                               np.einsum("nc,nchw->nhw", weights / 64, outputs["gradcam/act/activation"]),
+                               rtol=1e-5, atol=1e-7)
+    assert {"rcam/act/map", "gradcam/act/map"} <= set(outputs)
+
+
+def test_augment_input_heatmap_with_the_preprocessing_bounds(capsys, tiny):
+    """--layer input --method lrp under epsilon_gamma_box: the first Conv takes zbox with the bounds of --preprocess
+    (unit: pixels in [0, 1]), checked against the zbox formula from the relevance that reaches the conv's output."""
+    code, out, err = cli(capsys, "augment", str(tiny), "--layer", "input", "--layer", "act", "--method", "lrp",
+                         "--composite", "epsilon_gamma_box", "--preprocess", "unit")
+    assert code == 0, err
+    x = np.random.default_rng(3).uniform(size=(2, 3, 8, 8)).astype(np.float32)
+    outputs = run_model(str(tiny.with_name("tiny.rcam.onnx")), {"x": x})
+    weight = torch.as_tensor(onnx.numpy_helper.to_array(onnx.load(tiny).graph.initializer[0])).double()
+    expected = zbox_rule(lambda v, w: F.conv2d(v, w, padding=1), torch.as_tensor(x).double(), weight,
+                         torch.as_tensor(outputs["lrp/act/relevance"]).double(), 0.0, 1.0)
+    np.testing.assert_allclose(outputs["lrp/input/relevance"], expected.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(outputs["lrp/input/raw"], expected.sum(1).numpy(), rtol=1e-4, atol=1e-6)
+    assert outputs["lrp/input/map"].shape == (2, 8, 8)
+    code, _, err = cli(capsys, "augment", str(tiny), "--composite", "epsilon_gamma_box", "--preprocess", "nope",
+                       "--force")
+    assert code == 1 and "unknown preprocessing preset 'nope'" in err
+
+
 def test_augment_never_overwrites_without_force(capsys, tiny):
     target = tiny.with_name("out.onnx")
     target.write_bytes(b"precious")
@@ -71,6 +112,7 @@ def test_augment_leaves_the_input_untouched(capsys, tiny):
     (["--layer", "-9"], 1, "out of range"),
     (["--composite", "nope"], 1, "unknown composite"),
     (["--initial", "nope"], 2, "Invalid value"),
+    (["--method", "scorecam"], 2, "Invalid value"),
 ])
 def test_bad_options_write_nothing(capsys, tiny, args, code, message):
     result = cli(capsys, "augment", str(tiny), *args)

@@ -66,6 +66,21 @@ def test_explainer_accepts_an_augmented_model(tmp_path):
     assert explanation.classes.shape == (2, 2) and explanation.maps["_blocks.4"].shape == (2, 2, 224, 224)
 
 
+def test_explainer_draws_another_method():
+    """method="layercam": its maps, and the gradient in place of the relevance; a file without the method's maps
+    is refused with what it holds."""
+    explanation = Explainer(onnx_rcam.default_model_path(), layers=["_blocks.10"], device="cpu",
+                            method="layercam")(sample_images()[:2], extras=True)
+    heat = explanation.maps["_blocks.10"]
+    assert heat.shape == (2, 224, 224) and heat.min() == 0 and 0.9 < heat.max() <= 1
+    gradient, activation = explanation.relevance["_blocks.10"], explanation.activations["_blocks.10"]
+    expected = np.maximum((np.maximum(gradient, 0) * activation).sum(1), 0)
+    np.testing.assert_allclose(np.maximum(explanation.raw["_blocks.10"], 0), expected, rtol=1e-4, atol=1e-6)
+    augmented = onnx_rcam.augment(onnx_rcam.default_model_path(), layers=["_blocks.10"])
+    with pytest.raises(onnx_rcam.RcamError, match="no layercam maps; it holds rcam"):
+        Explainer(augmented, device="cpu", method="layercam")
+
+
 def test_overlay_keeps_the_photo_where_the_map_is_zero():
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
     heat = np.zeros((8, 8), dtype=np.float32)

@@ -6,11 +6,14 @@ through rcam/target, conservation under the rcam rules, and the original logits 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
+import families
 import onnx_rcam
 import reference
 import zoo
@@ -92,6 +95,53 @@ def test_conserves_relevance(case):
     for layer in conserving:
         sums = out[f"rcam/{layer}/relevance"].astype(np.float64).reshape(2, -1).sum(1)
         np.testing.assert_allclose(sums, 1.0, rtol=1e-4, err_msg=f"{name} {layer}")
+
+
+PRESETS = ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"]
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+@functools.cache
+def input_level_case(name: str, export_dir):
+    """ResNet18 (TorchScript) and MobileNetV3 (dynamo, signed layers for gamma and alpha-beta), with photo-like
+    images: pixels in [0, 1] under ImageNet normalisation, inside zbox's bounds. The batch is one on which fp32
+    rounding alone moves no preset's input relevance by 2e-5 (reference.fp32_deviation): on MobileNetV3 most
+    random batches move by 1e-4 to 1e-2 under alpha2-beta1, and some by 1e-3 under rcam too."""
+    if name == "resnet18":
+        model, size, exporter = zoo.randomize(zoo.resnet18(SMALL, num_classes=20), seed=13), 64, "torchscript"
+    else:
+        model, size, exporter = families.randomize(families.MobileNetV3(), seed=9), 96, "dynamo"
+    path = zoo.export(model, export_dir / f"input-level-{name}.onnx", exporter, input_shape=(1, 3, size, size))
+    for seed in range(17, 27):
+        pixels = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
+        x = ((pixels - MEAN[:, None, None]) / STD[:, None, None]).astype(np.float32)
+        deviations = [reference.fp32_deviation(model, x, ["input"], composite=preset, initial="onehot")["input"]
+                      for preset in PRESETS]
+        if max(deviations) < 2e-5:
+            return model, path, x
+    raise AssertionError("no well-conditioned batch found")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3"])
+def test_input_level_heatmaps(name, preset, export_dir):
+    """The LRP heatmap at the image (layer `input`, method `lrp`: sum over channels of the relevance) under each
+    composite preset, with its own rule for the first Conv, against the reference; Relevance-CAM under the same
+    preset at a deeper layer alongside."""
+    model, path, x = input_level_case(name, export_dir)
+    deeper = "layer2" if name == "resnet18" else "features.3"
+    augmented = onnx_rcam.augment(path, layers=["input", deeper], composite=preset, initial="onehot",
+                                  methods=["lrp", "rcam"])
+    out = run_model(augmented, {"input": x})
+    ref = reference.propagate(model, x, ["input", deeper], out["rcam/class"], composite=preset, initial="onehot")
+    relevance = ref.relevance["input"]
+    raw = relevance.sum(1)
+    assert_close(out["lrp/input/relevance"], relevance.numpy(), "input relevance")
+    assert_close(out["lrp/input/raw"], raw.numpy(), "input heatmap")
+    assert_close(out["lrp/input/map"], reference.normalized_map(raw.clamp(min=0), x.shape[2:]).numpy(), "input map")
+    assert_close(out["rcam/input/relevance"], relevance.numpy(), "the same relevance under rcam's name")
+    rcam_raw, rcam_map = reference.rcam_maps(ref.activations[deeper], ref.relevance[deeper], x.shape[2:])
+    assert_close(out[f"rcam/{deeper}/map"], rcam_map.numpy(), f"{deeper} map")
 
 
 def test_report_deviations(capsys):

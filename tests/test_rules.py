@@ -16,7 +16,7 @@ import onnx_rcam
 from onnx_rcam.rules import RULES, Composite
 from opgraph import (OpGraph, assert_matches, conv_forward, explain, f64, onehot, per_unit_batch, random_samples,
                      relevance_at_output, weights)
-from reference import proportional_rule, safe_divide, transposed, zplus_rule
+from reference import alphabeta_rule, connectivity_rule, gamma_rule, proportional_rule, zbox_rule, zplus_rule
 
 CLASSES = 5
 
@@ -39,24 +39,6 @@ def linear(v, w):
 # alpha-beta, epsilon, norm against their formulas
 # ---------------------------------------------------------------------------------------------------------------
 
-def alphabeta_reference(forward, x, weight, relevance, alpha, beta):
-    """LRP-alpha-beta written out: z_pos = W+ x+ + W- x- >= 0 and z_neg = W+ x- + W- x+ <= 0 weigh the activating
-    and the inhibiting contributions apart; 0 where a denominator is 0."""
-    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
-    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-
-    def back(w, g):  # W^T g: the transposed operator, from autograd
-        return transposed(lambda v: forward(v, w), [x], g)[0]
-
-    with torch.no_grad():
-        z_pos = forward(x_pos, w_pos) + forward(x_neg, w_neg)
-        z_neg = forward(x_neg, w_pos) + forward(x_pos, w_neg)
-        c_pos, c_neg = safe_divide(relevance, z_pos), safe_divide(relevance, z_neg)
-    activating = x_pos * back(w_pos, c_pos) + x_neg * back(w_neg, c_pos)
-    inhibiting = x_neg * back(w_pos, c_neg) + x_pos * back(w_neg, c_neg)
-    return alpha * activating - beta * inhibiting
-
-
 @pytest.mark.parametrize("op", ["Conv", "Gemm"])
 def test_alphabeta(op):
     weight = weights([3, 4, 3, 3], seed=1) if op == "Conv" else weights([CLASSES, 4 * 4 * 4], seed=1)
@@ -72,8 +54,46 @@ def test_alphabeta(op):
     x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=3), int(np.prod(y_shape)))
     out = explain(model, x, targets, composite={op: {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0}})
 
-    expected = alphabeta_reference(forward, f64(x), f64(weight), relevance_at_output(targets, y_shape), 2.0, 1.0)
+    expected = alphabeta_rule(forward, f64(x), f64(weight), relevance_at_output(targets, y_shape), 2.0, 1.0)
     assert_matches(out.relevance(), expected)
+
+
+# Bounds of the zbox case: per channel for the Conv's image-like input, one pair for the Gemm's flattened one.
+BOUNDS = {"Conv": ([-1.5, -1.0, -2.0, -0.5], [1.5, 2.0, 1.0, 2.5]), "Gemm": (-2.0, 2.0)}
+SPECS = {"gamma": {"rule": "gamma", "gamma": 0.25}, "flat": "flat", "wsquare": "wsquare"}
+
+
+@pytest.mark.parametrize("rule", ["gamma", "zbox", "flat", "wsquare"])
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_gamma_and_input_rules(op, rule):
+    """gamma on signed inputs, zbox with the input's bounds, flat and wsquare, each against its formula in
+    reference.py, for every output unit of a strided, padded Conv and of a Gemm."""
+    weight = weights([3, 4, 3, 3], seed=41) if op == "Conv" else weights([CLASSES, 4 * 4 * 4], seed=41)
+    bias = weights([len(weight)], seed=42)  # ignored by all four
+    g = OpGraph(4, 4, 4)
+    a = g.signed_layer()
+    if op == "Conv":
+        model = conv_classifier(g, a, weight, bias, pads=[1, 1, 1, 1], strides=[2, 2])
+        forward, y_shape = conv_forward([1, 1, 1, 1], strides=(2, 2)), [3, 2, 2]
+    else:
+        model = gemm_classifier(g, a, weight, bias)
+        forward, y_shape = linear, [CLASSES]
+    low, high = BOUNDS[op]
+    samples = np.clip(random_samples([2, 4, 4, 4], seed=43, scale=1.5),
+                      np.reshape(low, [1, -1, 1, 1]), np.reshape(high, [1, -1, 1, 1])).astype(np.float32)
+    x, targets = per_unit_batch(samples, int(np.prod(y_shape)))
+    spec = {"rule": "zbox", "low": low, "high": high} if rule == "zbox" else SPECS[rule]
+    out = explain(model, x, targets, composite={op: spec})
+
+    at_output, w = relevance_at_output(targets, y_shape), f64(weight)
+    expected = {"gamma": lambda: gamma_rule(forward, f64(x), w, at_output, 0.25),
+                "zbox": lambda: zbox_rule(forward, f64(x), w, at_output, low, high),
+                "flat": lambda: connectivity_rule(forward, f64(x), torch.ones_like(w), at_output),
+                "wsquare": lambda: connectivity_rule(forward, f64(x), w**2, at_output)}[rule]()
+    assert_matches(out.relevance(), expected)
+    if rule in ("flat", "wsquare"):  # they ignore the input: every sample gets the same relevance per unit
+        first, second = np.split(out.relevance(), 2)  # sample 0's units, then sample 1's
+        np.testing.assert_allclose(first, second, rtol=1e-6)
 
 
 def test_epsilon_from_json_file(tmp_path):
@@ -238,7 +258,7 @@ def test_one_sign_denominator_of_zero(rule):
     if rule["rule"] == "zplus":
         expected = zplus_rule(forward, f64(x), f64(weight), at_output)
     else:
-        expected = alphabeta_reference(forward, f64(x), f64(weight), at_output, 2.0, 1.0)
+        expected = alphabeta_rule(forward, f64(x), f64(weight), at_output, 2.0, 1.0)
     assert_matches(relevance, expected)
 
 

@@ -31,9 +31,10 @@ SIGNS: dict[str, SignRule] = {}
 class Context:
     builder: Builder
     composite: object  # onnx_rcam.rules.Composite
+    image_readers: frozenset = frozenset()  # names of the linear nodes that read the image (select.image_readers)
 
     def rule(self, node: gs.Node):
-        return self.composite.rule_for(node.op)
+        return self.composite.rule_for(node.op, node.name in self.image_readers)
 
 
 def register(*op_types: str, sign: SignRule | None = None):
