@@ -18,6 +18,7 @@ from onnx_rcam.images import Preprocessing, find_images, input_bounds, input_lay
 from onnx_rcam.export import save
 from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
 from onnx_rcam.load import parse_shape
+from onnx_rcam.scorecam import ScoreCamExplainer
 from onnx_rcam.rules import COMPOSITES
 
 MODEL_HELP = "ONNX image classifier. Omit it to use the bundled ImageNet EfficientNet-Lite0."
@@ -135,20 +136,23 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
               "[default: MODEL's sidecar MODEL.preprocess.json if there is one, else imagenet].")
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Class names, one per line "
               "[default: ImageNet's for 1000-class models].")
-@click.option("--method", type=click.Choice(list(METHODS)), default="rcam", show_default=True,
-              help="The CAM to draw (see `onnx-rcam augment --help`).")
+@click.option("--method", type=click.Choice([*METHODS, "scorecam"]), default="rcam", show_default=True,
+              help="The CAM to draw (see `onnx-rcam augment --help`); scorecam (Score-CAM) scores the image masked "
+                   "by each channel of the layer instead, one forward pass per channel: slow.")
+@click.option("--mask-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Score-CAM: masked images per onnxruntime run.")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
 @input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
-def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, composite,
-            input_shape, force):
+def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
+            composite, input_shape, force):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
     MODEL is a plain or an already augmented ONNX classifier; INPUT is image files (JPEG, PNG, WebP, BMP) or folders.
     An unreadable image is reported and skipped; the exit status is then 1.
     """
     _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
-             preprocess, labels, composite, force, input_shape, method)
+             preprocess, labels, composite, force, input_shape, method, mask_batch)
 
 
 @main.command()
@@ -161,7 +165,7 @@ def demo(outdir, force):
 
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
-             input_shape=None, method="rcam"):
+             input_shape=None, method="rcam", mask_batch=32):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
     if outdir.exists() and any(outdir.iterdir()) and not force:
@@ -171,13 +175,19 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
     preprocessing = Preprocessing.from_file(Path(preprocess)) if preprocess and Path(preprocess).is_file() \
         else preprocess
-    explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
-                          preprocessing=preprocessing, input_shape=input_shape, method=method)
+    if method == "scorecam":
+        if top_k > 1:
+            raise click.UsageError("--method scorecam explains one class per image: leave out --top-k")
+        explainer = ScoreCamExplainer(model, layers=layers, device=device, batch_size=mask_batch,
+                                      preprocessing=preprocessing, input_shape=input_shape)
+    else:
+        explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
+                              preprocessing=preprocessing, input_shape=input_shape, method=method)
     if isinstance(preprocessing, Preprocessing):  # a file gives no layout: take the model's
         explainer.preprocessing = Preprocessing(preprocessing.size, preprocessing.resize_shorter,
                                                 preprocessing.mean, preprocessing.std,
                                                 input_layout(explainer.input.shape))
-    click.echo(f"model     {model}\nmethod    {explainer.method.name}\nlayers    {', '.join(explainer.layers)}\n"
+    click.echo(f"model     {model}\nmethod    {explainer.name}\nlayers    {', '.join(explainer.layers)}\n"
                f"provider  {explainer.provider_note}")
     started = time.perf_counter()
     done = 0

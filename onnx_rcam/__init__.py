@@ -9,8 +9,9 @@ from .errors import CompositeError, LayerSelectionError, ModelError, RcamError, 
 from .explainer import Explainer, Explanation
 from .models_path import default_model_path
 from .overlay import overlay
+from .scorecam import ScoreCamExplainer
 
 __version__ = "0.1.0"
 
-__all__ = ["augment", "candidate_layers", "Explainer", "Explanation", "overlay", "default_model_path", "RcamError",
-           "ModelError", "LayerSelectionError", "UnsupportedOpError", "CompositeError", "__version__"]
+__all__ = ["augment", "candidate_layers", "Explainer", "Explanation", "ScoreCamExplainer", "overlay",
+           "default_model_path", "RcamError", "ModelError", "LayerSelectionError", "UnsupportedOpError", "CompositeError", "__version__"]

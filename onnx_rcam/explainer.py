@@ -73,6 +73,11 @@ class Explainer:
         self.preprocessing = self._preprocessing(model, preprocessing)
 
     @property
+    def name(self) -> str:
+        """The method whose maps this explainer returns."""
+        return self.method.name
+
+    @property
     def provider_note(self) -> str:
         """The provider that ran, and why, where that is not what was asked for."""
         if self.cuda_wanted and self.provider != "CUDAExecutionProvider":
