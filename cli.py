@@ -11,6 +11,8 @@ from onnx import TensorProto
 
 from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build, candidate_layers
+from onnx_rcam.boxes import read_boxes
+from onnx_rcam.evaluate import evaluate as run_evaluation, write_results
 from onnx_rcam.explain import explain_images
 from onnx_rcam.explainer import Explainer
 from onnx_rcam.heads import METHODS
@@ -50,6 +52,7 @@ def main():
     onnx-rcam layers MODEL            list the layers you can explain
     onnx-rcam augment MODEL           write MODEL.rcam.onnx with the explanation outputs
     onnx-rcam explain MODEL PHOTOS    overlays, maps and a summary for photos and folders
+    onnx-rcam evaluate MODEL PHOTOS   faithfulness and localisation of each method at each layer
     onnx-rcam demo                    the bundled model explains the bundled photos
     """
 
@@ -212,6 +215,56 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
         click.echo(f"failed    {failure['error']}", err=True)
     if summary.failed:
         raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.argument("model", metavar="MODEL")
+@click.argument("inputs", nargs=-1, required=True, metavar="DATA...")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-evaluation",
+              show_default=True, help="Folder for results.md, results.csv and metrics.png.")
+@click.option("--method", "methods", multiple=True, type=click.Choice([*METHODS, "scorecam"]),
+              help="Method to evaluate; repeat for several [default: rcam and the Grad-CAM family; scorecam is "
+                   "slow: one forward pass per channel of each layer].")
+@click.option("--layer", "layers", multiple=True, metavar="SEL",
+              help="Layer (as for augment); repeat for several, shallow to deep [default: auto].")
+@click.option("--boxes", type=click.Path(exists=True), help="Ground-truth boxes for the pointing games: a Pascal "
+              "VOC .xml file or folder, a COCO .json, or a .csv with image,xmin,ymin,xmax,ymax.")
+@click.option("--steps", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Deletion and insertion: steps from no pixel changed to all.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N images only (sorted by path).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--mask-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Score-CAM: masked images per onnxruntime run.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--preprocess", default=None, metavar="PRESET|FILE", help="As for explain.")
+@click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
+def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_size, mask_batch, device, preprocess,
+             force):
+    """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
+    (Chattopadhay et al. 2018), deletion and insertion AUC (Petsiuk et al. 2018), and with --boxes the pointing
+    game and the energy-based pointing game. DATA is image files or folders.
+
+    The explained class is each image's prediction; scores are its softmax probability.
+    """
+    outdir = Path(outdir)
+    if outdir.exists() and any(outdir.iterdir()) and not force:
+        raise click.ClickException(f"{outdir} already holds files; pass --force to write into it")
+    images = find_images(list(inputs))[:limit]
+    if not images:
+        raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
+    methods = methods or tuple(METHODS)[:1] + tuple(m for m in METHODS if METHODS[m].signal == "gradient")
+    preprocessing = Preprocessing.from_file(Path(preprocess)) if preprocess and Path(preprocess).is_file() \
+        else preprocess
+    ground_truth = read_boxes(boxes) if boxes else None
+    click.echo(f"model     {model}\nmethods   {', '.join(methods)}\nimages    {len(images)}")
+    with click.progressbar(length=len(images), label="evaluating", file=sys.stderr) as bar:
+        result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size, steps,
+                                mask_batch, device, preprocessing, bar.update)
+    written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
+    for reason in result.skipped:
+        click.echo(f"skipped   {reason}", err=True)
+    click.echo(Path(written[0]).read_text())
+    click.echo(f"wrote     {', '.join(str(p) for p in written)}")
 
 
 @main.command()

@@ -45,19 +45,21 @@ class Explanation:
 class Explainer:
     """Runs an augmented model: `model` may be plain (augmented here, in memory) or already augmented.
 
-    method: the CAM whose maps it returns (rcam, or one of the Grad-CAM family; see heads.METHODS).
+    method: the CAM whose maps it returns (rcam, or one of the Grad-CAM family; see heads.METHODS). also: more
+    methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate).
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
                  top_k: int = 1, composite="rcam", initial: str = "contrastive",
-                 preprocessing: Preprocessing | str | None = None, input_shape=None, method: str = "rcam"):
+                 preprocessing: Preprocessing | str | None = None, input_shape=None, method: str = "rcam",
+                 also=()):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         self.method = resolve_methods([method])[0]
         proto = load(model)
         if TARGET_INPUT not in {i.name for i in proto.graph.input}:
             proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k,
-                            input_shape=input_shape, methods=[method],
+                            input_shape=input_shape, methods=[method, *also],
                             input_bounds=input_bounds(model, preprocessing))
         self.model = proto
         self.session, self.provider, self.cuda_wanted = _session(proto, device)
@@ -104,14 +106,18 @@ class Explainer:
             images = [images]
         return np.stack([self.preprocessing(_picture(image)) for image in images])
 
-    def __call__(self, images, targets=None, extras: bool = False) -> Explanation:
-        """Explain a batch. targets: the class per image ([N], or [N, top_k]); default: the prediction(s)."""
+    def run(self, images, targets=None) -> dict[str, np.ndarray]:
+        """Every output of the augmented model, by name, for a batch."""
         feeds = {self.input.name: self.prepare(images)}
         if targets is not None:
             feeds[TARGET_INPUT] = np.asarray(targets, dtype=np.int64)
         names = [o.name for o in self.session.get_outputs()]
-        out = dict(zip(names, self.session.run(None, feeds)))
-        logits = out[names[0]]
+        return dict(zip(names, self.session.run(None, feeds)))
+
+    def __call__(self, images, targets=None, extras: bool = False) -> Explanation:
+        """Explain a batch. targets: the class per image ([N], or [N, top_k]); default: the prediction(s)."""
+        out = self.run(images, targets)
+        logits = out[self.session.get_outputs()[0].name]
 
         def part(name: str) -> dict[str, np.ndarray]:
             return {layer: out[f"{self.method.name}/{layer}/{name}"] for layer in self.layers}

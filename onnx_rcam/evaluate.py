@@ -1,0 +1,219 @@
+"""`onnx-rcam evaluate`: faithfulness and localisation of each method's maps at each layer (metrics.py), over a
+folder of photos, with a markdown table, a CSV and a plot of each metric against depth.
+
+The explained class is each image's prediction. Scores are the model's class probabilities (softmax of the
+logits; the model's own output where it ends in a Softmax). Masks and baselines act on the prepared input: the
+image multiplied by a map is the normalised tensor times the map, the deletion baseline is 0 there (the
+preprocessing's mean colour), the insertion baseline the image blurred (metrics.gaussian_blur).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .boxes import Box, to_input_frame
+from .errors import RcamError
+from .explainer import Explainer, _session
+from .heads import resolve_methods
+from .images import load_image
+from .initial import CLASS_OUTPUT
+from .load import load
+from .scorecam import ScoreCamExplainer
+
+SCORE_CAM = "scorecam"
+METRICS = {  # column -> (title, better)
+    "average_drop": ("Average Drop (%)", "lower"),
+    "increase_in_confidence": ("Increase in Confidence (%)", "higher"),
+    "deletion_auc": ("Deletion AUC", "lower"),
+    "insertion_auc": ("Insertion AUC", "higher"),
+    "pointing_game": ("Pointing game (%)", "higher"),
+    "energy_pointing_game": ("Energy-based pointing game (%)", "higher"),
+}
+
+
+@dataclass
+class Tally:
+    """What one method at one layer accumulates over the images."""
+
+    full: list = field(default_factory=list)
+    masked: list = field(default_factory=list)
+    deletion: list = field(default_factory=list)
+    insertion: list = field(default_factory=list)
+    hits: list = field(default_factory=list)
+    energy: list = field(default_factory=list)
+
+    def row(self, method: str, layer: str, depth: int) -> dict:
+        full, masked = np.array(self.full), np.array(self.masked)
+        return {"method": method, "layer": layer, "depth": depth, "images": len(full),
+                "average_drop": metrics.average_drop(full, masked),
+                "increase_in_confidence": metrics.increase_in_confidence(full, masked),
+                "deletion_auc": float(np.mean(self.deletion)), "insertion_auc": float(np.mean(self.insertion)),
+                "pointing_game": float(np.mean(self.hits) * 100) if self.hits else math.nan,
+                "energy_pointing_game": float(np.mean(self.energy) * 100) if self.energy else math.nan,
+                "boxed_images": len(self.hits)}
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict]
+    skipped: list[str]   # unreadable images, with the reason
+
+
+def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), boxes: dict[str, list[Box]] | None = None,
+             batch_size: int = 8, steps: int = 32, mask_batch: int = 32, device: str = "auto", preprocessing=None,
+             progress: Callable[[int], None] | None = None) -> Evaluation:
+    """Metric rows per method and layer, in the order given (give layers shallow to deep: `depth` is that order).
+    progress: called with the number of images after each batch."""
+    methods = list(dict.fromkeys(methods))
+    graph_methods = [m for m in methods if m != SCORE_CAM]
+    in_graph = [m.name for m in resolve_methods(graph_methods)] if graph_methods else []
+    if steps < 2:
+        raise RcamError(f"steps must be at least 2, got {steps}")
+    explainers = {}
+    if in_graph:
+        explainers["graph"] = Explainer(model, layers, device, preprocessing=preprocessing, method=in_graph[0],
+                                        also=in_graph[1:])
+    if SCORE_CAM in methods:
+        explainers[SCORE_CAM] = ScoreCamExplainer(model, layers, device, batch_size=mask_batch,
+                                                  preprocessing=preprocessing)
+    first = next(iter(explainers.values()))
+    keys = first.layers
+    scorer = Scorer(load(model), device)
+    tallies = {(m, layer): Tally() for m in methods for layer in keys}
+    skipped = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        pictures, names = [], []
+        for path in batch:
+            try:
+                pictures.append(load_image(path))
+                names.append(Path(path).name)
+            except RcamError as exc:
+                skipped.append(str(exc))
+        if pictures:
+            x = first.prepare(pictures)
+            maps, classes = _maps(explainers, x, methods, keys)
+            _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, first, steps)
+        if progress:
+            progress(len(batch))
+    if not any(t.full for t in tallies.values()):
+        raise RcamError("no image could be read")
+    rows = [tallies[m, layer].row(m, layer, depth) for m in methods for depth, layer in enumerate(keys)]
+    return Evaluation(rows, skipped)
+
+
+class Scorer:
+    """The plain model's class probabilities for batches of prepared images."""
+
+    def __init__(self, proto, device: str):
+        self.session = _session(proto, device)[0]
+        self.input = self.session.get_inputs()[0].name
+        output = proto.graph.output[0].name
+        self.is_probability = any(n.op_type == "Softmax" and output in n.output for n in proto.graph.node)
+
+    def __call__(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        scores = self.session.run(None, {self.input: x.astype(np.float32)})[0].astype(np.float64)
+        scores = scores.reshape(len(x), -1)
+        if not self.is_probability:
+            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores /= scores.sum(axis=1, keepdims=True)
+        return scores[np.arange(len(x)), classes]
+
+
+def _maps(explainers, x, methods, keys):
+    """(method, layer) -> maps [N, H, W], and the explained classes (the predictions)."""
+    maps, classes = {}, None
+    if "graph" in explainers:
+        out = explainers["graph"].run(x)
+        classes = out[CLASS_OUTPUT]
+        maps.update({(m, layer): out[f"{m}/{layer}/map"] for m in methods if m != SCORE_CAM for layer in keys})
+    if SCORE_CAM in explainers:
+        explanation = explainers[SCORE_CAM](x, targets=classes)
+        classes = explanation.classes
+        maps.update({(SCORE_CAM, layer): explanation.maps[layer] for layer in keys})
+    return maps, np.asarray(classes)
+
+
+def _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, explainer, steps):
+    channels_last = explainer.preprocessing.layout == "NHWC"
+    full = scorer(x, classes)
+    size = x.shape[1:3] if channels_last else x.shape[2:4]
+    framed = [to_input_frame(boxes[name], explainer.preprocessing.crop_box(*picture.size), size)
+              if boxes and name in boxes else None for name, picture in zip(names, pictures)]
+    blurred = [metrics.gaussian_blur(image, channels_last=channels_last) for image in x]
+    for key, heat in maps.items():
+        tally = tallies[key]
+        spread = heat[..., None] if channels_last else heat[:, None]
+        tally.full += list(full)
+        tally.masked += list(scorer(x * spread, classes))
+        for n, image in enumerate(x):
+            for series, start, end in ((tally.deletion, image, np.zeros_like(image)),
+                                       (tally.insertion, blurred[n], image)):
+                steps_images = metrics.perturbation_series(image, start, end, heat[n], steps, channels_last)
+                curve = scorer(steps_images, np.full(len(steps_images), classes[n]))
+                series.append(metrics.area_under_curve(curve))
+            if framed[n] is not None:
+                tally.hits.append(metrics.pointing_hit(heat[n], framed[n]))
+                tally.energy.append(metrics.energy_in_boxes(heat[n], framed[n]))
+
+
+def write_results(evaluation: Evaluation, outdir: Path, title: str) -> list[Path]:
+    """results.md, results.csv and metrics.png in outdir; returns their paths."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    rows = evaluation.rows
+    columns = ["method", "layer", "depth", "images", *METRICS, "boxed_images"]
+    with (outdir / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    shown = [c for c in METRICS if not all(math.isnan(r[c]) for r in rows)]
+    lines = [f"# {title}", "",
+             " | ".join(["| method", "layer"] + [f"{METRICS[c][0]} ({METRICS[c][1]} is better)" for c in shown])
+             + " |", "|" + " --- |" * 2 + " ---: |" * len(shown)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["method"], f"`{r['layer']}`"] + [f"{r[c]:.2f}" if c.endswith("game")
+                     or c in ("average_drop", "increase_in_confidence") else f"{r[c]:.3f}" for c in shown]) + " |")
+    lines += ["", f"{rows[0]['images']} images" + (f", {rows[0]['boxed_images']} with boxes"
+                                                   if rows[0]["boxed_images"] else "") + ".", ""]
+    if evaluation.skipped:
+        lines += ["Skipped:", *[f"- {reason}" for reason in evaluation.skipped], ""]
+    (outdir / "results.md").write_text("\n".join(lines))
+    _plot(rows, shown, outdir / "metrics.png")
+    return [outdir / "results.md", outdir / "results.csv", outdir / "metrics.png"]
+
+
+def _plot(rows: list[dict], shown: list[str], path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise RcamError("the plot needs matplotlib: pip install 'onnx-rcam[evaluate]'") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    columns = min(3, len(shown))
+    figure, axes = pyplot.subplots(math.ceil(len(shown) / columns), columns, squeeze=False,
+                                   figsize=(4.5 * columns, 3.4 * math.ceil(len(shown) / columns)))
+    for axis, column in zip(axes.ravel(), shown):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            values = [next(r[column] for r in rows if r["method"] == method and r["layer"] == layer)
+                      for layer in layers]
+            axis.plot(range(len(layers)), values, marker="o", label=method)
+        axis.set_title(f"{METRICS[column][0]}\n({METRICS[column][1]} is better)", fontsize=9)
+        axis.set_xticks(range(len(layers)), [layer if len(layer) < 14 else "..." + layer[-11:] for layer in layers],
+                        rotation=30, fontsize=7)
+        axis.set_xlabel("layer, shallow to deep", fontsize=8)
+    for axis in axes.ravel()[len(shown):]:
+        axis.set_visible(False)
+    axes.ravel()[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+

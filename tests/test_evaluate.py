@@ -1,0 +1,111 @@
+"""`onnx-rcam evaluate` end to end on a small model and a few photos, its numbers recomputed directly."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import zoo
+from conftest import run_model
+from onnx_rcam.console.cli import run
+from onnx_rcam.explainer import Explainer
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 1/8-width ResNet18 (64 x 64 input, its sidecar preprocessing), three photos of different shapes and one
+    corrupt file, boxes for two of the photos as CSV."""
+    folder = tmp_path_factory.mktemp("evaluate")
+    model = zoo.randomize(zoo.resnet18(0.125, num_classes=10), seed=31)
+    path = zoo.export(model, folder / "net.onnx", "torchscript", input_shape=(1, 3, SIZE, SIZE))
+    (folder / "net.preprocess.json").write_text(json.dumps(
+        {"size": SIZE, "resize_shorter": 73, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}))
+    photos = folder / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(8)
+    for name, shape in [("a.png", (90, 120, 3)), ("b.png", (100, 80, 3)), ("c.png", (64, 64, 3))]:
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(photos / name)
+    (photos / "broken.jpg").write_bytes(b"not a picture")
+    boxes = folder / "boxes.csv"
+    boxes.write_text("image,xmin,ymin,xmax,ymax\na.png,0,0,120,90\nb.png,0,0,4,4\n")
+    return path, photos, boxes
+
+
+def evaluate(capsys, setup, outdir, *extra):
+    path, photos, boxes = setup
+    with pytest.raises(SystemExit) as exit_info:
+        run(["evaluate", str(path), str(photos), "-o", str(outdir), "--layer", "layer3", "--layer", "layer4",
+             "--steps", "4", "--boxes", str(boxes), "--device", "cpu", *extra])
+    return exit_info.value.code, capsys.readouterr()
+
+
+def test_evaluate_writes_the_table_csv_and_plot(capsys, setup, tmp_path):
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam", "--method", "gradcam",
+                              "--method", "scorecam")
+    assert code == 0, captured.err
+    assert "broken.jpg" in captured.err and "| rcam | `layer4` |" in captured.out
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["method"], r["layer"]) for r in rows] == [(m, layer) for m in ("rcam", "gradcam", "scorecam")
+                                                         for layer in ("layer3", "layer4")]
+    assert all(r["images"] == "3" and r["boxed_images"] == "2" for r in rows)
+    for r in rows:
+        assert 0 <= float(r["average_drop"]) <= 100 and 0 <= float(r["insertion_auc"]) <= 1
+        # a's box is the whole photo: every map points into it and keeps all its energy there; b's is a corner.
+        assert float(r["pointing_game"]) in (50.0, 100.0) and float(r["energy_pointing_game"]) >= 50
+    assert (tmp_path / "out" / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Energy-based pointing game" in (tmp_path / "out" / "results.md").read_text()
+
+    # The output folder is kept unless --force.
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam")
+    assert code == 1 and "--force" in captured.err
+
+
+def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
+    """Average Drop, Increase in Confidence and the deletion AUC of Grad-CAM at layer4, from the maps of an
+    Explainer and plain model runs."""
+    path, photos, _ = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "gradcam")
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if r["layer"] == "layer4")
+
+    explainer = Explainer(path, layers=["layer4"], device="cpu", method="gradcam")
+    x = explainer.prepare(sorted(photos.glob("*.png")))
+    explanation = explainer(x)
+    heat, classes = explanation.maps["layer4"], explanation.classes
+
+    def probability(batch, targets):
+        logits = run_model(str(path), {"input": batch.astype(np.float32)})["logits"].astype(np.float64)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True))[np.arange(len(batch)), targets]
+
+    full, masked = probability(x, classes), probability(x * heat[:, None], classes)
+    assert float(row["average_drop"]) == pytest.approx(np.mean(np.maximum(0, full - masked) / full) * 100, rel=1e-4)
+    assert float(row["increase_in_confidence"]) == pytest.approx(np.mean(masked > full) * 100)
+    aucs = []
+    for image, saliency, target in zip(x, heat, classes):
+        order = np.argsort(-saliency.ravel(), kind="stable")
+        curve = []
+        for k in range(5):  # 4 steps: 0, 1/4, ..., all of the 64 x 64 pixels set to 0
+            erased = image.reshape(3, -1).copy()
+            erased[:, order[: k * SIZE * SIZE // 4]] = 0
+            curve.append(probability(erased.reshape(1, 3, SIZE, SIZE), [target])[0])
+        aucs.append(np.trapezoid(curve, dx=0.25))
+    assert float(row["deletion_auc"]) == pytest.approx(np.mean(aucs), rel=1e-4)
+
+
+def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "nope")
+    assert code == 2 and "Invalid value" in captured.err
+    path, _, _ = setup
+    with pytest.raises(SystemExit) as exit_info:
+        run(["evaluate", str(path), str(tmp_path), "-o", str(tmp_path / "o2")])
+    assert exit_info.value.code == 1 and "no images found" in capsys.readouterr().err
+
