@@ -218,8 +218,8 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 
 
 @main.command()
-@click.argument("model", metavar="MODEL")
-@click.argument("inputs", nargs=-1, required=True, metavar="DATA...")
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.argument("inputs", nargs=-1, metavar="[DATA...]")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-evaluation",
               show_default=True, help="Folder for results.md, results.csv and metrics.png.")
 @click.option("--method", "methods", multiple=True, type=click.Choice([*METHODS, "scorecam"]),
@@ -237,15 +237,24 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
               help="Score-CAM: masked images per onnxruntime run.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--preprocess", default=None, metavar="PRESET|FILE", help="As for explain.")
+@click.option("--relu", is_flag=True, help="Clip rcam's raw map at 0 before normalising, as the Grad-CAM family "
+              "does (rcam's maps are signed by default, so they keep more of the image).")
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_size, mask_batch, device, preprocess,
-             force):
+             relu, force):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018), deletion and insertion AUC (Petsiuk et al. 2018), and with --boxes the pointing
-    game and the energy-based pointing game. DATA is image files or folders.
+    game and the energy-based pointing game. DATA is image files or folders. Without MODEL: the bundled model,
+    its photos and their boxes.
 
     The explained class is each image's prediction; scores are its softmax probability.
     """
+    if model is None:
+        model = default_model_path()
+        inputs = [str(model.parent / "images")]
+        boxes = boxes or str(model.parent / "images" / "boxes.csv")
+    elif not inputs:
+        raise click.UsageError("give the photos to evaluate on (DATA), or neither MODEL nor DATA for the bundled ones")
     outdir = Path(outdir)
     if outdir.exists() and any(outdir.iterdir()) and not force:
         raise click.ClickException(f"{outdir} already holds files; pass --force to write into it")
@@ -259,7 +268,7 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
     click.echo(f"model     {model}\nmethods   {', '.join(methods)}\nimages    {len(images)}")
     with click.progressbar(length=len(images), label="evaluating", file=sys.stderr) as bar:
         result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size, steps,
-                                mask_batch, device, preprocessing, bar.update)
+                                mask_batch, device, preprocessing, bar.update, relu)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

@@ -48,6 +48,7 @@ class Tally:
     insertion: list = field(default_factory=list)
     hits: list = field(default_factory=list)
     energy: list = field(default_factory=list)
+    coverage: list = field(default_factory=list)
 
     def row(self, method: str, layer: str, depth: int) -> dict:
         full, masked = np.array(self.full), np.array(self.masked)
@@ -57,7 +58,7 @@ class Tally:
                 "deletion_auc": float(np.mean(self.deletion)), "insertion_auc": float(np.mean(self.insertion)),
                 "pointing_game": float(np.mean(self.hits) * 100) if self.hits else math.nan,
                 "energy_pointing_game": float(np.mean(self.energy) * 100) if self.energy else math.nan,
-                "boxed_images": len(self.hits)}
+                "boxed_images": len(self.hits), "map_mean": float(np.mean(self.coverage))}
 
 
 @dataclass
@@ -68,9 +69,10 @@ class Evaluation:
 
 def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), boxes: dict[str, list[Box]] | None = None,
              batch_size: int = 8, steps: int = 32, mask_batch: int = 32, device: str = "auto", preprocessing=None,
-             progress: Callable[[int], None] | None = None) -> Evaluation:
+             progress: Callable[[int], None] | None = None, relu: bool = False) -> Evaluation:
     """Metric rows per method and layer, in the order given (give layers shallow to deep: `depth` is that order).
-    progress: called with the number of images after each batch."""
+    progress: called with the number of images after each batch. relu: clip rcam's raw map at 0, as the Grad-CAM
+    family does."""
     methods = list(dict.fromkeys(methods))
     graph_methods = [m for m in methods if m != SCORE_CAM]
     in_graph = [m.name for m in resolve_methods(graph_methods)] if graph_methods else []
@@ -79,7 +81,7 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
     explainers = {}
     if in_graph:
         explainers["graph"] = Explainer(model, layers, device, preprocessing=preprocessing, method=in_graph[0],
-                                        also=in_graph[1:])
+                                        also=in_graph[1:], relu=relu)
     if SCORE_CAM in methods:
         explainers[SCORE_CAM] = ScoreCamExplainer(model, layers, device, batch_size=mask_batch,
                                                   preprocessing=preprocessing)
@@ -152,6 +154,7 @@ def _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, explaine
         tally = tallies[key]
         spread = heat[..., None] if channels_last else heat[:, None]
         tally.full += list(full)
+        tally.coverage += list(heat.mean(axis=(1, 2)))
         tally.masked += list(scorer(x * spread, classes))
         for n, image in enumerate(x):
             for series, start, end in ((tally.deletion, image, np.zeros_like(image)),
@@ -168,20 +171,22 @@ def write_results(evaluation: Evaluation, outdir: Path, title: str) -> list[Path
     """results.md, results.csv and metrics.png in outdir; returns their paths."""
     outdir.mkdir(parents=True, exist_ok=True)
     rows = evaluation.rows
-    columns = ["method", "layer", "depth", "images", *METRICS, "boxed_images"]
+    columns = ["method", "layer", "depth", "images", *METRICS, "boxed_images", "map_mean"]
     with (outdir / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         writer.writerows(rows)
     shown = [c for c in METRICS if not all(math.isnan(r[c]) for r in rows)]
     lines = [f"# {title}", "",
-             " | ".join(["| method", "layer"] + [f"{METRICS[c][0]} ({METRICS[c][1]} is better)" for c in shown])
-             + " |", "|" + " --- |" * 2 + " ---: |" * len(shown)]
+             " | ".join(["| method", "layer"] + [f"{METRICS[c][0]} ({METRICS[c][1]} is better)" for c in shown]
+                        + ["mean map value"]) + " |", "|" + " --- |" * 2 + " ---: |" * (len(shown) + 1)]
     for r in rows:
         lines.append("| " + " | ".join([r["method"], f"`{r['layer']}`"] + [f"{r[c]:.2f}" if c.endswith("game")
-                     or c in ("average_drop", "increase_in_confidence") else f"{r[c]:.3f}" for c in shown]) + " |")
+                     or c in ("average_drop", "increase_in_confidence") else f"{r[c]:.3f}" for c in shown]
+                                       + [f"{r['map_mean']:.3f}"]) + " |")
     lines += ["", f"{rows[0]['images']} images" + (f", {rows[0]['boxed_images']} with boxes"
-                                                   if rows[0]["boxed_images"] else "") + ".", ""]
+                                                   if rows[0]["boxed_images"] else "") + ". The mean map value is "
+              "context for Average Drop and Increase in Confidence: a map nearer all ones keeps more of the image.", ""]
     if evaluation.skipped:
         lines += ["Skipped:", *[f"- {reason}" for reason in evaluation.skipped], ""]
     (outdir / "results.md").write_text("\n".join(lines))
@@ -212,8 +217,9 @@ def _plot(rows: list[dict], shown: list[str], path: Path) -> None:
         axis.set_xlabel("layer, shallow to deep", fontsize=8)
     for axis in axes.ravel()[len(shown):]:
         axis.set_visible(False)
-    axes.ravel()[0].legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
 

@@ -46,20 +46,21 @@ class Explainer:
     """Runs an augmented model: `model` may be plain (augmented here, in memory) or already augmented.
 
     method: the CAM whose maps it returns (rcam, or one of the Grad-CAM family; see heads.METHODS). also: more
-    methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate).
+    methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate). relu:
+    clip rcam's raw map at 0 before normalising, as the Grad-CAM family does.
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
                  top_k: int = 1, composite="rcam", initial: str = "contrastive",
                  preprocessing: Preprocessing | str | None = None, input_shape=None, method: str = "rcam",
-                 also=()):
+                 also=(), relu: bool = False):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         self.method = resolve_methods([method])[0]
         proto = load(model)
         if TARGET_INPUT not in {i.name for i in proto.graph.input}:
             proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k,
-                            input_shape=input_shape, methods=[method, *also],
+                            input_shape=input_shape, methods=[method, *also], relu=relu,
                             input_bounds=input_bounds(model, preprocessing))
         self.model = proto
         self.session, self.provider, self.cuda_wanted = _session(proto, device)

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import onnx_rcam
 import zoo
 from conftest import run_model
 from onnx_rcam.console.cli import run
+from onnx_rcam.evaluate import evaluate as run_evaluation
 from onnx_rcam.explainer import Explainer
+from onnx_rcam.models_path import sample_images
 
 SIZE = 64
 
@@ -89,6 +92,7 @@ def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
     full, masked = probability(x, classes), probability(x * heat[:, None], classes)
     assert float(row["average_drop"]) == pytest.approx(np.mean(np.maximum(0, full - masked) / full) * 100, rel=1e-4)
     assert float(row["increase_in_confidence"]) == pytest.approx(np.mean(masked > full) * 100)
+    assert float(row["map_mean"]) == pytest.approx(heat.mean(), rel=1e-5)
     aucs = []
     for image, saliency, target in zip(x, heat, classes):
         order = np.argsort(-saliency.ravel(), kind="stable")
@@ -101,6 +105,19 @@ def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
     assert float(row["deletion_auc"]) == pytest.approx(np.mean(aucs), rel=1e-4)
 
 
+def test_relu_clips_the_rcam_maps():
+    """relu: rcam's maps are those of an Explainer with relu, which differ from the signed ones where the raw map
+    has negative values (the bundled model's _blocks.4 on the cat)."""
+    model, images = onnx_rcam.default_model_path(), [sample_images()[1]]
+    assert Explainer(model, layers=["_blocks.4"], device="cpu")(images, extras=True).raw["_blocks.4"].min() < 0
+    rows = {relu: run_evaluation(model, images, ["rcam"], ["_blocks.4"], steps=2, device="cpu", relu=relu).rows[0]
+            for relu in (False, True)}
+    for relu, row in rows.items():
+        explainer = Explainer(model, layers=["_blocks.4"], device="cpu", relu=relu)
+        assert row["map_mean"] == pytest.approx(explainer(images).maps["_blocks.4"].mean(), rel=1e-5)
+    assert rows[False]["map_mean"] != pytest.approx(rows[True]["map_mean"], rel=1e-3)
+
+
 def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):
     code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "nope")
     assert code == 2 and "Invalid value" in captured.err
@@ -109,3 +126,17 @@ def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):
         run(["evaluate", str(path), str(tmp_path), "-o", str(tmp_path / "o2")])
     assert exit_info.value.code == 1 and "no images found" in capsys.readouterr().err
 
+
+
+def test_evaluate_without_a_model_takes_the_bundled_one(capsys, tmp_path):
+    """No MODEL: the bundled model on its photos, with their boxes (here the first photo only)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(["evaluate", "-o", str(tmp_path / "out"), "--limit", "1", "--steps", "2", "--method", "rcam",
+             "--device", "cpu"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert row["images"] == "1" and row["boxed_images"] == "1" and float(row["pointing_game"]) in (0.0, 100.0)
+    with pytest.raises(SystemExit) as exit_info:
+        run(["evaluate", str(onnx_rcam.default_model_path()), "-o", str(tmp_path / "o2")])
+    assert exit_info.value.code == 2 and "give the photos" in capsys.readouterr().err
