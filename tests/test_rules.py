@@ -39,18 +39,22 @@ def linear(v, w):
 # alpha-beta, epsilon, norm against their formulas
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("op", ["Conv", "Gemm"])
-def test_alphabeta(op):
-    weight = weights([3, 4, 3, 3], seed=1) if op == "Conv" else weights([CLASSES, 4 * 4 * 4], seed=1)
-    bias = weights([len(weight)], seed=2)  # ignored by the rule
+def signed_linear_case(op: str, seed: int):
+    """A strided, padded Conv or a Gemm with a bias (which these rules ignore) over a signed layer a: the weight,
+    the model, the layer's forward without bias (torch) and its output's shape."""
+    weight = weights([3, 4, 3, 3], seed=seed) if op == "Conv" else weights([CLASSES, 4 * 4 * 4], seed=seed)
+    bias = weights([len(weight)], seed=seed + 1)
     g = OpGraph(4, 4, 4)
     a = g.signed_layer()
     if op == "Conv":
         model = conv_classifier(g, a, weight, bias, pads=[1, 1, 1, 1], strides=[2, 2])
-        forward, y_shape = conv_forward([1, 1, 1, 1], strides=(2, 2)), [3, 2, 2]
-    else:
-        model = gemm_classifier(g, a, weight, bias)
-        forward, y_shape = linear, [CLASSES]
+        return weight, model, conv_forward([1, 1, 1, 1], strides=(2, 2)), [3, 2, 2]
+    return weight, gemm_classifier(g, a, weight, bias), linear, [CLASSES]
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_alphabeta(op):
+    weight, model, forward, y_shape = signed_linear_case(op, seed=1)
     x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=3), int(np.prod(y_shape)))
     out = explain(model, x, targets, composite={op: {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0}})
 
@@ -68,16 +72,7 @@ SPECS = {"gamma": {"rule": "gamma", "gamma": 0.25}, "flat": "flat", "wsquare": "
 def test_gamma_and_input_rules(op, rule):
     """gamma on signed inputs, zbox with the input's bounds, flat and wsquare, each against its formula in
     reference.py, for every output unit of a strided, padded Conv and of a Gemm."""
-    weight = weights([3, 4, 3, 3], seed=41) if op == "Conv" else weights([CLASSES, 4 * 4 * 4], seed=41)
-    bias = weights([len(weight)], seed=42)  # ignored by all four
-    g = OpGraph(4, 4, 4)
-    a = g.signed_layer()
-    if op == "Conv":
-        model = conv_classifier(g, a, weight, bias, pads=[1, 1, 1, 1], strides=[2, 2])
-        forward, y_shape = conv_forward([1, 1, 1, 1], strides=(2, 2)), [3, 2, 2]
-    else:
-        model = gemm_classifier(g, a, weight, bias)
-        forward, y_shape = linear, [CLASSES]
+    weight, model, forward, y_shape = signed_linear_case(op, seed=41)
     low, high = BOUNDS[op]
     samples = np.clip(random_samples([2, 4, 4, 4], seed=43, scale=1.5),
                       np.reshape(low, [1, -1, 1, 1]), np.reshape(high, [1, -1, 1, 1])).astype(np.float32)
