@@ -12,7 +12,7 @@ from onnx import TensorProto
 from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.boxes import read_boxes
-from onnx_rcam.evaluate import evaluate as run_evaluation, write_results
+from onnx_rcam.evaluate import evaluate as run_evaluation, pyplot, write_results
 from onnx_rcam.explain import explain_images
 from onnx_rcam.explainer import Explainer
 from onnx_rcam.heads import METHODS
@@ -258,6 +258,7 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
     outdir = Path(outdir)
     if outdir.exists() and any(outdir.iterdir()) and not force:
         raise click.ClickException(f"{outdir} already holds files; pass --force to write into it")
+    pyplot()  # fails now, not after the measuring, where matplotlib is missing
     images = find_images(list(inputs))[:limit]
     if not images:
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")

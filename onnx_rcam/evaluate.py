@@ -194,17 +194,24 @@ def write_results(evaluation: Evaluation, outdir: Path, title: str) -> list[Path
     return [outdir / "results.md", outdir / "results.csv", outdir / "metrics.png"]
 
 
-def _plot(rows: list[dict], shown: list[str], path: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot, drawing to files; a clear error where the [evaluate] extra is missing (the command
+    asks before it starts measuring)."""
     try:
         import matplotlib
     except ImportError:
         raise RcamError("the plot needs matplotlib: pip install 'onnx-rcam[evaluate]'") from None
     matplotlib.use("Agg")
-    from matplotlib import pyplot
+    from matplotlib import pyplot as plotting
+    return plotting
+
+
+def _plot(rows: list[dict], shown: list[str], path: Path) -> None:
+    plotting = pyplot()
 
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     columns = min(3, len(shown))
-    figure, axes = pyplot.subplots(math.ceil(len(shown) / columns), columns, squeeze=False,
+    figure, axes = plotting.subplots(math.ceil(len(shown) / columns), columns, squeeze=False,
                                    figsize=(4.5 * columns, 3.4 * math.ceil(len(shown) / columns)))
     for axis, column in zip(axes.ravel(), shown):
         for method in dict.fromkeys(r["method"] for r in rows):
@@ -221,5 +228,5 @@ def _plot(rows: list[dict], shown: list[str], path: Path) -> None:
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.05, 1, 1))
     figure.savefig(path, dpi=110)
-    pyplot.close(figure)
+    plotting.close(figure)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -140,3 +141,10 @@ def test_evaluate_without_a_model_takes_the_bundled_one(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run(["evaluate", str(onnx_rcam.default_model_path()), "-o", str(tmp_path / "o2")])
     assert exit_info.value.code == 2 and "give the photos" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_is_reported_before_measuring(capsys, setup, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the [evaluate] extra sees
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam")
+    assert code == 1 and "pip install 'onnx-rcam[evaluate]'" in captured.err
+    assert not (tmp_path / "out").exists()
