@@ -16,7 +16,7 @@ from onnx_rcam.evaluate import evaluate as run_evaluation, pyplot, write_results
 from onnx_rcam.explain import explain_images
 from onnx_rcam.explainer import Explainer
 from onnx_rcam.heads import METHODS
-from onnx_rcam.images import Preprocessing, find_images, input_bounds, input_layout
+from onnx_rcam.images import find_images, input_bounds
 from onnx_rcam.export import save
 from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
 from onnx_rcam.load import parse_shape
@@ -68,8 +68,9 @@ def main():
 @click.option("--method", "methods", multiple=True, type=click.Choice(list(METHODS)),
               help="CAM to add; repeat for several in one file [default: rcam]. rcam is Relevance-CAM; gradcam, "
                    "gradcampp, xgradcam, layercam and hirescam come from the gradient of the class score, computed "
-                   "in the same graph; lrp is the LRP heatmap, the relevance summed over channels. Each adds METHOD/L/map, METHOD/L/raw, METHOD/L/activation and "
-                   "METHOD/L/relevance (METHOD/L/gradient for the gradient methods).")
+                   "in the same graph; lrp is the LRP heatmap, the relevance summed over channels. Each adds "
+                   "METHOD/L/map, METHOD/L/raw, METHOD/L/activation and METHOD/L/relevance (METHOD/L/gradient for "
+                   "the gradient methods).")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE",
               help=f"LRP rules per op for rcam and lrp: {', '.join(COMPOSITES)}, or a JSON file mapping op types "
                    "(and `input`, the first Conv) to rules.")
@@ -176,20 +177,14 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
     images = find_images(inputs)
     if not images:
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
-    preprocessing = Preprocessing.from_file(Path(preprocess)) if preprocess and Path(preprocess).is_file() \
-        else preprocess
     if method == "scorecam":
         if top_k > 1:
             raise click.UsageError("--method scorecam explains one class per image: leave out --top-k")
         explainer = ScoreCamExplainer(model, layers=layers, device=device, batch_size=mask_batch,
-                                      preprocessing=preprocessing, input_shape=input_shape)
+                                      preprocessing=preprocess, input_shape=input_shape)
     else:
         explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
-                              preprocessing=preprocessing, input_shape=input_shape, method=method)
-    if isinstance(preprocessing, Preprocessing):  # a file gives no layout: take the model's
-        explainer.preprocessing = Preprocessing(preprocessing.size, preprocessing.resize_shorter,
-                                                preprocessing.mean, preprocessing.std,
-                                                input_layout(explainer.input.shape))
+                              preprocessing=preprocess, input_shape=input_shape, method=method)
     click.echo(f"model     {model}\nmethod    {explainer.name}\nlayers    {', '.join(explainer.layers)}\n"
                f"provider  {explainer.provider_note}")
     started = time.perf_counter()
@@ -262,14 +257,12 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
     images = find_images(list(inputs))[:limit]
     if not images:
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
-    methods = methods or tuple(METHODS)[:1] + tuple(m for m in METHODS if METHODS[m].signal == "gradient")
-    preprocessing = Preprocessing.from_file(Path(preprocess)) if preprocess and Path(preprocess).is_file() \
-        else preprocess
+    methods = methods or ("rcam", *(name for name, m in METHODS.items() if m.signal == "gradient"))
     ground_truth = read_boxes(boxes) if boxes else None
     click.echo(f"model     {model}\nmethods   {', '.join(methods)}\nimages    {len(images)}")
     with click.progressbar(length=len(images), label="evaluating", file=sys.stderr) as bar:
         result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size, steps,
-                                mask_batch, device, preprocessing, bar.update, relu)
+                                mask_batch, device, preprocess, bar.update, relu)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

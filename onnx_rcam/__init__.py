@@ -14,4 +14,5 @@ from .scorecam import ScoreCamExplainer
 __version__ = "0.1.0"
 
 __all__ = ["augment", "candidate_layers", "Explainer", "Explanation", "ScoreCamExplainer", "overlay",
-           "default_model_path", "RcamError", "ModelError", "LayerSelectionError", "UnsupportedOpError", "CompositeError", "__version__"]
+           "default_model_path", "RcamError", "ModelError", "LayerSelectionError", "UnsupportedOpError",
+           "CompositeError", "__version__"]

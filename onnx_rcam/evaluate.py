@@ -87,7 +87,9 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
                                                   preprocessing=preprocessing)
     first = next(iter(explainers.values()))
     keys = first.layers
-    scorer = Scorer(load(model), device)
+    plain = load(model)
+    # Score-CAM already holds a session of the plain model: one serves both.
+    scorer = Scorer(plain, explainers[SCORE_CAM].scorer if SCORE_CAM in explainers else _session(plain, device)[0])
     tallies = {(m, layer): Tally() for m in methods for layer in keys}
     skipped = []
     for start in range(0, len(images), batch_size):
@@ -114,8 +116,8 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
 class Scorer:
     """The plain model's class probabilities for batches of prepared images."""
 
-    def __init__(self, proto, device: str):
-        self.session = _session(proto, device)[0]
+    def __init__(self, proto, session):
+        self.session = session
         self.input = self.session.get_inputs()[0].name
         output = proto.graph.output[0].name
         self.is_probability = any(n.op_type == "Softmax" and output in n.output for n in proto.graph.node)

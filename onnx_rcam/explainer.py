@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -88,12 +89,15 @@ class Explainer:
         return self.provider
 
     def _preprocessing(self, model, preprocessing) -> Preprocessing:
-        """Given; else the model's sidecar MODEL.preprocess.json (the bundled model has one); else `imagenet`."""
+        """Given (a Preprocessing, a preset name or a JSON file); else the model's sidecar MODEL.preprocess.json (the
+        bundled model has one); else `imagenet`."""
         if isinstance(preprocessing, Preprocessing):
             return preprocessing
         layout = input_layout(self.input.shape)
         size = tuple(self.input.shape[2:4] if layout == "NCHW" else self.input.shape[1:3])
-        found = sidecar(model) if preprocessing is None else None
+        # A preset name, a JSON file (read with the model's layout), or none: the model's sidecar.
+        found = sidecar(model) if preprocessing is None else (Path(preprocessing) if Path(preprocessing).is_file()
+                                                               else None)
         if found:
             return Preprocessing.from_file(found, layout)
         return Preprocessing.preset(preprocessing or "imagenet", size, layout)

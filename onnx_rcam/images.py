@@ -14,9 +14,14 @@ from .errors import RcamError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The least and greatest image values, per channel, that ImageNet's normalisation makes of pixels in [0, 1].
-IMAGENET_BOUNDS = (tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)),
-                   tuple((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)))
+
+
+def pixel_bounds(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The least and greatest value per channel that (x - mean) / std makes of pixels x in [0, 1]."""
+    return tuple(-m / s for m, s in zip(mean, std)), tuple((1 - m) / s for m, s in zip(mean, std))
+
+
+IMAGENET_BOUNDS = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
 CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875 (256 for 224), then centre-crop: torchvision's
 
 
@@ -52,8 +57,7 @@ class Preprocessing:
     @property
     def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The least and greatest value per channel of what this preprocessing makes of pixels in [0, 1]."""
-        return (tuple(-m / s for m, s in zip(self.mean, self.std)),
-                tuple((1 - m) / s for m, s in zip(self.mean, self.std)))
+        return pixel_bounds(self.mean, self.std)
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The region of the original photo that the model sees, in the photo's own pixels."""
@@ -77,7 +81,6 @@ class Preprocessing:
         return (normalised.transpose(2, 0, 1) if self.layout == "NCHW" else normalised).astype(np.float32)
 
 
-
 def sidecar(model) -> Path | None:
     """MODEL.preprocess.json beside a model file (MODEL.rcam.onnx shares its plain model's), if there is one."""
     if not isinstance(model, (str, os.PathLike)):
@@ -98,6 +101,7 @@ def input_bounds(model, preprocessing=None) -> tuple[tuple[float, ...], tuple[fl
     if Path(preprocessing).is_file():
         return Preprocessing.from_file(Path(preprocessing)).bounds
     return Preprocessing.preset(preprocessing, (224, 224)).bounds
+
 
 def load_image(path: str | Path) -> Image.Image:
     """An RGB picture; an unreadable file raises RcamError naming it."""

@@ -15,6 +15,7 @@ import onnx_rcam
 from conftest import run_model
 from onnx_rcam.console.cli import run
 from onnx_rcam.explainer import Explainer
+from onnx_rcam.images import input_bounds
 from onnx_rcam.models_path import sample_images
 from onnx_rcam.overlay import overlay
 from photos import bundled_batch
@@ -79,6 +80,18 @@ def test_explainer_draws_another_method():
     augmented = onnx_rcam.augment(onnx_rcam.default_model_path(), layers=["_blocks.10"])
     with pytest.raises(onnx_rcam.RcamError, match="no layercam maps; it holds rcam"):
         Explainer(augmented, device="cpu", method="layercam")
+
+
+def test_preprocessing_from_a_file_takes_the_models_layout(tmp_path):
+    """A JSON file given as preprocessing is read with the model's own layout, and its bounds reach zbox."""
+    settings = tmp_path / "prep.json"
+    settings.write_text(json.dumps({"size": 224, "resize_shorter": 240, "mean": [0.5, 0.4, 0.3],
+                                    "std": [0.25, 0.2, 0.5]}))
+    explainer = Explainer(onnx_rcam.default_model_path(), device="cpu", preprocessing=str(settings),
+                          composite="epsilon_gamma_box")
+    assert explainer.preprocessing.mean == (0.5, 0.4, 0.3) and explainer.preprocessing.resize_shorter == 240
+    assert explainer.preprocessing.layout == "NCHW"
+    np.testing.assert_allclose(input_bounds(None, str(settings))[0], [-2.0, -2.0, -0.6])
 
 
 def test_overlay_keeps_the_photo_where_the_map_is_zero():

@@ -31,7 +31,7 @@ SIGNS: dict[str, SignRule] = {}
 class Context:
     builder: Builder
     composite: object  # onnx_rcam.rules.Composite
-    image_readers: frozenset = frozenset()  # names of the linear nodes that read the image (select.image_readers)
+    image_readers: frozenset = frozenset()  # names of the nodes that first compute on the image (select.py)
 
     def rule(self, node: gs.Node):
         return self.composite.rule_for(node.op, node.name in self.image_readers)
