@@ -238,6 +238,11 @@ class Builder:
 
     # -- reductions: the axes moved from attribute to input at opset 18 ------------------------------------
     def _reduce(self, op: str, x: str, axes, keepdims: bool) -> str:
+        axes = list(axes)
+        if not axes:
+            # A reduction over no axes is the identity; emitted, ReduceSum (opset 13 on) and every reduction from
+            # opset 18 on would read an empty axes list as "all axes".
+            return x
         keep = int(keepdims)
         if op == "ReduceSum" or self.opset >= 18:
             return self.node(op, [x, self.ints(axes)], keepdims=keep)

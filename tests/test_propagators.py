@@ -683,6 +683,24 @@ def test_residual_join():
     assert_matches(out.relevance(), direct + zplus_rule(forward, a_ref, f64(weight), through_branch))
 
 
+def test_join_of_tensors_whose_batch_dimensions_are_named_differently():
+    """Exporters name one dynamic batch dimension differently along the graph (TorchScript at opset 13 with torch's
+    own pad: `batch` on one branch, `unk__12` on the other). The join's inputs then differ in shape only by name:
+    nothing is broadcast, and no reduction may be emitted (ReduceSum over an empty axes list reduces every axis)."""
+    g = OpGraph(3, 4, 4)
+    p, q = odd_activations(g, "pq")
+    model = g.classifier(g.node("Add", [p, q]))
+    renamed = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["unk__12", 3, 4, 4])
+    model.graph.value_info.append(renamed)
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 4], seed=39), 3 * 4 * 4)
+    out = explain(model, x, targets, layers=["p", "q"])
+
+    parts = [TORCH_ODD[n](f64(x)) for n in "pq"]
+    expected = proportional_rule(lambda *vs: sum(vs), parts, relevance_at_output(targets, [3, 4, 4]), eps=1e-6)
+    for name, relevance in zip("pq", expected):
+        assert_matches(out.relevance(name), relevance, f"relevance at {name}")
+
+
 def test_residual_join_before_relu():
     """Conv(Relu(Conv(a) + a)), ResNet's block end: the ReLU's relevance (z+ weighs it by the ReLU's output) vanishes
     wherever that output does, so the norm split reads the ReLU's output for the sum (they agree on that support)

@@ -206,4 +206,6 @@ def unbroadcast(b, x, output, g):
         return g
     lead = len(out_shape) - len(x_shape)
     axes = list(range(lead)) + [lead + i for i, n in enumerate(x_shape) if n == 1 and out_shape[lead + i] != 1]
+    if not axes:  # the shapes differ only in how their dynamic dimensions are named
+        return g
     return b.reshape(b.reduce_sum(g, axes, keepdims=True), target_shape(b, x, output, 0))
