@@ -17,6 +17,7 @@ from .forward_copies import materialize
 from .fusion import protect_fusions
 from .heads import cam, resolve_methods
 from .initial import INITIAL_KINDS, explained_onehot, initial_relevance
+from .precision import cast_forward_reads
 from .load import default_opset, fix_input_shape, infer_shapes, load
 from .propagators import nonnegative_tensors
 from .images import IMAGENET_BOUNDS
@@ -34,7 +35,7 @@ class Augmented:
 
 def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
             initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None,
-            methods=("rcam",), input_bounds=IMAGENET_BOUNDS) -> onnx.ModelProto:
+            methods=("rcam",), input_bounds=IMAGENET_BOUNDS, precision: str = "fp32") -> onnx.ModelProto:
     """Return `model` with Relevance-CAM outputs for `layers` added (DESIGN.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
@@ -50,12 +51,16 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
     the image itself: the input-level heatmap). input_bounds: (low, high), the least and greatest value of the
     image input, one per channel or one for all, for the zbox rule (epsilon_gamma_box); default: ImageNet's
     normalisation of pixel values in [0, 1] (images.Preprocessing.bounds gives them for other preprocessing).
+    precision: the float type of the generated backward pass, `fp32` (default, whatever the model's own type) or
+    `fp16` (faster on GPUs, less exact; README, Deployed models). The outputs added are float32 either way.
     """
-    return build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds).model
+    return build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds,
+                 precision).model
 
 
 def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
-          top_k: int = 1, input_shape=None, methods=("rcam",), input_bounds=IMAGENET_BOUNDS) -> Augmented:
+          top_k: int = 1, input_shape=None, methods=("rcam",), input_bounds=IMAGENET_BOUNDS,
+          precision: str = "fp32") -> Augmented:
     chosen_methods = resolve_methods(methods)
     if initial not in INITIAL_KINDS:
         raise RcamError(f"unknown initial relevance {initial!r}; choose one of {', '.join(INITIAL_KINDS)}")
@@ -74,7 +79,7 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     # Generated names must collide with nothing the original or the analysis graph holds.
     taken = set(tensors) | {t.name for t in original.graph.input} | {o for n in original.graph.node for o in n.output}
     taken |= {i.name for i in original.graph.initializer}
-    b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph))
+    b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph), precision)
     batch = canonical.image.shape[0]
     hot = explained_onehot(b, logits.name, logits.shape[1], batch, top_k)
     target_tensors = list(dict.fromkeys(t.tensor for t in targets))
@@ -101,6 +106,7 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     materialize(original, canonical, b)
     protect_fusions(original, canonical, b)
     repeat_forward_reads(original, canonical, b, top_k)
+    cast_forward_reads(original, canonical, b)
     return Augmented(assemble(original, b), targets, b.outputs, logits.name)
 
 

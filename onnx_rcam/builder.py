@@ -16,15 +16,26 @@ from contextlib import contextmanager
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .errors import RcamError
 
 PREFIX = "rcam/"
 
+# The backward pass's float type. fp32 by default, whatever the model's; fp16 on request (--precision fp16).
+# tiny: the offset that keeps a one-sign denominator off 0 (rules/base.py). In fp32, 1e-20 vanishes in any |z| above
+# 4e-13. fp16 has no such number: 2^-12 is the least offset whose quotients stay finite (below 65504) for relevance up
+# to 16, and |z| above 0.5 absorbs it. It is also the least stabiliser an epsilon gets in fp16.
+PRECISIONS = {"fp32": (np.float32, TensorProto.FLOAT, 1e-20), "fp16": (np.float16, TensorProto.FLOAT16, 2.0 ** -12)}
+
 
 class Builder:
-    def __init__(self, opset: int, taken_names: set[str], nonnegative: set[str] = frozenset()):
+    def __init__(self, opset: int, taken_names: set[str], nonnegative: set[str] = frozenset(),
+                 precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise RcamError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self.float_dtype, self.float_type, self.tiny = PRECISIONS[precision]
         self.opset = opset
         self.nonnegative = nonnegative  # forward tensors known to be >= 0: their x- is exactly zero
         self.nodes: list[onnx.NodeProto] = []
@@ -74,8 +85,9 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, names, name=node_name, domain=domain, **attrs))
         return names[0] if outputs == 1 else names
 
-    def const(self, value, hint: str = "const", dtype=np.float32) -> str:
-        array = np.asarray(value, dtype=dtype)
+    def const(self, value, hint: str = "const", dtype=None) -> str:
+        """An initializer holding `value`, of the backward's float type unless `dtype` says otherwise."""
+        array = np.asarray(value, dtype=dtype or self.float_dtype)
         small = array.size <= 16
         key = (array.dtype.str, array.shape, array.tobytes()) if small else None
         if key is not None and key in self._constants:
@@ -88,6 +100,25 @@ class Builder:
 
     def ints(self, values, hint: str = "ints") -> str:
         return self.const(np.asarray(values, dtype=np.int64), hint, np.int64)
+
+    def toposorted(self, available: set[str]) -> list[onnx.NodeProto]:
+        """The generated nodes, each after the nodes that compute its inputs (`available`: what the model holds);
+        stable otherwise. Passes that rewrite reads put new nodes first, which may read forward copies made later."""
+        ready = set(available) | {""}
+        pending, ordered = list(self.nodes), []
+        while pending:
+            waiting = []
+            for node in pending:
+                if all(name in ready for name in node.input):
+                    ordered.append(node)
+                    ready.update(node.output)
+                else:
+                    waiting.append(node)
+            if len(waiting) == len(pending):
+                raise RcamError(f"internal error: generated node {waiting[0].name!r} reads "
+                                f"{[i for i in waiting[0].input if i not in ready][:3]}, which nothing computes")
+            pending = waiting
+        return ordered
 
     def rewrite_reads(self, replace) -> None:
         """Pass every input of the nodes emitted so far through `replace(node, name) -> name`. Nodes that `replace`
@@ -192,6 +223,16 @@ class Builder:
     def identity(self, x: str, out: str | None = None) -> str:
         return self.node("Identity", [x], out=out)
 
+    def as_float32(self, x: str, out: str | None = None) -> str:
+        """x as float32 (the contract's type for every float output), named `out`."""
+        if self.float_type == TensorProto.FLOAT:
+            return self.identity(x, out=out)
+        return self.node("Cast", [x], out=out, to=TensorProto.FLOAT)
+
+    def zeros(self, shape: str) -> str:
+        """Zeros of the backward's float type, of the shape held in the int64 tensor `shape`."""
+        return self.node("ConstantOfShape", [shape], value=helper.make_tensor("zero", self.float_type, [1], [0.0]))
+
     # -- guarded division: no input may produce NaN or Inf (DESIGN.md section 1) --------------------------
     def div_or_zero(self, numerator: str, denominator: str) -> str:
         """numerator / denominator, and 0 where the denominator is exactly 0 (rules/base.py's one_sign_sum is the
@@ -201,8 +242,10 @@ class Builder:
         safe = self.where(is_zero, self.const(1.0), denominator)
         return self.where(is_zero, zero, self.div(numerator, safe))
 
-    def stabilize(self, z: str, eps: float, dtype=np.float32) -> str:
-        """z + eps * sign(z) with sign(0) = +1."""
+    def stabilize(self, z: str, eps: float, dtype=None) -> str:
+        """z + eps * sign(z) with sign(0) = +1 (eps at least `tiny` in fp16, whose range ends at 65504)."""
+        if (dtype or self.float_dtype) == np.float16:
+            eps = max(eps, self.tiny)
         if z in self.nonnegative:
             return self.add(z, self.const(eps, dtype=dtype))
         nonneg = self.greater_or_equal(z, self.const(0.0, dtype=dtype))

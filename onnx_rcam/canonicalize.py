@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .deployed import standardize
 from .errors import ModelError
 
 PASS_THROUGH = ("Identity", "Dropout")
@@ -45,6 +46,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     scopes = {out: path for node in model.graph.node if (path := module_path(node)) for out in node.output}
     graph = gs.import_onnx(model)
     graph.toposort()
+    standardize(graph)
     graph.fold_constants(error_ok=True)
     graph.cleanup()
     _refine_shapes(graph)
@@ -201,6 +203,7 @@ def _fold_into_linear(graph: gs.Graph, affine: gs.Node, x: gs.Variable, scale, s
         linear.op, linear.attrs = "Gemm", {}
     scale = np.ones(channels) if scale is None else np.broadcast_to(scale, channels)
     shift = np.zeros(channels) if shift is None else np.broadcast_to(shift, channels)
+    weight_dtype = weight.dtype
     weight = weight.astype(np.float64)
     bias = constant_value(linear.inputs[2]) if len(linear.inputs) > 2 else None
     bias = np.zeros(channels) if bias is None else np.broadcast_to(bias.astype(np.float64), channels)
@@ -216,8 +219,9 @@ def _fold_into_linear(graph: gs.Graph, affine: gs.Node, x: gs.Variable, scale, s
     # onnx-graphsurgeon's node lists keep tensors' producer/reader links in sync only through these methods.
     while len(linear.inputs) > 1:
         linear.inputs.pop()
-    linear.inputs.extend([gs.Constant(f"rcam/folded/{result.name}/weight", folded_weight.astype(np.float32)),
-                          gs.Constant(f"rcam/folded/{result.name}/bias", folded_bias.astype(np.float32))])
+    # In the model's own type: a forward copy of the folded layer computes as the model does.
+    linear.inputs.extend([gs.Constant(f"rcam/folded/{result.name}/weight", folded_weight.astype(weight_dtype)),
+                          gs.Constant(f"rcam/folded/{result.name}/bias", folded_bias.astype(weight_dtype))])
     affine.outputs.clear()
     linear.outputs.clear()
     linear.outputs.append(result)
@@ -290,12 +294,7 @@ def _find_logits(graph: gs.Graph) -> gs.Variable:
     head) get a Flatten in the analysis graph; the generated nodes compute it again from the original tensor."""
     if not graph.outputs:
         raise ModelError("the model has no outputs")
-    scores = graph.outputs[0]
-    while scores.inputs and scores.inputs[0].op in OUTPUT_NORMALIZERS and scores.shape is not None:
-        normalizer = scores.inputs[0]
-        if normalizer.attrs.get("axis", -1) % len(scores.shape) != _class_axis(scores.shape):
-            break
-        scores = normalizer.inputs[0]
+    scores = _before_normalizers(graph.outputs[0])
     shape = scores.shape
     if shape is not None and len(shape) > 2 and all(d == 1 for d in shape[2:]) and isinstance(shape[1], int):
         flat = gs.Variable(f"rcam/flat_scores/{scores.name}", dtype=scores.dtype, shape=[shape[0], shape[1]])
@@ -308,6 +307,49 @@ def _find_logits(graph: gs.Graph) -> gs.Variable:
     if not scores.inputs:
         raise ModelError(f"output {scores.name!r} is not computed from the input")
     return scores
+
+
+def _before_normalizers(output: gs.Variable) -> gs.Variable:
+    """The tensor before the final Softmax/LogSoftmax over the classes, if any, else `output`.
+
+    Class scores may be reshaped or transposed around the normaliser: a Softmax of opset < 13 flattens
+    [N, K, 1, 1] from axis 1, which onnx's version converter writes as Flatten -> Softmax -> Reshape(Shape(scores)),
+    and TorchScript at opset 9 writes softmax(dim=1) of [N, K, 1, 1] as Transpose -> Softmax(axis=3) -> Transpose.
+    These are crossed only on the way to a normaliser, so that scores without one stay the tensor the model outputs.
+    """
+    scores, tensor = output, output
+    while tensor.inputs and (producer := tensor.inputs[0]).op in CLASS_RESHAPES + OUTPUT_NORMALIZERS:
+        source = producer.inputs[0]
+        axis, source_axis = _class_axis_of(tensor), _class_axis_of(source)
+        if axis is None or source_axis is None or tensor.shape[axis] != source.shape[source_axis]:
+            break
+        if producer.op == "Transpose" and list(producer.attrs.get("perm", [-1]))[:1] != [0]:
+            break  # the batch axis moved
+        if producer.op in OUTPUT_NORMALIZERS:
+            if producer.attrs.get("axis", -1) % len(tensor.shape) != axis:
+                break
+            scores = source
+        tensor = source
+    # Scores laid out [N, 1, .., K] before the normaliser: the tensor they were moved from, classes on axis 1.
+    while scores is not output and _class_axis_of(scores) != 1 and scores.inputs and \
+            scores.inputs[0].op in CLASS_RESHAPES and _class_axis_of(scores.inputs[0].inputs[0]) is not None:
+        scores = scores.inputs[0].inputs[0]
+    return scores
+
+
+# Ops that may only move class scores between the logits and a final normaliser.
+CLASS_RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
+
+
+def _class_axis_of(tensor: gs.Tensor) -> int | None:
+    """The axis of the classes in a [N, 1.., K, 1..] tensor of scores (one per class and sample); None otherwise."""
+    shape = tensor.shape
+    if not isinstance(tensor, gs.Variable) or shape is None or len(shape) < 2:
+        return None
+    if not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    wide = [axis for axis in range(1, len(shape)) if shape[axis] != 1]
+    return wide[0] if len(wide) == 1 else None
 
 
 def _class_axis(shape) -> int:

@@ -18,7 +18,9 @@ def assemble(original: onnx.ModelProto, b: Builder) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(original)
     graph = model.graph
-    graph.node.extend(b.nodes)
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    available |= {o for n in graph.node for o in n.output} | {i.name for i in b.initializers}
+    graph.node.extend(b.toposorted(available))
     graph.initializer.extend(b.initializers)
     graph.input.extend(b.inputs)
     for name, elem_type, shape in b.outputs:

@@ -63,7 +63,11 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
         y = b.equal_where_nonzero.get(join.output[0])
         total = y if y in b.vanishes_with(node, name) else join.output[0]
         if (name, total) not in differences:
-            differences[(name, total)] = b.sub(total, copy(other) if fusion_internal(other) else other)
+            subtrahend = copy(other) if fusion_internal(other) else other
+            with b.per_sample():  # a forward value: on the model's batch, in the model's type (precision.py)
+                difference = b.sub(total, subtrahend)
+            b.forward_copies[difference] = name
+            differences[(name, total)] = difference
         return differences[(name, total)]
 
     b.rewrite_reads(lambda node, name: reconstruction(node, name) if fusion_internal(name) else name)

@@ -59,7 +59,7 @@ def _gradcampp(b, activation, gradient, area):
     # Only G > 0 counts, and there the denominator is 2 + S_k G: zero only where S_k G = -2 exactly.
     stabilized = b.stabilize(denominator, 1e-12, dtype=np.float64)
     weights = b.reduce_sum(b.div(b.relu(gradient64), stabilized), [2, 3])
-    return _weighted_sum(b, b.cast(weights, TensorProto.FLOAT), activation)
+    return _weighted_sum(b, b.cast(weights, b.float_type), activation)
 
 
 def _xgradcam(b, activation, gradient, area):
@@ -113,15 +113,15 @@ def cam(b: Builder, method: Method, activation: str, signal: str, shape: list, i
     names = output_names(method, key)
     batch, channels, height, width = shape
     with b.per_sample():
-        b.identity(activation, out=b.claim(names["activation"]))
+        b.as_float32(activation, out=b.claim(names["activation"]))
     b.add_output(names["activation"], TensorProto.FLOAT, [batch, channels, height, width])
 
     def publish(tensor: str, part: str, dims: list) -> str:
         if top_k == 1:
             b.add_output(names[part], TensorProto.FLOAT, [batch, *dims])
-            return b.identity(tensor, out=b.claim(names[part]))
+            return b.as_float32(tensor, out=b.claim(names[part]))
         b.add_output(names[part], TensorProto.FLOAT, [batch, top_k, *dims])
-        return b.node("Reshape", [tensor, b.ints([-1, top_k, *dims])], out=b.claim(names[part]))
+        return b.as_float32(b.node("Reshape", [tensor, b.ints([-1, top_k, *dims])]), out=b.claim(names[part]))
 
     publish(signal, method.signal, [channels, height, width])
     raw = method.raw(b, activation, signal, height * width)

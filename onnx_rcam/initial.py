@@ -27,7 +27,7 @@ def explained_onehot(b: Builder, logits: str, classes: int, batch, top_k: int = 
         explained = b.node("Expand", [chosen, b.shape(ranked)], out=b.claim(CLASS_OUTPUT))
         b.add_output(CLASS_OUTPUT, TensorProto.INT64, [batch] if top_k == 1 else [batch, top_k])
         pairs = explained if top_k == 1 else b.reshape(explained, b.ints([-1]))
-    return b.cast(b.equal(b.unsqueeze(pairs, [1]), b.ints([list(range(classes))])), TensorProto.FLOAT)
+    return b.cast(b.equal(b.unsqueeze(pairs, [1]), b.ints([list(range(classes))])), b.float_type)
 
 
 def initial_relevance(b: Builder, hot: str, logits: str, classes: int, kind: str) -> str:

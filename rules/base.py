@@ -41,18 +41,17 @@ def signed_parts(b, xs):
 
 # A denominator that sums terms of one sign is 0 only where every term is 0, and its quotient only ever multiplies
 # those terms (x_i * (W^T share)_i), so any finite quotient gives the exact relevance 0 there. Offsetting the sum by
-# TINY in the terms' sign gives one: |z| above 4e-13 absorbs TINY exactly in float32, so elsewhere the quotient is
-# bitwise R / z, and a Conv or Gemm takes the offset in its bias: the guard costs no pass over the tensor (it took
-# three: ==, Cast, +). Quotients stay finite for any |R| below 1e18.
-TINY = 1e-20
+# b.tiny in the terms' sign gives one: in fp32 (tiny = 1e-20) |z| above 4e-13 absorbs it exactly, so elsewhere the
+# quotient is bitwise R / z, and a Conv or Gemm takes the offset in its bias: the guard costs no pass over the tensor
+# (it took three: ==, Cast, +). Quotients stay finite for any |R| below 1e18 (builder.py: fp16's tiny).
 
 
 def one_sign_sum(b, parts, sign: int):
-    """sign * TINY + sum of layer.forward(b, xs) over the (layer, xs) parts, whose terms all have `sign`; None when
+    """sign * b.tiny + sum of layer.forward(b, xs) over the (layer, xs) parts, whose terms all have `sign`; None when
     every part is known to be zero."""
     total = None
     for layer, xs in parts:
-        total = b.add(total, layer.forward(b, xs, offset=0.0 if total is not None else sign * TINY))
+        total = b.add(total, layer.forward(b, xs, offset=0.0 if total is not None else sign * b.tiny))
     return total
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .base import TINY, Rule, weigh
+from .base import Rule, weigh
 
 
 class Epsilon(Rule):
@@ -32,8 +32,8 @@ class Norm(Rule):
     def linear(self, b, layer, relevance):
         one_sign = all(x in b.nonnegative for x in layer.inputs) and not np.any(layer.weight.array < 0)
         if not self.eps and one_sign:
-            z = (layer.forward(b, layer.inputs, offset=TINY) if layer.has_bias
-                 else b.add(layer.output, b.const(TINY)))
+            z = (layer.forward(b, layer.inputs, offset=b.tiny) if layer.has_bias
+                 else b.add(layer.output, b.const(b.tiny)))
             share = b.div(relevance, z)
         else:
             z = layer.forward(b, layer.inputs) if layer.has_bias else b.on_support(layer.output, relevance)

@@ -7,7 +7,7 @@ relevance goes to the inputs in proportion to a fixed weight per connection, the
 
 import numpy as np
 
-from .base import TINY, Rule, constant_like
+from .base import Rule, constant_like
 
 
 class _Connectivity(Rule):
@@ -18,7 +18,7 @@ class _Connectivity(Rule):
         weighted = layer.with_weight(self.connection_weights(layer.weight.array))
         ones = [constant_like(b, x, 1.0) for x in layer.inputs]
         # Non-negative weights over ones: z is 0 only for a window of zero weights, whose share weighs nothing.
-        z = weighted.forward(b, ones, offset=TINY)
+        z = weighted.forward(b, ones, offset=b.tiny)
         if z is None:
             return [None] * len(layer.inputs)
         return weighted.transpose(b, b.div(relevance, z))

@@ -148,6 +148,18 @@ def constant_node_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def single_final_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The nodes after the last GlobalAveragePool replaced by one Softmax(axis=1) over its [N, K, 1, 1] output,
+    which opsets below 13 define as the softmax over everything from axis 1 on (old model-zoo classifiers)."""
+    nodes = list(model.graph.node)
+    last_pool = max(i for i, n in enumerate(nodes) if n.op_type == "GlobalAveragePool")
+    softmax = helper.make_node("Softmax", [nodes[last_pool].output[0]], [model.graph.output[0].name],
+                               name="softmax", axis=1)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:last_pool + 1] + [softmax])
+    return model
+
+
 def tf2onnx_graph(model: KerasNet, opset: int = 13) -> onnx.ModelProto:
     """The graph tf2onnx writes for the Keras model whose function `model` computes, with its weights."""
     def weights(name, tensor):

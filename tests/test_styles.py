@@ -152,6 +152,25 @@ def test_class_scores_kept_4d_up_to_softmax(tmp_path):
     assert len(augmented.graph.output[0].type.tensor_type.shape.dim) == 4
 
 
+@pytest.mark.parametrize("opset", [9, 11, 12])
+@pytest.mark.parametrize("single_softmax", [False, True], ids=["as_exported", "single_softmax"])
+def test_final_softmax_of_old_opsets_on_4d_scores(opset, single_softmax, tmp_path):
+    """Before opset 13 a Softmax flattens its input from `axis` on. Old model-zoo classifiers end Conv -> Relu ->
+    GlobalAveragePool -> Softmax(axis=1) on [N, K, 1, 1] (single_softmax; onnx's version converter writes it as
+    Flatten -> Softmax -> Reshape), and TorchScript writes softmax(dim=1) there as Transpose -> Softmax ->
+    Transpose. Either way relevance starts at the scores before the Softmax."""
+    model, *_ = randomized(styles.ConvScoresNet)
+    four_d = styles.ConvScoresNet()
+    four_d.load_state_dict(model.state_dict())
+    four_d.four_d = True
+    written = onnx.load(str(styles.torchscript(four_d.eval(), tmp_path / "model.onnx", opset=opset)))
+    if single_softmax:
+        written = styles.single_final_softmax(written)
+        assert [n.op_type for n in written.graph.node][-2:] == ["GlobalAveragePool", "Softmax"]
+    augmented = check(written, styles.ConvScoresNet)
+    assert len(augmented.graph.output[0].type.tensor_type.shape.dim) == 4
+
+
 def test_tf2onnx_nhwc_graph():
     model, *_ = randomized(styles.KerasNet)
     written = styles.tf2onnx_graph(model)

@@ -122,8 +122,7 @@ def max_pool(ctx: Context, node, relevance):
         indices = node.outputs[1].name if len(node.outputs) > 1 and node.outputs[1].name else \
             b.node("MaxPool", [x.name], outputs=2, **node.attrs)[1]
         x_shape = b.shape(x.name)
-        zeros = b.node("ConstantOfShape", [b.node("ReduceProd", [x_shape], keepdims=1)],
-                       value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        zeros = b.zeros(b.node("ReduceProd", [x_shape], keepdims=1))
         flat = b.ints([-1])
         routed = b.node("ScatterElements", [zeros, b.reshape(indices, flat), b.reshape(r, flat)], axis=0,
                         reduction="add")

@@ -65,7 +65,7 @@ def split(ctx: Context, node, relevance):
     """The parts' relevance concatenated back; a part that no relevance reaches contributes zeros of its shape."""
     b = ctx.builder
     axis = node.attrs.get("axis", 0)
-    parts = [r if r is not None else b.node("ConstantOfShape", [b.shape(part.name)])
+    parts = [r if r is not None else b.zeros(b.shape(part.name))
              for r, part in zip(relevance, node.outputs)]
     return [b.concat(parts, axis)] + [None] * (len(node.inputs) - 1)
 
@@ -127,4 +127,4 @@ def _scatter(b, r: str, rank: int, axis: int, positions: list[int], size: int) -
     index_shape = [1] * rank
     index_shape[axis] = len(positions)
     indices = b.expand(b.ints(np.reshape(positions, index_shape)), b.shape(r))
-    return b.node("ScatterElements", [b.node("ConstantOfShape", [widened]), indices, r], axis=axis, reduction="add")
+    return b.node("ScatterElements", [b.zeros(widened), indices, r], axis=axis, reduction="add")
