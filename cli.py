@@ -12,6 +12,7 @@ from onnx import TensorProto
 from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.boxes import read_boxes
+from onnx_rcam.builder import PRECISIONS
 from onnx_rcam.evaluate import evaluate as run_evaluation, pyplot, write_results
 from onnx_rcam.explain import explain_images
 from onnx_rcam.explainer import Explainer
@@ -57,6 +58,16 @@ def main():
     """
 
 
+precision_option = click.option(
+    "--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+    help="Float type of the generated backward pass, whatever the model's own (fp16 and INT8 models are explained "
+         "in fp32 by default). fp16 runs faster on GPUs and is less exact: see the README, 'Deployed models'.")
+verify_option = click.option(
+    "--verify/--no-verify", default=True, show_default=True,
+    help="Run the augmented model once in onnxruntime (CPU) on a synthetic batch before writing it; a model that "
+         "fails is not written (exit status 3). --no-verify skips the run, for models too big to run here.")
+
+
 @main.command()
 @click.argument("model", required=False, metavar="[MODEL]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the augmented model "
@@ -85,8 +96,11 @@ def main():
               help="Explain the K highest-scoring classes of each image in the same run: rcam/class becomes [N, K] "
                    "and each map [N, K, H, W].")
 @input_shape_option
+@precision_option
+@verify_option
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def augment(model, output, layers, methods, composite, preprocess, initial, relu, top_k, input_shape, force):
+def augment(model, output, layers, methods, composite, preprocess, initial, relu, top_k, input_shape, precision,
+            verify, force):
     """Add Relevance-CAM outputs (or other CAMs, --method) to MODEL and write the augmented model.
 
     The augmented model keeps the original inputs and outputs (same values, bit for bit) and adds, per layer L,
@@ -101,11 +115,13 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
         raise click.ClickException(f"{target} exists; pass --force to overwrite it")
     started = time.perf_counter()
     result = build(source, layers or ("auto",), composite, initial, relu, top_k, input_shape, methods,
-                   input_bounds(source, preprocess))
+                   input_bounds(source, preprocess), precision, verify)
     save(result.model, target, force=force)
     seconds = time.perf_counter() - started
 
     click.echo(f"model     {source}{'  (bundled EfficientNet-Lite0)' if model is None else ''}")
+    checked = "ran once in onnxruntime (CPU) on a synthetic batch" if verify else "not run (--no-verify)"
+    click.echo(f"backward  {precision}; the written model {checked}")
     click.echo(f"methods   {', '.join(methods)}; explaining {result.logits!r}")
     if "rcam" in methods:
         click.echo(f"composite {composite}, initial relevance {initial}")
@@ -147,16 +163,18 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
               help="Score-CAM: masked images per onnxruntime run.")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
 @input_shape_option
+@precision_option
+@verify_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
-            composite, input_shape, force):
+            composite, input_shape, precision, verify, force):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
     MODEL is a plain or an already augmented ONNX classifier; INPUT is image files (JPEG, PNG, WebP, BMP) or folders.
     An unreadable image is reported and skipped; the exit status is then 1.
     """
     _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
-             preprocess, labels, composite, force, input_shape, method, mask_batch)
+             preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify)
 
 
 @main.command()
@@ -169,7 +187,7 @@ def demo(outdir, force):
 
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
-             input_shape=None, method="rcam", mask_batch=32):
+             input_shape=None, method="rcam", mask_batch=32, precision="fp32", verify=True):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
     if outdir.exists() and any(outdir.iterdir()) and not force:
@@ -184,7 +202,8 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
                                       preprocessing=preprocess, input_shape=input_shape)
     else:
         explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
-                              preprocessing=preprocess, input_shape=input_shape, method=method)
+                              preprocessing=preprocess, input_shape=input_shape, method=method, precision=precision,
+                              verify=verify)
     click.echo(f"model     {model}\nmethod    {explainer.name}\nlayers    {', '.join(explainer.layers)}\n"
                f"provider  {explainer.provider_note}")
     started = time.perf_counter()

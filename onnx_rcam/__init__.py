@@ -5,7 +5,7 @@ rcam/L/relevance and rcam/L/activation, plus rcam/class and an optional rcam/tar
 """
 
 from .augment import augment, candidate_layers
-from .errors import CompositeError, LayerSelectionError, ModelError, RcamError, UnsupportedOpError
+from .errors import CompositeError, InternalError, LayerSelectionError, ModelError, RcamError, UnsupportedOpError
 from .explainer import Explainer, Explanation
 from .models_path import default_model_path
 from .overlay import overlay
@@ -15,4 +15,4 @@ __version__ = "0.1.0"
 
 __all__ = ["augment", "candidate_layers", "Explainer", "Explanation", "ScoreCamExplainer", "overlay",
            "default_model_path", "RcamError", "ModelError", "LayerSelectionError", "UnsupportedOpError",
-           "CompositeError", "__version__"]
+           "CompositeError", "InternalError", "__version__"]

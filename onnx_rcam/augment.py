@@ -12,7 +12,7 @@ from .batching import repeat_forward_reads
 from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import LayerSelectionError, RcamError
-from .export import assemble
+from .export import assemble, verify_runs
 from .forward_copies import materialize
 from .fusion import protect_fusions
 from .heads import cam, resolve_methods
@@ -35,7 +35,8 @@ class Augmented:
 
 def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
             initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None,
-            methods=("rcam",), input_bounds=IMAGENET_BOUNDS, precision: str = "fp32") -> onnx.ModelProto:
+            methods=("rcam",), input_bounds=IMAGENET_BOUNDS, precision: str = "fp32",
+            verify: bool = True) -> onnx.ModelProto:
     """Return `model` with Relevance-CAM outputs for `layers` added (DESIGN.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
@@ -53,14 +54,16 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
     normalisation of pixel values in [0, 1] (images.Preprocessing.bounds gives them for other preprocessing).
     precision: the float type of the generated backward pass, `fp32` (default, whatever the model's own type) or
     `fp16` (faster on GPUs, less exact; README, Deployed models). The outputs added are float32 either way.
+    verify: run the augmented model once in onnxruntime (CPU) on a synthetic batch before returning it; a model
+    that does not run raises InternalError. False skips this, for models too big to run here.
     """
     return build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds,
-                 precision).model
+                 precision, verify).model
 
 
 def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
           top_k: int = 1, input_shape=None, methods=("rcam",), input_bounds=IMAGENET_BOUNDS,
-          precision: str = "fp32") -> Augmented:
+          precision: str = "fp32", verify: bool = True) -> Augmented:
     chosen_methods = resolve_methods(methods)
     if initial not in INITIAL_KINDS:
         raise RcamError(f"unknown initial relevance {initial!r}; choose one of {', '.join(INITIAL_KINDS)}")
@@ -107,7 +110,10 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     protect_fusions(original, canonical, b)
     repeat_forward_reads(original, canonical, b, top_k)
     cast_forward_reads(original, canonical, b)
-    return Augmented(assemble(original, b), targets, b.outputs, logits.name)
+    model = assemble(original, b)
+    if verify:
+        verify_runs(model, b.outputs)
+    return Augmented(model, targets, b.outputs, logits.name)
 
 
 def candidate_layers(model, input_shape=None) -> list[Candidate]:

@@ -21,3 +21,9 @@ class UnsupportedOpError(RcamError):
 
 class CompositeError(RcamError):
     """An unknown composite or rule name, or a rule given to an op it cannot serve."""
+
+
+class InternalError(RcamError):
+    """onnx-rcam wrote a model that is not valid or does not run: a bug to report, never the user's fault."""
+
+    exit_code = 3

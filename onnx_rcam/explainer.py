@@ -48,13 +48,13 @@ class Explainer:
 
     method: the CAM whose maps it returns (rcam, or one of the Grad-CAM family; see heads.METHODS). also: more
     methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate). relu:
-    clip rcam's raw map at 0 before normalising, as the Grad-CAM family does.
+    clip rcam's raw map at 0 before normalising, as the Grad-CAM family does. precision, verify: as for augment().
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
                  top_k: int = 1, composite="rcam", initial: str = "contrastive",
                  preprocessing: Preprocessing | str | None = None, input_shape=None, method: str = "rcam",
-                 also=(), relu: bool = False):
+                 also=(), relu: bool = False, precision: str = "fp32", verify: bool = True):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         self.method = resolve_methods([method])[0]
@@ -62,7 +62,7 @@ class Explainer:
         if TARGET_INPUT not in {i.name for i in proto.graph.input}:
             proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k,
                             input_shape=input_shape, methods=[method, *also], relu=relu,
-                            input_bounds=input_bounds(model, preprocessing))
+                            input_bounds=input_bounds(model, preprocessing), precision=precision, verify=verify)
         self.model = proto
         self.session, self.provider, self.cuda_wanted = _session(proto, device)
         self.input = next(i for i in self.session.get_inputs() if i.name != TARGET_INPUT)
@@ -104,12 +104,13 @@ class Explainer:
 
     def prepare(self, images) -> np.ndarray:
         """Model input for images given as paths, PIL images, HxWx3 pictures, or an already prepared batch."""
+        dtype = np.float16 if self.input.type == "tensor(float16)" else np.float32  # an fp16 model's input
         if isinstance(images, np.ndarray) and images.ndim == 4:
-            return images.astype(np.float32)
+            return images.astype(dtype)
         if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray)
                                                                      and images.ndim == 3):
             images = [images]
-        return np.stack([self.preprocessing(_picture(image)) for image in images])
+        return np.stack([self.preprocessing(_picture(image)) for image in images]).astype(dtype)
 
     def run(self, images, targets=None) -> dict[str, np.ndarray]:
         """Every output of the augmented model, by name, for a batch."""

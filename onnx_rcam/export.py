@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper
 
 from .builder import Builder
-from .errors import ModelError, RcamError
+from .errors import InternalError, ModelError, RcamError
 
 
 def assemble(original: onnx.ModelProto, b: Builder) -> onnx.ModelProto:
@@ -29,8 +32,61 @@ def assemble(original: onnx.ModelProto, b: Builder) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise RcamError(f"internal error: the augmented model fails onnx.checker: {exc}") from None
+        raise InternalError(f"internal error: the augmented model fails onnx.checker: {exc}") from None
     return model
+
+
+VERIFY_BATCH = 2  # a dynamic batch axis is run at 2: per-sample and batched reshapes then both show
+
+
+def verify_runs(model: onnx.ModelProto, added_outputs) -> None:
+    """Run `model` once in onnxruntime's CPU provider on a synthetic batch; every added float output must be finite.
+
+    Checkers pass graphs that onnxruntime cannot run (a reshape to a size the data does not have), so nothing is
+    called done before it ran. Failures are onnx-rcam's bugs: InternalError, with onnxruntime's words and the node.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    defaults = {i.name for i in model.graph.initializer}
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {i.name: _synthetic(i) for i in session.get_inputs() if i.name not in defaults}
+        values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise InternalError(f"internal error: the augmented model does not run in onnxruntime (CPU, synthetic batch "
+                            f"of {VERIFY_BATCH}): {_with_node(model, str(exc))}\nNothing was written. Please report "
+                            f"this with the model; --no-verify (verify=False) skips this check.") from None
+    for name, _, _ in added_outputs:
+        value = values[name]
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise InternalError(f"internal error: the augmented model's output {name!r} holds NaN or Inf on a "
+                                f"synthetic batch. Nothing was written. Please report this with the model; "
+                                f"--no-verify (verify=False) skips this check.")
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+                "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+
+
+def _synthetic(arg) -> np.ndarray:
+    """Uniform [0, 1) values (zeros for integers) shaped like the input; the first dynamic dimension is the batch."""
+    shape = [d if isinstance(d, int) else (VERIFY_BATCH if i == 0 else 1) for i, d in enumerate(arg.shape)]
+    dtype = _NUMPY_TYPES.get(arg.type)
+    if dtype is None:
+        raise InternalError(f"internal error: cannot make a synthetic value for input {arg.name!r} of type {arg.type}")
+    if np.issubdtype(dtype, np.floating):
+        return np.random.default_rng(0).random(shape).astype(dtype)
+    return np.zeros(shape, dtype=dtype)
+
+
+def _with_node(model: onnx.ModelProto, message: str) -> str:
+    """onnxruntime's message, and the op and inputs of the node it names."""
+    match = re.search(r"node\.? Name:'([^']*)'", message)
+    nodes = {n.name: n for n in model.graph.node}
+    node = nodes.get(match.group(1)) if match else None
+    where = f" [node {node.name!r}: {node.op_type}({', '.join(node.input)})]" if node is not None else ""
+    return message.strip() + where
 
 
 def _check_references(graph: onnx.GraphProto) -> None:
@@ -39,7 +95,7 @@ def _check_references(graph: onnx.GraphProto) -> None:
     known |= {o for n in graph.node for o in n.output}
     missing = sorted({i for n in graph.node for i in n.input if i not in known})
     if missing:
-        raise RcamError(f"internal error: generated nodes read tensors that the model lacks: {missing[:5]}")
+        raise InternalError(f"internal error: generated nodes read tensors that the model lacks: {missing[:5]}")
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -> Path:

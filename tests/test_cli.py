@@ -188,3 +188,34 @@ def test_input_shape_fixes_a_dynamic_height_and_width(capsys, tiny, tmp_path):
 
     code, _, err = cli(capsys, "augment", str(path), "--input-shape", "3,,12")
     assert code == 2 and "write it like N,3,224,224" in err
+
+
+def test_a_model_that_does_not_run_is_not_written(capsys, tiny, monkeypatch):
+    """augment runs what it wrote before it reports success. A generated graph that onnx.checker passes but
+    onnxruntime cannot run (here the Relu's relevance gathered from channels it does not have: shape inference
+    does not check indices) exits 3, quotes onnxruntime and names the node, and writes nothing; --no-verify writes
+    it anyway."""
+    from onnx_rcam import propagators
+
+    def broken_relu(ctx, node, relevance):
+        return [ctx.builder.node("Gather", [relevance[0], ctx.builder.ints([99, 99, 99, 99])], axis=1)]
+
+    monkeypatch.setitem(propagators.PROPAGATORS, "Relu", broken_relu)
+    code, out, err = cli(capsys, "augment", str(tiny), "--layer", "conv")
+    assert code == 3, err
+    assert "does not run in onnxruntime" in err and "Gather(" in err and "Nothing was written" in err
+    assert not tiny.with_name("tiny.rcam.onnx").exists()
+
+    code, out, err = cli(capsys, "augment", str(tiny), "--layer", "conv", "--no-verify")
+    assert code == 0, err
+    assert "not run (--no-verify)" in out and tiny.with_name("tiny.rcam.onnx").is_file()
+
+
+def test_precision_fp16_keeps_the_outputs_float32(capsys, tiny):
+    code, out, err = cli(capsys, "augment", str(tiny), "--precision", "fp16")
+    assert code == 0, err
+    assert "backward  fp16" in out
+    x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    outputs = run_model(str(tiny.with_name("tiny.rcam.onnx")), {"x": x})
+    assert outputs["rcam/act/map"].dtype == np.float32 and np.all(np.isfinite(outputs["rcam/act/relevance"]))
+    np.testing.assert_array_equal(outputs["probs"], run_model(str(tiny), {"x": x})["probs"])

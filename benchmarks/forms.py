@@ -1,0 +1,130 @@
+"""Deployed forms of the benchmarked models, made by the tools that users deploy with; shared by speed.py and
+cuda_check.py.
+
+- fp16: onnxconverter_common.float16.convert_float_to_float16(model, keep_io_types=True): float16 weights and
+  activations, float32 input and outputs (a Cast at each end), as GPU deployments usually keep them. Explained
+  twice: augment(precision="fp32") (the default: the backward pass in float32, reading the forward's float16
+  tensors through one Cast each) and augment(precision="fp16") (the backward pass in float16).
+- int8: onnxruntime.quantization.quant_pre_process (symbolic shape inference and basic optimisations, as
+  onnxruntime's documentation prescribes), then quantize_static in the QDQ format, signed 8-bit activations and
+  weights (S8S8, onnxruntime's recommended default), weights per channel, MinMax calibration on CALIBRATION_PHOTOS
+  (the bundled photos and their mirror images, 8 samples, in batches of CALIBRATION_BATCH) preprocessed as the
+  model expects. Explained with augment(precision="fp32"): weights dequantized at augment time, float32 backward.
+
+Needs onnxconverter-common (fp16; not among the test extras: `pip install onnxconverter-common`) and Pillow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from configurations import BUNDLED_MODEL, Subject, save
+
+MODELS = BUNDLED_MODEL.parent
+CALIBRATION_PHOTOS = sorted((MODELS / "images").glob("*.jpg"))
+CALIBRATION_BATCH = 4
+# The models that speed.py and cuda_check.py measure in their deployed forms too.
+FORM_MODELS = ("resnet50", "efficientnet_lite0")
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str  # a file-name-safe key: fp16, int8
+    label: str  # how tables name the model's form
+    backwards: tuple[str, ...]  # the augment precisions it is explained with, the first the default
+    made_by: str  # the call that makes it, for the reports
+
+
+FORMS = {
+    "fp16": Form("fp16", "fp16", ("fp32", "fp16"),
+                 "onnxconverter_common.float16.convert_float_to_float16(model, keep_io_types=True)"),
+    "int8": Form("int8", "int8 QDQ", ("fp32",),
+                 "quant_pre_process, then onnxruntime.quantization.quantize_static(quant_format=QuantFormat.QDQ, "
+                 "activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True; MinMax "
+                 f"calibration on {len(CALIBRATION_PHOTOS)} photos and their mirrors, batches of "
+                 f"{CALIBRATION_BATCH})"),
+}
+
+
+def calibration_images(subject: Subject) -> np.ndarray:
+    """The bundled photos and their mirror images, preprocessed as `subject` expects: [2 * photos, 3, 224, 224]."""
+    from PIL import Image
+
+    from onnx_rcam.images import Preprocessing
+
+    if subject.zoo_builder is None:
+        preprocessing = Preprocessing.from_file(BUNDLED_MODEL.with_name(BUNDLED_MODEL.stem + ".preprocess.json"))
+    else:
+        preprocessing = Preprocessing.preset("imagenet", (224, 224))
+    photos = [Image.open(path).convert("RGB") for path in CALIBRATION_PHOTOS]
+    photos += [photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for photo in photos]
+    return np.stack([preprocessing(photo) for photo in photos]).astype(np.float32)
+
+
+class BatchReader:
+    """quantize_static's calibration data: the samples, CALIBRATION_BATCH at a time, under the input's name."""
+
+    def __init__(self, input_name: str, samples: np.ndarray):
+        self.feeds = [{input_name: samples[i:i + CALIBRATION_BATCH]}
+                      for i in range(0, len(samples), CALIBRATION_BATCH)]
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def rewind(self):
+        self.position = 0
+
+
+def make_fp16(plain: Path, target: Path) -> Path:
+    try:
+        from onnxconverter_common import float16
+    except ImportError as error:
+        raise SystemExit("the fp16 form needs onnxconverter-common: pip install onnxconverter-common "
+                         "(or leave it out with --forms int8, or --forms none)") from error
+    return save(float16.convert_float_to_float16(onnx.load(plain), keep_io_types=True), target)
+
+
+def make_int8(plain: Path, target: Path, subject: Subject) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(BatchReader, CalibrationDataReader):
+        pass
+
+    preprocessed = target.with_name(target.stem + ".quant-preprocessed.onnx")
+    with contextlib.redirect_stdout(io.StringIO()):
+        quant_pre_process(str(plain), str(preprocessed))
+    input_name = onnx.load(preprocessed, load_external_data=False).graph.input[0].name
+    quantize_static(str(preprocessed), str(target), Reader(input_name, calibration_images(subject)),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, calibration_providers=["CPUExecutionProvider"])
+    preprocessed.unlink()
+    return target
+
+
+def make_form(form: str, subject: Subject, plain: Path) -> Path:
+    """The file of `form` of the plain float32 model `plain`, beside it (made once)."""
+    target = plain.with_name(f"{plain.stem}.{form}.onnx")
+    if target.exists():
+        return target
+    if form == "fp16":
+        return make_fp16(plain, target)
+    if form == "int8":
+        return make_int8(plain, target, subject)
+    raise ValueError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+
+
+def configuration_name(configuration: str, form: str, backward: str) -> str:
+    """A configuration of a form, as the file and runner names have it: e.g. `last stage` of int8, or
+    `last stage fp16-backward` of fp16 explained with precision fp16."""
+    return configuration if backward == FORMS[form].backwards[0] else f"{configuration} {backward}-backward"

@@ -1,0 +1,142 @@
+"""Deployed forms of a float32 model, each made by the real tool that users deploy with (never a converter of ours).
+
+- fp16: onnxconverter_common.float16.convert_float_to_float16, with float16 inputs and outputs, or with
+  keep_io_types=True (float32 inputs and outputs, Casts at both ends).
+- INT8 / INT16 QDQ: onnxruntime.quantization.quantize_static after quant_pre_process (what onnxruntime's
+  documentation prescribes), calibrated on the batches given. INT16 with per-channel weights quantizes almost
+  losslessly, so it checks the handling of Q/DQ pairs to within a tight tolerance; INT8 is the realistic form.
+- QOperator: quantize_static with quant_format=QuantFormat.QOperator (QLinearConv, ...): unsupported, for the error
+  tests.
+- onnxruntime-optimised: a CPU InferenceSession with graph_optimization_level and optimized_model_filepath. EXTENDED
+  holds com.microsoft FusedConv; ALL holds the machine-specific NCHWc layout ops (unsupported, for the error tests).
+- onnxslim: onnxslim.slim.
+
+`Forms` makes each (model, form) once into a folder and hands back the file's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+CPU = ["CPUExecutionProvider"]
+
+# The forms augment must explain, and the ones it must refuse with a ModelError.
+FORMS = ("fp32", "fp16", "fp16_io32", "int8_qdq", "int16_qdq", "ort_extended", "slim")
+REFUSED = ("int8_qoperator", "ort_all")
+
+
+class BatchReader(CalibrationDataReader):
+    """Calibration data for quantize_static: the samples, `batch` at a time, under the model's input name."""
+
+    def __init__(self, input_name: str, samples: np.ndarray, batch: int = 4):
+        self.feeds = [{input_name: samples[i:i + batch]} for i in range(0, len(samples), batch)]
+        self.position = 0
+
+    def get_next(self):
+        if self.position >= len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def rewind(self):
+        self.position = 0
+
+
+def fp16(source: Path, target: Path, keep_io_types: bool = False) -> Path:
+    from onnxconverter_common import float16
+
+    onnx.save(float16.convert_float_to_float16(onnx.load(source), keep_io_types=keep_io_types), target)
+    return target
+
+
+def quant_preprocessed(source: Path, target: Path) -> Path:
+    """onnxruntime's recommended step before quantize_static: symbolic shape inference and basic optimisations."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        quant_pre_process(str(source), str(target))
+    return target
+
+
+def quantized(preprocessed: Path, target: Path, calibration: np.ndarray, quant_format=QuantFormat.QDQ,
+              activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel: bool = False) -> Path:
+    input_name = onnx.load(preprocessed, load_external_data=False).graph.input[0].name
+    quantize_static(str(preprocessed), str(target), BatchReader(input_name, calibration),
+                    quant_format=quant_format, activation_type=activation_type, weight_type=weight_type,
+                    per_channel=per_channel, calibration_providers=CPU)
+    return target
+
+
+def ort_optimized(source: Path, target: Path, level: ort.GraphOptimizationLevel) -> Path:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.optimized_model_filepath = str(target)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), options, providers=CPU)
+    return target
+
+
+def slim(source: Path, target: Path) -> Path:
+    import onnxslim
+
+    onnx.save(onnxslim.slim(onnx.load(source)), target)
+    return target
+
+
+def domains(path: Path) -> set[str]:
+    return {node.domain or "ai.onnx" for node in onnx.load(path, load_external_data=False).graph.node}
+
+
+def op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(path, load_external_data=False).graph.node}
+
+
+class Forms:
+    """Deployed forms of float32 models, made once each into `folder` (a session's cache)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.made: dict[tuple[str, str], Path] = {}
+
+    def get(self, name: str, source: Path, form: str, calibration: np.ndarray | None = None) -> Path:
+        """The file of `form` (FORMS or REFUSED) of the float32 model `source`, called `name` in the cache.
+        The quantized forms need `calibration`, samples shaped like the model's input."""
+        key = (name, form)
+        if key not in self.made:
+            self.made[key] = self._make(name, Path(source), form, calibration)
+        return self.made[key]
+
+    def _make(self, name: str, source: Path, form: str, calibration) -> Path:
+        target = self.folder / f"{name}.{form}.onnx"
+        if form == "fp32":
+            return source
+        if form in ("fp16", "fp16_io32"):
+            return fp16(source, target, keep_io_types=form == "fp16_io32")
+        if form == "ort_extended":
+            return ort_optimized(source, target, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        if form == "ort_all":
+            return ort_optimized(source, target, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        if form == "slim":
+            return slim(source, target)
+        settings = {"int8_qdq": {},
+                    "int16_qdq": dict(activation_type=QuantType.QInt16, weight_type=QuantType.QInt16,
+                                      per_channel=True),
+                    "int8_qoperator": dict(quant_format=QuantFormat.QOperator)}
+        if form not in settings:
+            raise ValueError(f"unknown form {form!r}")
+        if calibration is None:
+            raise ValueError(f"form {form} needs calibration samples")
+        return quantized(self._preprocessed(name, source), target, calibration, **settings[form])
+
+    def _preprocessed(self, name: str, source: Path) -> Path:
+        key = (name, "quant_preprocessed")
+        if key not in self.made:
+            self.made[key] = quant_preprocessed(source, self.folder / f"{name}.quant_preprocessed.onnx")
+        return self.made[key]
