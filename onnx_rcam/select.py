@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from .canonicalize import Canonical
@@ -27,8 +28,8 @@ class Target:
 
 
 def candidates(canonical: Canonical) -> list[Candidate]:
-    """4-D activations with a spatial grid (more than 1x1) produced by a node on a path from the image to the
-    logits, in topological order."""
+    """Float 4-D activations laid out [N, C, h, w] whose h x w grid is the image's, downsampled (more than 1x1),
+    produced by a node on a path from the image to the logits, in topological order."""
     on_path = _descendants([canonical.image]) & _ancestors(canonical.logits)
     channel_last = _channel_last(canonical)
     height = canonical.image_size[0]
@@ -36,7 +37,8 @@ def candidates(canonical: Canonical) -> list[Candidate]:
     for node in canonical.graph.nodes:
         for tensor in node.outputs:
             if (tensor.name in on_path and tensor.name not in channel_last and tensor.shape is not None
-                    and len(tensor.shape) == 4 and _spatial_size(tensor.shape) > 1):
+                    and len(tensor.shape) == 4 and _is_float(tensor) and _spatial_size(tensor.shape) > 1
+                    and _on_image_grid(tensor.shape, canonical.image_size)):
                 h = tensor.shape[2]
                 factor = height / h if isinstance(h, int) and h else float("nan")
                 found.append(Candidate(len(found), tensor.name, node.op, tuple(tensor.shape), factor,
@@ -68,7 +70,8 @@ def _channel_last(canonical: Canonical) -> set[str]:
 def resolve(canonical: Canonical, selectors) -> list[Target]:
     options = candidates(canonical)
     if not options:
-        raise LayerSelectionError("the model has no 4-D activation on the path from its input to its class scores")
+        raise LayerSelectionError("the model has no layer to explain: no float [N, C, h, w] activation with a "
+                                  f"spatial grid on the path from its input to its class scores. {_found(canonical)}")
     targets: dict[str, Target] = {}
     for selector in selectors:
         tensor = _resolve_one(canonical, options, str(selector))
@@ -85,7 +88,8 @@ def _resolve_one(canonical: Canonical, options: list[Candidate], selector: str) 
                                       f"is {canonical.layout}")
         return canonical.image.name
     if selector == "auto":  # the last activation with a grid: the one global pooling or flattening consumes
-        return options[-1].tensor
+        known = [c for c in options if all(isinstance(d, int) for d in c.shape[2:])]
+        return (known or options)[-1].tensor
     if selector.lstrip("-").isdigit() and selector.startswith("-"):
         position = int(selector)
         if -len(options) <= position < 0:
@@ -131,6 +135,43 @@ def image_readers(canonical: Canonical) -> frozenset[str]:
             else:
                 readers.add(node.name)
     return frozenset(readers)
+
+
+def _found(canonical: Canonical) -> str:
+    """What the path from the image to the class scores holds instead of a layer, for the error message."""
+    on_path = _descendants([canonical.image]) & _ancestors(canonical.logits)
+    channel_last = _channel_last(canonical)
+    tensors = [t for node in canonical.graph.nodes for t in node.outputs if t.name in on_path]
+    reasons = []
+    for tensor in tensors:
+        if tensor.shape is None:
+            continue
+        if len(tensor.shape) == 4:
+            why = ("laid out [N, h, w, C]" if tensor.name in channel_last else "not float" if not _is_float(tensor)
+                   else "a 1 x 1 grid" if _spatial_size(tensor.shape) <= 1 else "not on the image's grid")
+            reasons.append(f"{tensor.name} {list(tensor.shape)} ({why})")
+    unknown = sum(t.shape is None for t in tensors)
+    ops = sorted({f"{n.domain}:{n.op}" if n.domain else n.op for n in canonical.graph.nodes
+                  if any(t.name in on_path for t in n.outputs)})
+    found = f"Found 4-D tensors: {'; '.join(reasons[:6])}{' ...' if len(reasons) > 6 else ''}." if reasons else \
+        "Found no 4-D tensor."
+    if unknown:
+        found += f" {unknown} tensors on the path have no known shape (ONNX shape inference does not know an op)."
+    return f"{found} Ops on the path: {', '.join(ops) or 'none'}."
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    """Float or of unknown type: an INT8 model's quantized tensors are codes, not activations."""
+    return tensor.dtype is None or np.issubdtype(np.dtype(tensor.dtype), np.floating)
+
+
+def _on_image_grid(shape, image_size) -> bool:
+    """Whether h x w could be the image's grid: downsampled by about the same factor along both axes. A
+    [N, 1, 1, K] tensor (pooled features reshaped to NHWC, as tf2onnx writes them) or an [N, H, W, C] one has no
+    such grid. A dynamic size could be anything."""
+    factors = [size / extent for size, extent in zip(image_size, shape[2:])
+               if isinstance(size, int) and isinstance(extent, int) and extent > 0]
+    return len(factors) < 2 or max(factors) <= 2 * min(factors)
 
 
 def _spatial_size(shape) -> int:

@@ -91,3 +91,58 @@ def test_region_stops_at_the_shallowest_target(resnet):
     assert deep < shallow
     assert tensor_of(canonical, "layer3") in shallow and tensor_of(canonical, "layer3") not in deep
     assert tensor_of(canonical, "layer1") not in shallow
+
+
+def tf2onnx_pooled_tail(pool: str = "AveragePool") -> "onnx.ModelProto":
+    """What tf2onnx writes for a Keras classifier on an NHWC input: Transpose to NCHW, Conv, Relu, a pool over the
+    whole 8 x 8 grid, then the pooled [N, C, 1, 1] features reshaped to Keras's [N, 1, 1, C] and flattened (its
+    optimizer turns the Transpose back to NHWC into that Reshape), MatMul. Opset 9, as old conversions are."""
+    import numpy as np
+    from onnx import TensorProto
+    rng = np.random.default_rng(0)
+    initializers = [helper.make_tensor("kernel", TensorProto.FLOAT, [8, 3, 3, 3], rng.normal(size=216)),
+                    helper.make_tensor("nhwc_shape", TensorProto.INT64, [4], [-1, 1, 1, 8]),
+                    helper.make_tensor("flat_shape", TensorProto.INT64, [2], [-1, 8]),
+                    helper.make_tensor("dense", TensorProto.FLOAT, [8, 5], rng.normal(size=40))]
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "kernel"], ["conv"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node(pool, ["relu"], ["pooled"], **({"kernel_shape": [8, 8]} if pool == "AveragePool" else {})),
+             helper.make_node("Reshape", ["pooled", "nhwc_shape"], ["pooled_nhwc"]),
+             helper.make_node("Reshape", ["pooled_nhwc", "flat_shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "dense"], ["logits"])]
+    graph = helper.make_graph(nodes, "tf2onnx", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                               ["unk__1", 8, 8, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["unk__2", 5])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=5)
+
+
+@pytest.mark.parametrize("pool", ["AveragePool", "GlobalAveragePool"])
+def test_auto_is_the_last_grid_before_pooling_in_nhwc_graphs(pool):
+    """The pooled features reshaped to [N, 1, 1, C] have 1 x C where an NCHW tensor has its grid: no layer."""
+    canonical = canonicalize(infer_shapes(load(tf2onnx_pooled_tail(pool))))
+    assert [c.tensor for c in candidates(canonical)] == ["nchw", "conv", "relu"]
+    assert tensor_of(canonical, "auto") == "relu"
+
+
+def test_no_layer_says_what_the_path_holds():
+    """A classifier that pools the image at once: the message lists the 4-D tensors and why none is a layer."""
+    import numpy as np
+    from onnx import TensorProto
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+             helper.make_node("Reshape", ["pooled", "nhwc_shape"], ["pooled_nhwc"]),
+             helper.make_node("Reshape", ["pooled_nhwc", "flat_shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "dense"], ["logits"])]
+    initializers = [helper.make_tensor("nhwc_shape", TensorProto.INT64, [4], [-1, 1, 1, 3]),
+                    helper.make_tensor("flat_shape", TensorProto.INT64, [2], [-1, 3]),
+                    helper.make_tensor("dense", TensorProto.FLOAT, [3, 5], np.ones(15))]
+    graph = helper.make_graph(nodes, "pooled", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                              ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(LayerSelectionError) as error:
+        resolve(canonicalize(infer_shapes(load(model))), ["auto"])
+    message = str(error.value)
+    assert "no layer to explain" in message and "pooled ['N', 3, 1, 1] (a 1 x 1 grid)" in message
+    assert "pooled_nhwc ['unk__0', 1, 1, 3] (not on the image's grid)" in message
+    assert "Ops on the path: GlobalAveragePool, MatMul, Reshape" in message
