@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import RcamError
+from .errors import InternalError, RcamError
+from .load import MIN_OPSET
 
 PREFIX = "rcam/"
 
@@ -34,6 +35,8 @@ class Builder:
                  precision: str = "fp32"):
         if precision not in PRECISIONS:
             raise RcamError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if opset < MIN_OPSET:  # every emission below assumes opset 17 semantics or later (axes as inputs, ...)
+            raise InternalError(f"internal error: generating nodes for opset {opset}; load() upgrades to {MIN_OPSET}")
         self.precision = precision
         self.float_dtype, self.float_type, self.tiny = PRECISIONS[precision]
         self.opset = opset
@@ -115,7 +118,7 @@ class Builder:
                 else:
                     waiting.append(node)
             if len(waiting) == len(pending):
-                raise RcamError(f"internal error: generated node {waiting[0].name!r} reads "
+                raise InternalError(f"internal error: generated node {waiting[0].name!r} reads "
                                 f"{[i for i in waiting[0].input if i not in ready][:3]}, which nothing computes")
             pending = waiting
         return ordered

@@ -47,6 +47,9 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph = gs.import_onnx(model)
     graph.toposort()
     standardize(graph)
+    for node in graph.nodes:  # the ops deployed.py unfused keep the fused node's name, and so its module path
+        path = module_path(onnx.helper.make_node(node.op, [], [], name=node.name))
+        scopes.update({t.name: path for t in node.outputs if path and t.name not in scopes})
     graph.fold_constants(error_ok=True)
     graph.cleanup()
     _refine_shapes(graph)
@@ -78,8 +81,9 @@ def _refine_shapes(graph: gs.Graph) -> None:
         if not isinstance(tensor, gs.Variable) or info is None or not info.HasField("shape"):
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in info.shape.dim]
-        if tensor.shape is None:
-            tensor.shape = [d if d is not None else f"rcam_unknown_{i}" for i, d in enumerate(dims)]
+        if tensor.shape is None:  # a new tensor (deployed.py's) or one behind an op inference did not know
+            tensor.shape = [d if d is not None else (named.dim_param or f"rcam_unknown_{i}")
+                            for i, (d, named) in enumerate(zip(dims, info.shape.dim))]
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type)
         elif len(tensor.shape) == len(dims):
             tensor.shape = [new if new is not None and not isinstance(old, int) else old

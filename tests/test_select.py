@@ -107,7 +107,8 @@ def tf2onnx_pooled_tail(pool: str = "AveragePool") -> "onnx.ModelProto":
     nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["nchw", "kernel"], ["conv"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["conv"], ["relu"]),
-             helper.make_node(pool, ["relu"], ["pooled"], **({"kernel_shape": [8, 8]} if pool == "AveragePool" else {})),
+             helper.make_node(pool, ["relu"], ["pooled"], **({"kernel_shape": [8, 8]} if pool == "AveragePool"
+                                                             else {})),
              helper.make_node("Reshape", ["pooled", "nhwc_shape"], ["pooled_nhwc"]),
              helper.make_node("Reshape", ["pooled_nhwc", "flat_shape"], ["flat"]),
              helper.make_node("MatMul", ["flat", "dense"], ["logits"])]
