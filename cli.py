@@ -18,7 +18,7 @@ from onnx_rcam.explain import explain_images
 from onnx_rcam.explainer import Explainer
 from onnx_rcam.heads import METHODS
 from onnx_rcam.images import find_images, input_bounds
-from onnx_rcam.export import save
+from onnx_rcam.export import drift_note, save
 from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
 from onnx_rcam.load import parse_shape
 from onnx_rcam.scorecam import ScoreCamExplainer
@@ -136,6 +136,8 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
                f"{'predicted class' if top_k == 1 else 'k-th highest-scoring class'})")
     size = target.stat().st_size / 2**20
     click.echo(f"wrote     {target}  ({size:.1f} MiB, {seconds:.1f} s)")
+    if result.drift:
+        click.echo(drift_note(result.drift), err=True)
 
 
 @main.command()

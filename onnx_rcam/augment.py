@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import onnx
@@ -12,7 +13,7 @@ from .batching import repeat_forward_reads
 from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import LayerSelectionError, RcamError
-from .export import assemble, verify_runs
+from .export import assemble, drift_note, verify_runs
 from .forward_copies import materialize
 from .fusion import protect_fusions
 from .heads import cam, resolve_methods
@@ -31,6 +32,7 @@ class Augmented:
     targets: list[Target]
     outputs: list[tuple[str, int, list]]   # (name, elem_type, shape) of each added output
     logits: str
+    drift: float = 0.0  # how far the original outputs moved on the verifying run (export.verify_runs); 0 unrun
 
 
 def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
@@ -57,8 +59,11 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
     verify: run the augmented model once in onnxruntime (CPU) on a synthetic batch before returning it; a model
     that does not run raises InternalError. False skips this, for models too big to run here.
     """
-    return build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds,
-                 precision, verify).model
+    result = build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds, precision,
+                   verify)
+    if result.drift:
+        warnings.warn(drift_note(result.drift), RuntimeWarning, stacklevel=2)
+    return result.model
 
 
 def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
@@ -111,9 +116,8 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     repeat_forward_reads(original, canonical, b, top_k)
     cast_forward_reads(original, canonical, b)
     model = assemble(original, b)
-    if verify:
-        verify_runs(model, b.outputs)
-    return Augmented(model, targets, b.outputs, logits.name)
+    drift = verify_runs(model, b.outputs, original) if verify else 0.0
+    return Augmented(model, targets, b.outputs, logits.name, drift)
 
 
 def candidate_layers(model, input_shape=None) -> list[Candidate]:

@@ -1,8 +1,9 @@
 """Deployed forms into standard ops, for the analysis only: the model itself is never rewritten.
 
-- onnxruntime's fused contrib ops (`com.microsoft` FusedConv, FusedGemm, FusedMatMul: what a graph saved at
-  ORT_ENABLE_EXTENDED holds) become the standard ops they fuse, e.g. Conv -> (Add) -> Relu. The generated nodes
-  compute any of their intermediate tensors again where they need one (forward_copies.py).
+- onnxruntime's fused contrib ops (`com.microsoft` FusedConv, FusedGemm, FusedMatMul, QuickGelu and the Gelu
+  family: what a graph saved at ORT_ENABLE_EXTENDED holds) become the standard ops they fuse, e.g. Conv -> (Add)
+  -> Relu, or x * sigmoid(x). The generated nodes compute any of their intermediate tensors again where they need
+  one (forward_copies.py). Any other op outside the standard domain stops with its name.
 - DequantizeLinear of a constant (an INT8 model's weights and biases) becomes the float constant it computes.
 - Forms that carry no float activations to explain stop with a message that says what to give instead: QOperator
   models (QLinearConv, ...) and the NCHWc layout ops of ORT_ENABLE_ALL.
@@ -40,6 +41,12 @@ def standardize(graph: gs.Graph) -> None:
                 f"default), or explain the float model.")
         if domain == CONTRIB and node.op in FUSED:
             FUSED[node.op](graph, node)
+        elif domain not in ("", "ai.onnx"):
+            where = ("onnxruntime's contrib op, written by its graph optimizations: explain the model as exported, "
+                     "or saved at ORT_ENABLE_BASIC" if domain == CONTRIB else "a custom op")
+            raise ModelError(f"node {node.name!r} is {domain}:{node.op}, {where}. onnx-rcam cannot see what it "
+                             f"computes (it knows the standard ONNX ops and onnxruntime's "
+                             f"{', '.join(sorted(FUSED))}).")
         elif node.op == "DequantizeLinear" and all(isinstance(t, gs.Constant) for t in node.inputs if t.name):
             _fold_dequantized(node)
     graph.cleanup().toposort()
@@ -142,4 +149,63 @@ def _fused_matmul(graph: gs.Graph, node: gs.Node) -> None:
     _unfuse(graph, node, "MatMul", inputs, {}, None, [])
 
 
-FUSED = {"FusedConv": _fused_conv, "FusedGemm": _fused_gemm, "FusedMatMul": _fused_matmul}
+def _written_out(graph: gs.Graph, node: gs.Node, steps) -> None:
+    """Replace `node` by standard ops: steps(x, emit) builds them with emit(op, inputs, **attrs) -> tensor and
+    returns the result, which takes over the node's output."""
+    y = node.outputs[0]
+    count = [0]
+
+    def emit(op, inputs, **attrs):
+        count[0] += 1
+        out = gs.Variable(f"rcam/unfused/{y.name}/{op.lower()}_{count[0]}", dtype=y.dtype)
+        graph.nodes.append(gs.Node(op, f"{node.name}/{op.lower()}_{count[0]}", attrs, list(inputs), [out]))
+        return out
+
+    def constant(value):
+        count[0] += 1
+        return gs.Constant(f"rcam/unfused/{y.name}/constant_{count[0]}", np.array(value, dtype=y.dtype or np.float32))
+
+    inputs = list(node.inputs)
+    node.inputs.clear()
+    node.outputs.clear()
+    result = steps(inputs, emit, constant)
+    producer = result.inputs[0]
+    producer.outputs[0] = y
+
+
+def _gelu(x, emit, constant):
+    """x * (1 + erf(x / sqrt 2)) / 2, as exporters write the exact GELU before opset 20."""
+    gate = emit("Add", [emit("Erf", [emit("Div", [x, constant(np.sqrt(2.0))])]), constant(1.0)])
+    return emit("Mul", [emit("Mul", [x, gate]), constant(0.5)])
+
+
+def _tanh_gelu(x, emit, constant):
+    """(x / 2) * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))."""
+    cube = emit("Mul", [emit("Mul", [x, x]), x])
+    inner = emit("Mul", [emit("Add", [x, emit("Mul", [cube, constant(0.044715)])]), constant(np.sqrt(2 / np.pi))])
+    return emit("Mul", [emit("Mul", [x, constant(0.5)]), emit("Add", [emit("Tanh", [inner]), constant(1.0)])])
+
+
+def _with_bias(inputs, emit):
+    return emit("Add", inputs[:2]) if len(inputs) > 1 and inputs[1].name else inputs[0]
+
+
+def _quick_gelu(graph: gs.Graph, node: gs.Node) -> None:
+    """QuickGelu(x) = x * sigmoid(alpha x): onnxruntime's fusion of SiLU (alpha 1) and of the GELU approximation."""
+    alpha = float(node.attrs.get("alpha", 1.702))
+    _written_out(graph, node, lambda inputs, emit, constant: emit(
+        "Mul", [inputs[0], emit("Sigmoid", [emit("Mul", [inputs[0], constant(alpha)])])]))
+
+
+def _contrib_gelu(graph: gs.Graph, node: gs.Node) -> None:
+    """Gelu(x), BiasGelu(a, b) = Gelu(a + b): the exact GELU."""
+    _written_out(graph, node, lambda inputs, emit, constant: _gelu(_with_bias(inputs, emit), emit, constant))
+
+
+def _fast_gelu(graph: gs.Graph, node: gs.Node) -> None:
+    """FastGelu(x, bias) = the tanh approximation of GELU at x + bias."""
+    _written_out(graph, node, lambda inputs, emit, constant: _tanh_gelu(_with_bias(inputs, emit), emit, constant))
+
+
+FUSED = {"FusedConv": _fused_conv, "FusedGemm": _fused_gemm, "FusedMatMul": _fused_matmul, "QuickGelu": _quick_gelu,
+         "Gelu": _contrib_gelu, "BiasGelu": _contrib_gelu, "FastGelu": _fast_gelu}

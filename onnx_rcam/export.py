@@ -39,8 +39,12 @@ def assemble(original: onnx.ModelProto, b: Builder) -> onnx.ModelProto:
 VERIFY_BATCH = 2  # a dynamic batch axis is run at 2: per-sample and batched reshapes then both show
 
 
-def verify_runs(model: onnx.ModelProto, added_outputs) -> None:
+def verify_runs(model: onnx.ModelProto, added_outputs, original: onnx.ModelProto) -> float:
     """Run `model` once in onnxruntime's CPU provider on a synthetic batch; every added float output must be finite.
+    Returns the largest difference of the original outputs from `original`'s on the same batch: 0 where they are
+    bit for bit the same, as they are unless onnxruntime rounds differently once other nodes read the activations
+    (fp16 models on the CPU, whose chains of fp16 ops it computes in fp32; INT8 models, whose Q/DQ node units it
+    fuses into integer kernels only where nothing else reads their tensors).
 
     Checkers pass graphs that onnxruntime cannot run (a reshape to a size the data does not have), so nothing is
     called done before it ran. Failures are onnx-rcam's bugs: InternalError, with onnxruntime's words and the node.
@@ -62,6 +66,24 @@ def verify_runs(model: onnx.ModelProto, added_outputs) -> None:
             raise InternalError(f"internal error: the augmented model's output {name!r} holds NaN or Inf on a "
                                 f"synthetic batch. Nothing was written. Please report this with the model; "
                                 f"--no-verify (verify=False) skips this check.")
+    plain = ort.InferenceSession(original.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in plain.get_outputs()],
+                        plain.run(None, {name: feeds[name] for name in (i.name for i in plain.get_inputs())
+                                         if name in feeds})))
+    return max((float(np.max(np.abs(values[name].astype(np.float64) - value.astype(np.float64))))
+                for name, value in expected.items() if value.dtype.kind == "f" and value.size), default=0.0)
+
+
+def drift_note(drift: float) -> str:
+    """What a user should know when the original outputs moved (verify_runs), or "" when they did not."""
+    if not drift:
+        return ""
+    return (f"note: on onnxruntime's CPU provider the augmented model's original outputs differ from the plain "
+            f"model's by up to {drift:.3g} on a synthetic batch. onnxruntime rounds this model's forward pass "
+            f"differently once the explanation reads its activations (fp16 models: it computes chains of fp16 ops in "
+            f"fp32; INT8 models: it fuses quantized node units only where nothing else reads them), as it does "
+            f"between its own optimization levels. Take predictions from the plain model where the last bits "
+            f"matter; the maps explain the forward pass the augmented model computes.")
 
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

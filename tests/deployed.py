@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,10 @@ class BatchReader(CalibrationDataReader):
 def fp16(source: Path, target: Path, keep_io_types: bool = False) -> Path:
     from onnxconverter_common import float16
 
-    onnx.save(float16.convert_float_to_float16(onnx.load(source), keep_io_types=keep_io_types), target)
+    with warnings.catch_warnings():  # one UserWarning per weight that fp16 rounds to 0 or clips: expected
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(onnx.load(source), keep_io_types=keep_io_types)
+    onnx.save(converted, target)
     return target
 
 
@@ -140,3 +144,33 @@ class Forms:
         if key not in self.made:
             self.made[key] = quant_preprocessed(source, self.folder / f"{name}.quant_preprocessed.onnx")
         return self.made[key]
+
+
+def bundled_reexport(target: Path, exporter: str, opset: int, custom_pad: bool = True) -> Path:
+    """The bundled EfficientNet-Lite0 exported again from its torch source (models/build_default_model.py), by
+    TorchScript (`torchscript`) or dynamo (`dynamo`) at `opset`. custom_pad=False: TorchScript with torch's own pad
+    symbolic, which computes the pads with helper nodes in front of every Pad (the file ships with one Pad node of
+    constant pads instead)."""
+    import torch
+
+    from onnx_rcam.models import build_default_model as build
+
+    model = build.load_torch_model()
+    names = {"input_names": ["input"], "output_names": ["logits"]}
+    if exporter == "dynamo":
+        program = torch.onnx.export(model, (torch.zeros(2, 3, 224, 224),), dynamo=True, opset_version=opset,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **names)
+        onnx.save(program.model_proto, target)
+        return target
+    if exporter != "torchscript":
+        raise ValueError(f"unknown exporter {exporter!r}")
+    if custom_pad:
+        torch.onnx.register_custom_op_symbolic("aten::pad", build.zero_pad_symbolic, opset)
+    try:
+        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), target, dynamo=False, opset_version=opset,
+                          do_constant_folding=True, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          **names)
+    finally:
+        if custom_pad:
+            torch.onnx.unregister_custom_op_symbolic("aten::pad", opset)
+    return target

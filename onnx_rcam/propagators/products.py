@@ -22,7 +22,8 @@ from .common import constant_input, keeps_shape
 from .elementwise import unbroadcast
 
 GATES = ("Sigmoid", "HardSigmoid")
-LAYOUT_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand")  # a gate may be reshaped before it scales
+# A gate may be reshaped, or quantized and dequantized (QDQ models), before it scales.
+LAYOUT_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "QuantizeLinear", "DequantizeLinear")
 
 
 @register("Mul", sign=like_all_inputs)
@@ -41,7 +42,9 @@ def mul(ctx: Context, node, relevance):
         gates = [i for i in gates if _computed_from(node.inputs[i], node.inputs[1 - i])]  # from the other factor
         why = "both factors are gates and neither is computed from the other"
     else:
-        why = "neither factor is a gate (the output of a Sigmoid or HardSigmoid)"
+        gates = gates or _self_gate(node)
+        why = ("neither factor is a gate (the output of a Sigmoid or HardSigmoid, or an element-wise function of "
+               "the other factor's source, as in GELU and Mish)")
     if len(gates) != 1:
         raise unsupported(node, f"it multiplies two activations and {why}; relevance passes through a product of "
                                 f"activations only when exactly one factor is a gate")
@@ -84,6 +87,46 @@ def is_gate(tensor: gs.Tensor) -> bool:
             return False
         tensor = producer.inputs[0]
     return False
+
+
+# Ops that compute each output element from the same element of their inputs (and constants) only.
+ELEMENTWISE_OPS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Exp", "Log",
+                   "Softplus", "Softsign", "Elu", "Selu", "Celu", "Gelu", "Mish", "Abs", "Neg", "Sqrt", "Reciprocal",
+                   "Cast", "Identity", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "QuantizeLinear",
+                   "DequantizeLinear")
+# By a constant: the value, only scaled (or rounded to a quantization grid and back).
+LINEAR_ELEMENTWISE_OPS = ("Mul", "Div", "Cast", "Identity", "QuantizeLinear", "DequantizeLinear")
+
+
+def _self_gate(node) -> list[int]:
+    """[i] when factor i is a self-gate: an element-wise function of the tensor that the other factor only scales.
+    GELU written out is x * (1 + erf(x / sqrt 2)) / 2 or (x / 2) * (1 + tanh(...x...)), Mish x * tanh(softplus(x)):
+    LRP holds the gate constant, as SiLU's sigmoid, so that all relevance goes to x."""
+    sources = [_scaled_source(t) for t in node.inputs]
+    return [i for i in (0, 1) if sources[i] is not sources[1 - i]
+            and _elementwise_of(node.inputs[i], sources[1 - i], depth=16)]
+
+
+def _scaled_source(tensor: gs.Tensor) -> gs.Tensor:
+    """The tensor that `tensor` is a constant multiple (or copy) of."""
+    while tensor.inputs and tensor.inputs[0].op in LINEAR_ELEMENTWISE_OPS:
+        producer = tensor.inputs[0]
+        computed = [t for t in producer.inputs if is_activation(t)]
+        if len(computed) != 1 or (producer.op == "Div" and producer.inputs[0] is not computed[0]):
+            break
+        tensor = computed[0]
+    return tensor
+
+
+def _elementwise_of(tensor: gs.Tensor, source: gs.Tensor, depth: int) -> bool:
+    """Whether `tensor` is computed from `source` (and constants) by element-wise ops of the same shape only."""
+    if tensor is source:
+        return True
+    if depth == 0 or not tensor.inputs or tensor.inputs[0].op not in ELEMENTWISE_OPS or \
+            not _same_static_shape(tensor, source):
+        return False
+    computed = [t for t in tensor.inputs[0].inputs if is_activation(t)]
+    return bool(computed) and all(_elementwise_of(t, source, depth - 1) for t in computed)
 
 
 def _computed_from(tensor: gs.Tensor, source: gs.Tensor) -> bool:
@@ -133,3 +176,10 @@ def _held_operand(ctx: Context, node, factor: gs.Tensor, relevance: str, vjp) ->
     view = NonlinearOp(factor.name, node.outputs[0].name, node.op, same_shape=True, vjp=vjp)
     share = ctx.rule(node).nonlinear(ctx.builder, view, relevance)
     return None if share == relevance else share
+
+
+def _same_static_shape(a: gs.Tensor, b: gs.Tensor) -> bool:
+    """Same rank and the same size wherever both sizes are numbers (dynamic dimensions may be named differently)."""
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    return all(m == n for m, n in zip(a.shape, b.shape) if isinstance(m, int) and isinstance(n, int))
