@@ -15,10 +15,17 @@ For each model (configurations.py: ResNet50, VGG16, the bundled EfficientNet-Lit
     each turn one untimed and one timed run), median of --repeats turns, default CUDA provider options (recorded),
     numpy in and out, every output fetched, as Explainer does.
 
+Deployed forms (forms.py, --forms; default both): ResNet50 and the bundled model also as fp16 (keep_io_types=True)
+and INT8 QDQ, made here as speed.py makes them; each checked the same way, the fp16 form explained with an fp32 and
+with an fp16 backward, and its throughput also against the fp32 plain model. Their CPU and CUDA kernels round
+differently (fp16 arithmetic; integer QLinearConv on the CPU against dequantize-compute-quantize on CUDA), so their
+agreement is reported, not judged; placement is judged as for the float32 model.
+
 Models: DIR holds resnet50.onnx and vgg16.onnx (or resnet50-w0.5.onnx ... with --width) as written by
 `python benchmarks/speed.py --export-only DIR [--width W]`; a missing one is exported here when torch is installed.
 The bundled model is copied in from models/. Needs onnxruntime-gpu and the installed package (offline:
-`pip install --no-deps --no-build-isolation .`, with wheels of its dependencies); torch only to export.
+`pip install --no-deps --no-build-isolation .`, with wheels of its dependencies), onnxconverter-common for the fp16
+form (or --forms int8 / none); torch only to export.
 Without a working CUDA provider it stops with status 1 and says which providers onnxruntime offered.
 """
 
@@ -41,6 +48,7 @@ import numpy as np
 import onnxruntime as ort
 
 from configurations import BUNDLED_MODEL, IMAGE_SHAPE, SUBJECTS, Subject, model_file, save, session_options
+from forms import FORM_MODELS, FORMS, make_form
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(1, str(HERE.parent / "tests"))  # tests/zoo.py, to export
@@ -137,41 +145,62 @@ def throughput(paths: dict[str, Path], feeds: dict, repeats: int) -> tuple[dict[
 
 
 def check_subject(subject: Subject, folder: Path, scratch: Path, args) -> dict:
-    import onnx_rcam  # after require_cuda, so that a machine without CUDA hears that first
-
     width = args.width if subject.zoo_builder else 1.0
     plain_path = plain_model(subject, folder, width)
-    paths = {"plain": plain_path}
-    for configuration, layers in subject.stages.items():
-        paths[configuration] = scratch / f"{plain_path.stem}.{configuration.replace(' ', '-')}.onnx"
-        save(onnx_rcam.augment(plain_path, layers=layers), paths[configuration])
+    result = {"width": width} | check_form(subject, "fp32", plain_path, None, scratch, args)
+    forms = [form for form in args.forms if subject.name in FORM_MODELS]
+    if forms:
+        result["forms"] = {form: check_form(subject, form, make_form(form, subject, plain_path, scratch), plain_path,
+                                            scratch, args) for form in forms}
+    return result
+
+
+def check_form(subject: Subject, form: str, plain_path: Path, fp32_plain: Path | None, scratch: Path, args) -> dict:
+    """Placement, agreement and throughput of one form's augmented configurations (fp32: the float32 model)."""
+    import onnx_rcam  # after require_cuda, so that a machine without CUDA hears that first
+
+    backwards = FORMS[form].backwards if form in FORMS else ("fp32",)
+    paths, configurations = {"plain": plain_path}, {}
+    for backward in backwards:
+        for configuration, layers in subject.stages.items():
+            name = configuration if backward == backwards[0] else f"{configuration}, {backward} backward"
+            configurations[name] = {"configuration": configuration, "layers": layers, "backward": backward}
+            paths[name] = scratch / f"{plain_path.stem}.{name.replace(' ', '-').replace(',', '')}.onnx"
+            save(onnx_rcam.augment(plain_path, layers=layers, precision=backward), paths[name])
 
     rng = np.random.default_rng(0)
     check_images = rng.normal(size=(args.check_batch, *IMAGE_SHAPE)).astype(np.float32)
-    plain_cpu_nodes, _ = cpu_nodes(plain_path, {subject.input_name: check_images}, str(scratch / "plain"))
+    plain_cpu_nodes, _ = cpu_nodes(plain_path, {subject.input_name: check_images}, str(scratch / plain_path.stem))
     plain_cpu_names = {n["node"] for n in plain_cpu_nodes}
-    result = {"width": width, "plain_cpu_nodes": plain_cpu_nodes, "configurations": {}}
-    for configuration, layers in subject.stages.items():
-        path = paths[configuration]
+    result = {"plain_cpu_nodes": plain_cpu_nodes, "configurations": {}}
+    if form != "fp32":
+        result |= {"made_by": FORMS[form].made_by, "agreement_judged": False}
+    for name, configuration in configurations.items():
+        path = paths[name]
         placed, total = cpu_nodes(path, {subject.input_name: check_images}, str(scratch / path.stem))
         added = [n for n in placed if n["node"] not in plain_cpu_names]
-        result["configurations"][configuration] = {
-            "layers": layers, "nodes_run": total, "cpu_nodes_not_in_plain": added, "placement_passes": not added,
-            "agreement": agreement(path, check_images, subject.input_name)}
-        print(f"{subject.name} {configuration}: {len(added)} nodes on the CPU beyond the plain model's, worst "
-              f"relative difference {result['configurations'][configuration]['agreement']['worst']:.1e}", flush=True)
+        agreed = agreement(path, check_images, subject.input_name)
+        if form != "fp32":  # CPU and CUDA kernels of fp16 and QDQ models round differently: reported, not judged
+            agreed["passes"] = None
+        result["configurations"][name] = configuration | {
+            "nodes_run": total, "cpu_nodes_not_in_plain": added, "placement_passes": not added, "agreement": agreed}
+        print(f"{subject.name} {FORMS[form].label if form in FORMS else form} {name}: {len(added)} nodes on the CPU "
+              f"beyond the plain model's, worst relative difference {agreed['worst']:.1e}", flush=True)
 
     images = rng.normal(size=(args.batch, *IMAGE_SHAPE)).astype(np.float32)
+    if fp32_plain is not None:  # a deployed form takes turns with the float32 plain model too
+        paths["fp32 plain"] = fp32_plain
     times, provider_options = throughput(paths, {subject.input_name: images}, args.repeats)
     result["cuda_provider_options"] = provider_options
     plain_rate = args.batch / statistics.median(times["plain"])
+    fp32_rate = args.batch / statistics.median(times.get("fp32 plain", times["plain"]))
     result["throughput"] = {}
     for name, seconds in times.items():
         rate = args.batch / statistics.median(seconds)
         result["throughput"][name] = {"images_per_s": rate, "vs_plain": rate / plain_rate,
-                                      "runs_ms": [t * 1e3 for t in seconds]}
-        print(f"{subject.name} batch {args.batch} {name}: {rate:.0f} images/s ({rate / plain_rate:.2f}x plain)",
-              flush=True)
+                                      "vs_fp32_plain": rate / fp32_rate, "runs_ms": [t * 1e3 for t in seconds]}
+        print(f"{subject.name} {form} batch {args.batch} {name}: {rate:.0f} images/s ({rate / plain_rate:.2f}x plain, "
+              f"{rate / fp32_rate:.2f}x fp32 plain)", flush=True)
     return result
 
 
@@ -183,24 +212,42 @@ def markdown(report: dict, command: str) -> str:
              f"max|cuda - cpu| <= {RELATIVE_TOLERANCE:g} * max|cpu| per output; throughput at batch "
              f"{settings['batch']}, median of {settings['repeats']} interleaved turns, default CUDA options, every "
              "output fetched to numpy."]
+    forms = {form: made["made_by"] for result in report["models"].values()
+             for form, made in result.get("forms", {}).items()}
+    if forms:
+        lines += ["", "Deployed forms, in the same tables under their form (vs plain: against the form's plain model; "
+                  "vs fp32 plain: against the float32 plain model, which takes turns with the form's sessions; their "
+                  "CPU and CUDA kernels round differently, so their agreement is reported, not judged):"]
+        lines += [f"- {FORMS[form].label}: {made_by}" for form, made_by in forms.items()]
     for name, result in report["models"].items():
         width = f", width {result['width']:g}" if result["width"] != 1.0 else ""
         plain = result["throughput"]["plain"]
         lines += ["", f"## {name}{width}", "",
                   f"Plain: {plain['images_per_s']:.0f} images/s; {len(result['plain_cpu_nodes'])} of its nodes on "
                   "the CPU.", "",
-                  "| configuration | images/s | vs plain | extra nodes on CPU | placement | worst relative diff "
-                  "| agreement | classes differing without target |",
-                  "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: |"]
-        for configuration, check in result["configurations"].items():
-            rate = result["throughput"][configuration]
-            lines.append(
-                f"| {configuration} ({', '.join(check['layers'])}) | {rate['images_per_s']:.0f} | "
-                f"{rate['vs_plain']:.2f}x | {len(check['cpu_nodes_not_in_plain'])} | "
-                f"{'met' if check['placement_passes'] else 'not met'} | {check['agreement']['worst']:.1e} | "
-                f"{'met' if check['agreement']['passes'] else 'not met'} | "
-                f"{check['agreement']['predicted_classes_differing']} |")
-        misplaced = {n["node"]: n["op"] for c in result["configurations"].values() for n in c["cpu_nodes_not_in_plain"]}
+                  "| form | configuration | images/s | vs plain | vs fp32 plain | extra nodes on CPU | placement "
+                  "| worst relative diff | agreement | classes differing without target |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: |"]
+        checked = [("fp32", result)] + list(result.get("forms", {}).items())
+        for form, check_of_form in checked:
+            label = FORMS[form].label if form in FORMS else form
+            if form != "fp32":
+                rate = check_of_form["throughput"]["plain"]
+                lines.append(f"| {label} | plain | {rate['images_per_s']:.0f} | 1.00x | {rate['vs_fp32_plain']:.2f}x | "
+                             f"({len(check_of_form['plain_cpu_nodes'])} on CPU) | | | | |")
+            for name, check in check_of_form["configurations"].items():
+                rate = check_of_form["throughput"][name]
+                passes = check["agreement"]["passes"]
+                form_cell = label if form == "fp32" else f"{label} ({check['backward']} backward)"
+                lines.append(
+                    f"| {form_cell} | {check['configuration']} ({', '.join(check['layers'])}) | "
+                    f"{rate['images_per_s']:.0f} | {rate['vs_plain']:.2f}x | {rate['vs_fp32_plain']:.2f}x | "
+                    f"{len(check['cpu_nodes_not_in_plain'])} | "
+                    f"{'met' if check['placement_passes'] else 'not met'} | {check['agreement']['worst']:.1e} | "
+                    f"{'reported' if passes is None else 'met' if passes else 'not met'} | "
+                    f"{check['agreement']['predicted_classes_differing']} |")
+        misplaced = {n["node"]: n["op"] for _, check_of_form in checked
+                     for c in check_of_form["configurations"].values() for n in c["cpu_nodes_not_in_plain"]}
         if misplaced:
             listed = ", ".join(f"`{node}` ({op})" for node, op in sorted(misplaced.items()))
             lines += ["", f"Nodes on the CPU: {listed}"]
@@ -216,8 +263,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="throughput batch")
     parser.add_argument("--check-batch", type=int, default=8, help="agreement and placement batch")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--forms", nargs="+", choices=[*FORMS, "none"], default=list(FORMS),
+                        help=f"deployed forms of {' and '.join(FORM_MODELS)} to check too (default: all; none)")
     parser.add_argument("--output", default="cuda", help="file stem in benchmarks/")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.forms = [form for form in dict.fromkeys(args.forms) if form != "none"]
+    return args
 
 
 def main() -> None:
@@ -226,7 +277,7 @@ def main() -> None:
     report = {"machine": {"gpu": gpu_name(), "onnxruntime": ort.__version__, "python": platform.python_version(),
                           "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
               "settings": {"batch": args.batch, "check_batch": args.check_batch, "repeats": args.repeats,
-                           "width": args.width},
+                           "width": args.width, "forms": args.forms},
               "models": {}}
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.models_dir or Path(scratch)
@@ -237,9 +288,10 @@ def main() -> None:
     (HERE / f"{args.output}.json").write_text(json.dumps(report, indent=1) + "\n")
     (HERE / f"{args.output}.md").write_text(markdown(report, command.strip()))
     print(f"wrote {HERE / args.output}.json and .md")
-    failed = [f"{name} {configuration}" for name, result in report["models"].items()
-              for configuration, check in result["configurations"].items()
-              if not (check["placement_passes"] and check["agreement"]["passes"])]
+    failed = [f"{name} {form} {configuration}" for name, result in report["models"].items()
+              for form, checked in [("fp32", result), *result.get("forms", {}).items()]
+              for configuration, check in checked["configurations"].items()
+              if not (check["placement_passes"] and check["agreement"]["passes"] is not False)]
     if failed:
         sys.exit(f"cuda_check: placement or agreement not met for {', '.join(failed)}")
 

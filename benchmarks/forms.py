@@ -7,17 +7,20 @@ cuda_check.py.
   tensors through one Cast each) and augment(precision="fp16") (the backward pass in float16).
 - int8: onnxruntime.quantization.quant_pre_process (symbolic shape inference and basic optimisations, as
   onnxruntime's documentation prescribes), then quantize_static in the QDQ format, signed 8-bit activations and
-  weights (S8S8, onnxruntime's recommended default), weights per channel, MinMax calibration on CALIBRATION_PHOTOS
-  (the bundled photos and their mirror images, 8 samples, in batches of CALIBRATION_BATCH) preprocessed as the
-  model expects. Explained with augment(precision="fp32"): weights dequantized at augment time, float32 backward.
+  weights (S8S8, onnxruntime's recommended default), weights per channel, MinMax calibration on the mirror images of
+  the bundled photos (PHOTOS), preprocessed as the model expects, CALIBRATION_BATCH at a time. Explained with
+  augment(precision="fp32"): weights dequantized at augment time, float32 backward.
 
-Needs onnxconverter-common (fp16; not among the test extras: `pip install onnxconverter-common`) and Pillow.
+The photos themselves, not mirrored, are what speed.py compares each form's classes and maps on (photo_batch).
+
+Needs onnxconverter-common for fp16 (`pip install onnxconverter-common`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +30,8 @@ import onnx
 from configurations import BUNDLED_MODEL, Subject, save
 
 MODELS = BUNDLED_MODEL.parent
-CALIBRATION_PHOTOS = sorted((MODELS / "images").glob("*.jpg"))
-CALIBRATION_BATCH = 4
+PHOTOS = sorted((MODELS / "images").glob("*.jpg"))
+CALIBRATION_BATCH = 2
 # The models that speed.py and cuda_check.py measure in their deployed forms too.
 FORM_MODELS = ("resnet50", "efficientnet_lite0")
 
@@ -46,14 +49,14 @@ FORMS = {
                  "onnxconverter_common.float16.convert_float_to_float16(model, keep_io_types=True)"),
     "int8": Form("int8", "int8 QDQ", ("fp32",),
                  "quant_pre_process, then onnxruntime.quantization.quantize_static(quant_format=QuantFormat.QDQ, "
-                 "activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True; MinMax "
-                 f"calibration on {len(CALIBRATION_PHOTOS)} photos and their mirrors, batches of "
-                 f"{CALIBRATION_BATCH})"),
+                 "activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True), MinMax "
+                 f"calibration on the mirror images of the {len(PHOTOS)} bundled photos, {CALIBRATION_BATCH} at a "
+                 "time"),
 }
 
 
-def calibration_images(subject: Subject) -> np.ndarray:
-    """The bundled photos and their mirror images, preprocessed as `subject` expects: [2 * photos, 3, 224, 224]."""
+def photo_batch(subject: Subject, mirrored: bool = False) -> np.ndarray:
+    """The bundled photos (or their mirror images), preprocessed as `subject` expects: [photos, 3, 224, 224]."""
     from PIL import Image
 
     from onnx_rcam.images import Preprocessing
@@ -62,8 +65,9 @@ def calibration_images(subject: Subject) -> np.ndarray:
         preprocessing = Preprocessing.from_file(BUNDLED_MODEL.with_name(BUNDLED_MODEL.stem + ".preprocess.json"))
     else:
         preprocessing = Preprocessing.preset("imagenet", (224, 224))
-    photos = [Image.open(path).convert("RGB") for path in CALIBRATION_PHOTOS]
-    photos += [photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for photo in photos]
+    photos = [Image.open(path).convert("RGB") for path in PHOTOS]
+    if mirrored:
+        photos = [photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for photo in photos]
     return np.stack([preprocessing(photo) for photo in photos]).astype(np.float32)
 
 
@@ -91,7 +95,10 @@ def make_fp16(plain: Path, target: Path) -> Path:
     except ImportError as error:
         raise SystemExit("the fp16 form needs onnxconverter-common: pip install onnxconverter-common "
                          "(or leave it out with --forms int8, or --forms none)") from error
-    return save(float16.convert_float_to_float16(onnx.load(plain), keep_io_types=True), target)
+    with warnings.catch_warnings():  # one per float32 constant outside float16's range ("will be truncated")
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(onnx.load(plain), keep_io_types=True)
+    return save(converted, target)
 
 
 def make_int8(plain: Path, target: Path, subject: Subject) -> Path:
@@ -105,16 +112,16 @@ def make_int8(plain: Path, target: Path, subject: Subject) -> Path:
     with contextlib.redirect_stdout(io.StringIO()):
         quant_pre_process(str(plain), str(preprocessed))
     input_name = onnx.load(preprocessed, load_external_data=False).graph.input[0].name
-    quantize_static(str(preprocessed), str(target), Reader(input_name, calibration_images(subject)),
+    quantize_static(str(preprocessed), str(target), Reader(input_name, photo_batch(subject, mirrored=True)),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     per_channel=True, calibration_providers=["CPUExecutionProvider"])
     preprocessed.unlink()
     return target
 
 
-def make_form(form: str, subject: Subject, plain: Path) -> Path:
-    """The file of `form` of the plain float32 model `plain`, beside it (made once)."""
-    target = plain.with_name(f"{plain.stem}.{form}.onnx")
+def make_form(form: str, subject: Subject, plain: Path, folder: Path | None = None) -> Path:
+    """The file of `form` of the plain float32 model `plain`, in `folder` (default: beside it), made once."""
+    target = (folder or plain.parent) / f"{plain.stem}.{form}.onnx"
     if target.exists():
         return target
     if form == "fp16":
@@ -123,8 +130,3 @@ def make_form(form: str, subject: Subject, plain: Path) -> Path:
         return make_int8(plain, target, subject)
     raise ValueError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
 
-
-def configuration_name(configuration: str, form: str, backward: str) -> str:
-    """A configuration of a form, as the file and runner names have it: e.g. `last stage` of int8, or
-    `last stage fp16-backward` of fp16 explained with precision fp16."""
-    return configuration if backward == FORMS[form].backwards[0] else f"{configuration} {backward}-backward"
