@@ -31,13 +31,16 @@ _POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool"
                                                                    "ReduceSum")},
                     "Add": "norm", "Sum": "norm"}
 
+# Max pools route relevance to each window's maximum, as their gradient does.
+_WINNER_TAKES_ALL = {"MaxPool": "gradient", "GlobalMaxPool": "gradient"}
+
 COMPOSITES: dict[str, dict] = {
     # The paper's rules (DESIGN.md section 1).
-    "rcam": {"Conv": "zplus", "Gemm": "zplus", "MatMul": "zplus", **_POOLS_AND_JOINS, "MaxPool": "gradient",
+    "rcam": {"Conv": "zplus", "Gemm": "zplus", "MatMul": "zplus", **_POOLS_AND_JOINS, **_WINNER_TAKES_ALL,
              "*": "pass"},
     # zennit's EpsilonPlus: z+ for convolutions, epsilon for dense layers.
     "epsilon_plus": {"Conv": "zplus", "Gemm": "epsilon", "MatMul": "epsilon", **_POOLS_AND_JOINS,
-                     "MaxPool": "gradient", "*": "pass"},
+                     **_WINNER_TAKES_ALL, "*": "pass"},
     # The plain chain rule everywhere: the sweep computes gradients (the Grad-CAM family's signal).
     "gradient": {"*": "gradient"},
 }

@@ -208,7 +208,8 @@ def gated(module, inputs, relevance):
 
 GRADIENT = None  # the module's own gradient is its rule: max-pool routing, reshapes, identities
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.LocalResponseNorm, nn.BatchNorm2d)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.LocalResponseNorm, nn.BatchNorm2d,
+               nn.SELU, nn.CELU, nn.Softplus, nn.Mish, nn.GELU)
 
 COMPOSITES = {
     "rcam": {nn.Conv2d: zplus, nn.Linear: zplus, **{activation: passthrough for activation in ACTIVATIONS},

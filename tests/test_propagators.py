@@ -254,6 +254,8 @@ PRELU_SLOPE = weights([4, 1, 1], seed=60)
 FACTOR = (np.random.default_rng(61).uniform(0.5, 2.0, [4, 1, 1]) * [[[1]], [[-1]], [[1]], [[-1]]]).astype(np.float32)
 
 # id: (ONNX node builder on (graph, input), the same function in torch)
+LN_SCALE, LN_BIAS = weights([4, 5, 5], seed=95) + 1.0, weights([4, 5, 5], seed=96)
+ACTIVATION_OPSET = 20  # Gelu is an op from opset 20 on, Mish from 18
 ACTIVATIONS = {
     "Relu": (lambda g, v: g.node("Relu", [v]), F.relu),
     "LeakyRelu": (lambda g, v: g.node("LeakyRelu", [v], alpha=0.2), lambda v: F.leaky_relu(v, 0.2)),
@@ -276,6 +278,24 @@ ACTIVATIONS = {
     # alpha 0.5 (not 1e-4): the denominator's own derivative then matters.
     "LRN": (lambda g, v: g.node("LRN", [v], size=3, alpha=0.5, beta=0.75, bias=2.0),
             lambda v: F.local_response_norm(v, 3, alpha=0.5, beta=0.75, k=2.0)),
+    "Softplus": (lambda g, v: g.node("Softplus", [v]), F.softplus),
+    "Selu": (lambda g, v: g.node("Selu", [v]), F.selu),
+    "Celu": (lambda g, v: g.node("Celu", [v], alpha=0.6), lambda v: F.celu(v, 0.6)),
+    "Mish": (lambda g, v: g.node("Mish", [v]), F.mish),
+    "Gelu": (lambda g, v: g.node("Gelu", [v]), F.gelu),
+    "Gelu_tanh": (lambda g, v: g.node("Gelu", [v], approximate="tanh"), lambda v: F.gelu(v, approximate="tanh")),
+    "Erf": (lambda g, v: g.node("Erf", [v]), torch.erf),
+    # LayerNormalization over the last axis (a transformer's, on tokens) and over C, H, W; InstanceNormalization.
+    "LayerNormalization_last_axis": (
+        lambda g, v: g.node("LayerNormalization", [v, g.const(LN_SCALE[0, 0]), g.const(LN_BIAS[0, 0])], axis=-1,
+                            epsilon=1e-3),
+        lambda v: F.layer_norm(v, [5], f64(LN_SCALE[0, 0]), f64(LN_BIAS[0, 0]), eps=1e-3)),
+    "LayerNormalization_chw": (
+        lambda g, v: g.node("LayerNormalization", [v, g.const(LN_SCALE), g.const(LN_BIAS)], axis=1),
+        lambda v: F.layer_norm(v, [4, 5, 5], f64(LN_SCALE), f64(LN_BIAS))),
+    "InstanceNormalization": (
+        lambda g, v: g.node("InstanceNormalization", [v, g.const(BN_GAMMA), g.const(BN_BETA)], epsilon=1e-3),
+        lambda v: F.instance_norm(v, weight=f64(BN_GAMMA), bias=f64(BN_BETA), eps=1e-3)),
     "Mul_by_constant": (lambda g, v: g.node("Mul", [g.const(FACTOR), v]), lambda v: f64(FACTOR) * v),
     "Div_by_constant": (lambda g, v: g.node("Div", [v, g.const(FACTOR)]), lambda v: v / f64(FACTOR)),
     "Mul_square": (lambda g, v: g.node("Mul", [v, v]), lambda v: v * v),
@@ -288,7 +308,7 @@ def test_activation_passes_relevance_under_rcam(activation):
     factor too: the rcam composite passes it)."""
     emit, function = ACTIVATIONS[activation]
     weight = weights([3, 4, 3, 3], seed=20)
-    g = OpGraph(4, 5, 5)
+    g = OpGraph(4, 5, 5, opset=ACTIVATION_OPSET)
     model = g.classifier(g.node("Conv", [emit(g, g.signed_layer()), g.const(weight)], pads=[1, 1, 1, 1]))
 
     samples = random_samples([2, 4, 5, 5], seed=21, scale=4.0)  # scale 4: some values above Clip's 6
@@ -334,7 +354,7 @@ def test_activation_gradient(activation):
     emit, function = ACTIVATIONS[activation]
     weight, conv_bias = weights([3, 4, 3, 3], seed=22), weights([3], seed=23)
     matrix, c = weights([CLASSES, 3 * 3 * 3], seed=24), weights([CLASSES], seed=25)
-    g = OpGraph(4, 5, 5)
+    g = OpGraph(4, 5, 5, opset=ACTIVATION_OPSET)
     conv = g.node("Conv", [emit(g, g.signed_layer()), g.const(weight), g.const(conv_bias)], pads=[1, 1, 1, 1],
                   strides=[2, 2])
     flat = g.node("Flatten", [g.node("Relu", [conv])], axis=1)
@@ -383,6 +403,14 @@ def test_max_pool(case):
 
     samples = distinct_samples([2, 3, size, size], seed=27)
     assert_routes_like_the_gradient(model, pool, samples)
+
+
+def test_global_max_pool():
+    """GlobalMaxPool is a MaxPool over the whole grid: each channel's relevance goes to its maximum."""
+    g = OpGraph(3, 5, 6)
+    model = g.classifier(g.node("GlobalMaxPool", [g.signed_layer()]))
+    assert_routes_like_the_gradient(model, lambda v: F.adaptive_max_pool2d(v, 1),
+                                    distinct_samples([2, 3, 5, 6], seed=97))
 
 
 # id: (kernel, stride, pad, count_include_pad, ceil_mode), on a 7 x 6 input. onnxruntime and torch agree on the
@@ -878,6 +906,59 @@ def test_self_gated_activation(gate, composite):
     assert_transform_then_conv(out, x, targets, lambda v: v * gate_function(v), weight, composite)
 
 
+def _gelu_erf(g, v):
+    """GELU as exporters write it before opset 20: x * (1 + erf(x / sqrt 2)) * 0.5."""
+    gate = g.node("Add", [g.node("Erf", [g.node("Div", [v, g.const(np.sqrt(2.0))])]), g.const(1.0)])
+    return g.node("Mul", [g.node("Mul", [v, gate]), g.const(0.5)])
+
+
+def _gelu_tanh(g, v):
+    """TorchScript's tanh GELU: (x * 0.5) * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x * x * x)))."""
+    cube = g.node("Mul", [g.node("Mul", [v, v]), v])
+    inner = g.node("Mul", [g.node("Add", [v, g.node("Mul", [cube, g.const(0.044715)])]),
+                           g.const(np.sqrt(2.0 / np.pi))])
+    return g.node("Mul", [g.node("Mul", [v, g.const(0.5)]), g.node("Add", [g.node("Tanh", [inner]), g.const(1.0)])])
+
+
+# id: (the activation written out as exporters do on (graph, x), its torch function)
+SELF_GATED = {
+    "gelu_erf": (_gelu_erf, F.gelu),
+    "gelu_tanh": (_gelu_tanh, lambda v: F.gelu(v, approximate="tanh")),
+    "mish": (lambda g, v: g.node("Mul", [v, g.node("Tanh", [g.node("Softplus", [v])])]), F.mish),
+    "cube": (lambda g, v: g.node("Mul", [v, g.node("Mul", [v, v])]), lambda v: v ** 3),
+}
+
+
+@pytest.mark.parametrize("composite", ["rcam", "gradient"])
+@pytest.mark.parametrize("activation", SELF_GATED)
+def test_written_out_self_gating(activation, composite):
+    """x times an element-wise function of x, however an exporter spells it: rcam holds that factor constant and
+    passes the Conv's z+ relevance to x, as for an activation; gradient is the derivative of the whole."""
+    emit, function = SELF_GATED[activation]
+    weight = weights([3, 4, 3, 3], seed=98)
+    g = OpGraph(4, 5, 5)
+    model = g.classifier(g.node("Conv", [emit(g, g.signed_layer()), g.const(weight)], pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=99, scale=2.0), 3 * 5 * 5)
+    out = explain(model, x, targets, composite=GRADIENT if composite == "gradient" else composite)
+
+    assert_transform_then_conv(out, x, targets, function, weight, composite)
+
+
+@pytest.mark.parametrize("composite", ["rcam", "gradient"])
+def test_where_routes_each_element_to_its_branch(composite):
+    """Where(x > 1, x, softplus(x)), dynamo's Softplus: relevance (and gradient) goes where the value came from;
+    under rcam the softplus passes it on, so x gets all of it."""
+    weight = weights([3, 4, 3, 3], seed=100)
+    g = OpGraph(4, 5, 5)
+    a = g.signed_layer()
+    chosen = g.node("Where", [g.node("Greater", [a, g.const(1.0)]), a, g.node("Softplus", [a])])
+    model = g.classifier(g.node("Conv", [chosen, g.const(weight)], pads=[1, 1, 1, 1]))
+    x, targets = per_unit_batch(random_samples([2, 4, 5, 5], seed=101, scale=2.0), 3 * 5 * 5)
+    out = explain(model, x, targets, composite=GRADIENT if composite == "gradient" else composite)
+
+    assert_transform_then_conv(out, x, targets, lambda v: torch.where(v > 1, v, F.softplus(v)), weight, composite)
+
+
 def test_gate_on_a_gated_tensor():
     """s * sigmoid(s) with s = sigmoid(a) (a SiLU after a Sigmoid): both factors come from a Sigmoid; the gate is the
     one computed from the other, and rcam passes the Conv's z+ relevance at the product through s to a."""
@@ -923,7 +1004,8 @@ def test_division_by_a_normaliser(composite):
 
 # id: (the product or quotient on (graph, a), what the error says)
 UNSUPPORTED_PRODUCTS = {
-    "neither_factor_a_gate": (lambda g, a: g.node("Mul", [a, g.node("Relu", [a])]), "neither factor is a gate"),
+    "neither_factor_a_gate": (lambda g, a: g.node("Mul", [g.node("Relu", [a]), g.node("Tanh", [a])]),
+                              "neither factor is a gate"),
     "both_factors_gates": (lambda g, a: g.node("Mul", [g.node("Sigmoid", [a]), g.node("HardSigmoid", [a])]),
                            "both factors are gates"),
     "constant_over_activation": (lambda g, a: g.node("Div", [g.const(1.0), a]), "divides a constant by an activation"),

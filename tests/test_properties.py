@@ -47,10 +47,12 @@ EXAMPLES = 200 if os.environ.get("CI") == "true" else 25
 BATCH = 2
 WELL_CONDITIONED = 1e-5  # largest relative effect of fp32 rounding on the reference accepted; the tolerance is 1e-4
 
-SUPPORTED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, SiLU)
+SUPPORTED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, SiLU, nn.SELU, nn.CELU,
+                         nn.Softplus, nn.GELU)
 GATES = (nn.Sigmoid, nn.Hardsigmoid)
-# They export to ops with no propagator: Selu, Celu, Softplus (dynamo adds Greater and Where for its threshold).
-UNSUPPORTED_ACTIVATIONS = (nn.SELU, nn.CELU, nn.Softplus)
+# They export to ops with no propagator: Hardshrink to Where over comparisons, Tanhshrink to x - tanh(x), a Sub of
+# two activations.
+UNSUPPORTED_ACTIVATIONS = (nn.Hardshrink, nn.Tanhshrink)
 # The reference has no rule for them either. This composite is used only where they lie off the relevance path,
 # where no relevance reaches them and any rule would do.
 REFERENCE_COMPOSITE = "rcam+unsupported"

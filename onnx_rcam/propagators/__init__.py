@@ -83,4 +83,5 @@ def unsupported(node: gs.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(f"{node.op} node {node.name!r}: {why}")
 
 
-from . import elementwise, linear, pooling, products, quantization, shape  # noqa: E402,F401  (registration side effect)
+from . import (elementwise, linear, normalization, pooling, products, quantization,  # noqa: E402,F401
+               shape)  # registration side effect

@@ -209,3 +209,75 @@ def unbroadcast(b, x, output, g):
     if not axes:  # the shapes differ only in how their dynamic dimensions are named
         return g
     return b.reshape(b.reduce_sum(g, axes, keepdims=True), target_shape(b, x, output, 0))
+
+
+@register("Softplus", sign=always_nonnegative)
+def softplus(ctx: Context, node, relevance):
+    x = node.inputs[0].name
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(r, b.node("Sigmoid", [x])))  # d/dx = sigmoid(x)
+
+
+@register("Selu", sign=like_first_input)
+def selu(ctx: Context, node, relevance):
+    x, y = node.inputs[0].name, node.outputs[0].name
+    alpha, gamma = node.attrs.get("alpha", 1.67326319217681884765625), node.attrs.get("gamma", 1.05070102214813232421875)
+    # gamma above 0; below, y = gamma alpha (e^x - 1), so dy/dx = y + gamma alpha.
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
+        r, b.where(b.greater(x, b.const(0.0)), b.const(gamma), b.add(y, b.const(gamma * alpha)))))
+
+
+@register("Celu", sign=like_first_input)
+def celu(ctx: Context, node, relevance):
+    x, y, alpha = node.inputs[0].name, node.outputs[0].name, node.attrs.get("alpha", 1.0)
+    # 1 above 0; below, y = alpha (e^(x / alpha) - 1), so dy/dx = e^(x / alpha) = y / alpha + 1.
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
+        r, b.where(b.greater(x, b.const(0.0)), b.const(1.0), b.add(b.scale(y, 1.0 / alpha), b.const(1.0)))))
+
+
+@register("Mish", sign=like_first_input)
+def mish(ctx: Context, node, relevance):
+    x = node.inputs[0].name
+
+    def derivative(b, r):
+        # y = x tanh(softplus(x)): dy/dx = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x).
+        t = b.node("Tanh", [b.node("Softplus", [x])])
+        return b.mul(r, b.add(t, b.mul(b.mul(x, b.sub(b.const(1.0), b.mul(t, t))), b.node("Sigmoid", [x]))))
+
+    return _nonlinear(ctx, node, relevance, derivative)
+
+
+SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
+GELU_TANH_CUBIC = 0.044715
+
+
+@register("Gelu", sign=like_first_input)
+def gelu(ctx: Context, node, relevance):
+    x = node.inputs[0].name
+    approximate = node.attrs.get("approximate", "none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+
+    def exact(b, r):
+        # y = x Phi(x): dy/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+        cdf = b.scale(b.add(b.const(1.0), b.node("Erf", [b.scale(x, 1.0 / np.sqrt(2.0))])), 0.5)
+        pdf = b.scale(b.node("Exp", [b.scale(b.mul(x, x), -0.5)]), 1.0 / np.sqrt(2.0 * np.pi))
+        return b.mul(r, b.add(cdf, b.mul(x, pdf)))
+
+    def tanh_form(b, r):
+        # y = x (1 + tanh(u)) / 2, u = sqrt(2 / pi) (x + 0.044715 x^3):
+        # dy/dx = (1 + t) / 2 + x (1 - t^2) / 2 * sqrt(2 / pi) (1 + 3 * 0.044715 x^2), t = tanh(u).
+        square = b.mul(x, x)
+        u = b.scale(b.add(x, b.scale(b.mul(square, x), GELU_TANH_CUBIC)), SQRT_2_OVER_PI)
+        t = b.node("Tanh", [u])
+        slope = b.scale(b.add(b.const(1.0), b.scale(square, 3 * GELU_TANH_CUBIC)), SQRT_2_OVER_PI)
+        inner = b.scale(b.mul(b.mul(x, b.sub(b.const(1.0), b.mul(t, t))), slope), 0.5)
+        return b.mul(r, b.add(b.scale(b.add(b.const(1.0), t), 0.5), inner))
+
+    return _nonlinear(ctx, node, relevance, tanh_form if approximate == "tanh" else exact)
+
+
+@register("Erf", sign=like_first_input)
+def erf(ctx: Context, node, relevance):
+    """erf, as exporters write the exact GELU before opset 20: x / 2 (1 + erf(x / sqrt 2))."""
+    x = node.inputs[0].name
+    return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
+        r, b.scale(b.node("Exp", [b.scale(b.mul(x, x), -1.0)]), 2.0 / np.sqrt(np.pi))))

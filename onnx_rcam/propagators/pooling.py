@@ -113,14 +113,24 @@ def _run_single_op(op: str, attrs: dict, value: np.ndarray) -> np.ndarray:
 
 @register("MaxPool", sign=like_first_input)
 def max_pool(ctx: Context, node, relevance):
-    x, y = node.inputs[0], node.outputs[0]
     if node.attrs.get("storage_order", 0):
         raise unsupported(node, "storage_order=1 is not supported")
+    return _route_to_winners(ctx, node, relevance, node.attrs)
+
+
+@register("GlobalMaxPool", sign=like_first_input)
+def global_max_pool(ctx: Context, node, relevance):
+    """A MaxPool whose one window is the whole grid."""
+    return _route_to_winners(ctx, node, relevance, {"kernel_shape": spatial_sizes(node.inputs[0])})
+
+
+def _route_to_winners(ctx: Context, node, relevance, attrs: dict):
+    x, y = node.inputs[0], node.outputs[0]
 
     def route_to_winners(b, r):
         # The gradient of max: each window's relevance goes to the position its maximum came from.
-        indices = node.outputs[1].name if len(node.outputs) > 1 and node.outputs[1].name else \
-            b.node("MaxPool", [x.name], outputs=2, **node.attrs)[1]
+        indices = node.outputs[1].name if node.op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].name \
+            else b.node("MaxPool", [x.name], outputs=2, **attrs)[1]
         x_shape = b.shape(x.name)
         zeros = b.zeros(b.node("ReduceProd", [x_shape], keepdims=1))
         flat = b.ints([-1])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import Context, like_all_inputs, like_first_input, register, unsupported
+from ..canonicalize import is_activation
 from .common import constant_input, static_shape, target_shape
+from .elementwise import unbroadcast
 
 
 @register("Flatten", "Reshape", "Squeeze", "Unsqueeze", sign=like_first_input)
@@ -128,3 +130,21 @@ def _scatter(b, r: str, rank: int, axis: int, positions: list[int], size: int) -
     index_shape[axis] = len(positions)
     indices = b.expand(b.ints(np.reshape(positions, index_shape)), b.shape(r))
     return b.node("ScatterElements", [b.zeros(widened), indices, r], axis=axis, reduction="add")
+
+
+def _where_sign(node, is_nonnegative) -> bool:
+    return all(is_nonnegative(t) for t in node.inputs[1:])
+
+
+@register("Where", sign=_where_sign)
+def where(ctx: Context, node, relevance):
+    """Where(condition, a, b): each element's relevance goes to the branch its value came from, under every rule
+    (dynamo writes Softplus as Where(x > 20, x, softplus(x))). The condition gets none."""
+    b, r = ctx.builder, relevance[0]
+    if r is None:
+        return [None, None, None]
+    condition, output = node.inputs[0].name, node.outputs[0]
+    zero = b.const(0.0)
+    chosen = [b.where(condition, r, zero), b.where(condition, zero, r)]
+    return [None] + [unbroadcast(b, branch, output, part) if is_activation(branch) else None
+                     for branch, part in zip(node.inputs[1:], chosen)]
