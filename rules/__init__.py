@@ -26,9 +26,10 @@ RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, N
                                                     Flat, WSquare)}
 INPUT = "input"  # the composite key for the layers that read the image
 
-# Pools divide exactly (guarded); residual joins of signed values are stabilised (DESIGN.md section 1).
+# Pools and resizing divide exactly (guarded); residual joins of signed values are stabilised (DESIGN.md
+# section 1).
 _POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool", "GlobalAveragePool", "ReduceMean",
-                                                                   "ReduceSum")},
+                                                                   "ReduceSum", "Resize")},
                     "Add": "norm", "Sum": "norm"}
 
 # Max pools route relevance to each window's maximum, as their gradient does.

@@ -440,6 +440,27 @@ class ConvHeadNet(nn.Module):
         return self.flatten(self.avgpool(self.classifier(self.features(x))))
 
 
+# -- Upsampling inside the network (FPN / U-Net style): bilinear and nearest Resize, a skip concatenated ----------
+
+class UpsamplingNet(nn.Module):
+    def __init__(self, num_classes: int = 20):
+        super().__init__()
+        self.stem = conv_bn(3, 8, 3, 2)
+        self.down = conv_bn(8, 16, 3, 2)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.fuse = conv_bn(24, 16, 3, 1)
+        self.up_nearest = nn.Upsample(scale_factor=2, mode="nearest")
+        self.head = conv_bn(16, 32, 3, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.stem(x)
+        fused = self.fuse(torch.cat([skip, self.up(self.down(skip))], 1))
+        return self.fc(self.flatten(self.avgpool(self.head(self.up_nearest(fused)))))
+
+
 def randomize(model: nn.Module, seed: int) -> nn.Module:
     """zoo.randomize, with two changes that keep the fp32 comparison against the float64 reference well-conditioned.
 
@@ -481,4 +502,5 @@ FAMILIES = {
     "resnext": Family(resnext, 96, ("layer1", "layer2", "layer4")),
     "alexnet_lrn": Family(AlexNet, 224, ("features.1", "features.2", "features.6", "features.12")),
     "conv_head": Family(ConvHeadNet, 64, ("features.1", "features.3", "classifier")),
+    "upsampling": Family(UpsamplingNet, 32, ("down", "up", "fuse", "up_nearest")),
 }

@@ -1101,3 +1101,65 @@ def test_degenerate_inputs_stay_finite(composite, initial, with_bias):
         assert np.all(heat[constant] == 0.0)
     # On the zero image a = Relu(bias) (or 0) is the same at every position: its raw map is constant.
     assert np.ptp(out.raw("a")[0]) == 0 and np.all(out.map("a")[0] == 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resize: a linear map of each grid; its transpose is the exact adjoint
+# ---------------------------------------------------------------------------------------------------------------
+
+# id: (attributes, scales or None, sizes or None, the torch function where torch has the same mode)
+RESIZE_CASES = {
+    "nearest_x2": ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+                   [1, 1, 2, 2], None, lambda v: F.interpolate(v, scale_factor=2, mode="nearest")),
+    "linear_half_pixel_x2": ({"mode": "linear"}, [1, 1, 2, 2], None,
+                             lambda v: F.interpolate(v, scale_factor=2, mode="bilinear", align_corners=False)),
+    "linear_align_corners": ({"mode": "linear", "coordinate_transformation_mode": "align_corners", "axes": [2, 3]},
+                             None, [7, 9], lambda v: F.interpolate(v, size=(7, 9), mode="bilinear", align_corners=True)),
+    "linear_pytorch_half_pixel_down": ({"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel",
+                                        "axes": [2, 3]}, None, [3, 2], None),
+    "nearest_round_prefer_ceil_x1_5": ({"mode": "nearest", "coordinate_transformation_mode": "half_pixel",
+                                        "nearest_mode": "round_prefer_ceil"}, [1, 1, 1.5, 1.5], None, None),
+    "linear_asymmetric_x3": ({"mode": "linear", "coordinate_transformation_mode": "asymmetric"}, [1, 1, 3, 2], None,
+                             None),
+}
+
+
+def resize_graph(case):
+    """a -> Resize -> Flatten; opset 18 for the axes attribute (sizes of the spatial axes only: the batch is free)."""
+    attrs, scales, sizes, _ = RESIZE_CASES[case]
+    g = OpGraph(3, 4, 5, opset=18)
+    inputs = [g.signed_layer(), "", g.const(scales) if scales else ""] + ([g.const(sizes, np.int64)] if sizes else [])
+    return g.classifier(g.node("Resize", inputs, **attrs))
+
+
+@pytest.mark.parametrize("case", RESIZE_CASES)
+def test_resize_transpose_is_the_adjoint(case):
+    """Under gradient, with one sample per output unit j explaining logit j, the relevance at a is row j of the
+    Resize's matrix: sum_i A[j, i] a_i must give output j, whatever the mode (no reference needed)."""
+    model = resize_graph(case)
+    units = int(np.prod(model.graph.output[0].type.tensor_type.shape.dim[1].dim_value))
+    x = random_samples([1, 3, 4, 5], seed=102)
+    repeated, targets = per_unit_batch(x, units)
+    out = explain(model, repeated, targets, composite=GRADIENT)
+    rows = out.relevance().reshape(units, -1).astype(np.float64)
+    np.testing.assert_allclose(rows @ x.reshape(-1).astype(np.float64), out.output[0].astype(np.float64),
+                               rtol=1e-5, atol=1e-6)
+    assert np.all(rows >= 0), "nearest and linear resizing weigh with non-negative weights"
+
+
+@pytest.mark.parametrize("case", [c for c in RESIZE_CASES if RESIZE_CASES[c][3] is not None])
+def test_resize_against_torch(case):
+    """rcam redistributes in proportion to what each input pixel contributes (a pool's rule); gradient is autograd's."""
+    function = RESIZE_CASES[case][3]
+    model = resize_graph(case)
+    units = int(np.prod(model.graph.output[0].type.tensor_type.shape.dim[1].dim_value))
+    x = random_samples([2, 3, 4, 5], seed=103, positive=True)
+    repeated, targets = per_unit_batch(x, units)
+    out = explain(model, repeated, targets)
+    resized = function(f64(repeated))
+    assert_matches(out.output, resized.flatten(1), "forward")
+    relevance = relevance_at_output(targets, resized.shape[1:])
+    assert_matches(out.relevance(), proportional_rule(function, [f64(repeated)], relevance, eps=0.0)[0])
+    gradient = explain(model, repeated, targets, composite=GRADIENT)
+    _, expected = torch.autograd.functional.vjp(function, f64(repeated), relevance)
+    assert_matches(gradient.relevance(), expected)

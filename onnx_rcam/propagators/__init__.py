@@ -84,4 +84,4 @@ def unsupported(node: gs.Node, why: str) -> UnsupportedOpError:
 
 
 from . import (elementwise, linear, normalization, pooling, products, quantization,  # noqa: E402,F401
-               shape)  # registration side effect
+               resize, shape)  # registration side effect

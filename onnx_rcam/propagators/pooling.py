@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..linear import LinearLayer, NonlinearOp, WeightRef
 from . import Context, like_first_input, register, unsupported
@@ -87,7 +87,7 @@ def _inverse_divisor(node, in_sizes, out_sizes, attrs) -> np.ndarray:
     Pooling a map of ones gives (in-bounds count) / divisor per window; the in-bounds count is exact arithmetic.
     Asking the runtime itself keeps count_include_pad and ceil_mode edge cases identical to the forward pass.
     """
-    pooled = _run_single_op(node.op, dict(node.attrs), np.ones([1, 1, *in_sizes], dtype=np.float32))
+    pooled = run_single_op(node.op, dict(node.attrs), np.ones([1, 1, *in_sizes], dtype=np.float32))
     in_bounds = np.ones(out_sizes, dtype=np.float64)
     rank = len(in_sizes)
     for axis, (size, out, k, s, d, begin) in enumerate(zip(in_sizes, out_sizes, attrs["kernel_shape"],
@@ -102,13 +102,25 @@ def _inverse_divisor(node, in_sizes, out_sizes, attrs) -> np.ndarray:
     return inverse.astype(np.float32)[None, None]
 
 
-def _run_single_op(op: str, attrs: dict, value: np.ndarray) -> np.ndarray:
-    node = helper.make_node(op, ["x"], ["y"], **attrs)
+def run_single_op(op: str, attrs: dict, value: np.ndarray, constants: dict | None = None) -> np.ndarray:
+    """op(value) in onnxruntime, with `constants` (name -> array) as its further inputs in that order: asking the
+    runtime keeps every mode and edge case exactly the forward pass's."""
+    constants = constants or {}
+    node = helper.make_node(op, ["x", *_optional_inputs(op, constants)], ["y"], **attrs)
     graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, value.shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(array, name) for name, array in constants.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": value})[0]
+
+
+def _optional_inputs(op: str, constants: dict) -> list[str]:
+    """The names of the further inputs, with "" for omitted optional ones (Resize: roi, scales, sizes)."""
+    if op != "Resize":
+        return list(constants)
+    return [name if name in constants else "" for name in ("roi", "scales", "sizes")][
+        :max([i + 1 for i, name in enumerate(("roi", "scales", "sizes")) if name in constants], default=0)]
 
 
 @register("MaxPool", sign=like_first_input)
