@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from .deployed import standardize
 from .errors import ModelError
+from .patterns import fold_spelled_out_normalizations
 
 PASS_THROUGH = ("Identity", "Dropout")
 OUTPUT_NORMALIZERS = ("Softmax", "LogSoftmax")
@@ -26,6 +27,7 @@ OUTPUT_NORMALIZERS = ("Softmax", "LogSoftmax")
 CHANNEL_FIRST_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
                      "BatchNormalization", "LRN", "InstanceNormalization")
 TO_CHANNEL_FIRST = [0, 3, 1, 2]
+TO_CHANNEL_LAST = [0, 2, 3, 1]
 
 
 @dataclass
@@ -53,6 +55,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph.fold_constants(error_ok=True)
     graph.cleanup()
     _refine_shapes(graph)
+    fold_spelled_out_normalizations(graph)
     _drop_pass_through(graph)
     _fold_channel_affine(graph)
     _fold_zero_pad(graph)
@@ -171,8 +174,9 @@ def _channel_affine(node: gs.Node):
     vector = _channel_vector(value.astype(np.float64), len(x.shape))
     if vector is None:
         return None
-    return {"Mul": (x, vector, None), "Div": (x, 1.0 / vector, None),
-            "Add": (x, None, vector), "Sub": (x, None, -vector)}[node.op]
+    if node.op == "Div":
+        return (x, 1.0 / vector, None) if np.all(vector) else None
+    return {"Mul": (x, vector, None), "Add": (x, None, vector), "Sub": (x, None, -vector)}[node.op]
 
 
 def _channel_vector(value: np.ndarray, rank: int) -> np.ndarray | None:
@@ -277,14 +281,15 @@ def _find_image(graph: gs.Graph) -> gs.Variable:
 
 def _image_layout(image: gs.Variable) -> str:
     """NHWC if the first layout-defining op the image reaches is a Transpose to [N, C, H, W] (how TensorFlow
-    converters start a graph); NCHW otherwise."""
+    converters start a graph); NCHW otherwise, and where it is a Transpose to [N, H, W, C] (ConvNeXt's LayerNorm)."""
     seen, frontier = set(), [image]
     while frontier:
         tensor = frontier.pop(0)
         for reader in tensor.outputs:
-            if reader.op == "Transpose" and list(reader.attrs.get("perm", [])) == TO_CHANNEL_FIRST:
+            perm = list(reader.attrs.get("perm", [])) if reader.op == "Transpose" else None
+            if perm == TO_CHANNEL_FIRST:
                 return "NHWC"
-            if reader.op in CHANNEL_FIRST_OPS:
+            if reader.op in CHANNEL_FIRST_OPS or perm == TO_CHANNEL_LAST:  # moved to channels-last: it was first
                 return "NCHW"
             for out in reader.outputs:
                 if out.name not in seen and out.shape is not None and len(out.shape) == 4:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from families import Gate, SpatialMean
+from families import Gate, LayerNorm2d, LayerScale, Permute, SpatialMean
 from zoo import Add
 
 STABILIZER_EPS = 1e-6
@@ -209,13 +209,15 @@ def gated(module, inputs, relevance):
 GRADIENT = None  # the module's own gradient is its rule: max-pool routing, reshapes, identities
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.LocalResponseNorm, nn.BatchNorm2d,
-               nn.SELU, nn.CELU, nn.Softplus, nn.Mish, nn.GELU)
+               nn.SELU, nn.CELU, nn.Softplus, nn.Mish, nn.GELU,
+               # LRP holds a LayerNorm's 1/std constant (CP-LRP, AttnLRP): relevance passes, as a layer scale's does.
+               nn.LayerNorm, LayerNorm2d, LayerScale)
 
 COMPOSITES = {
     "rcam": {nn.Conv2d: zplus, nn.Linear: zplus, **{activation: passthrough for activation in ACTIVATIONS},
              nn.AdaptiveAvgPool2d: pooled, nn.AvgPool2d: pooled, SpatialMean: pooled, nn.Upsample: pooled, Add: proportional, Gate: gated,
              nn.MaxPool2d: GRADIENT, nn.Dropout: GRADIENT, nn.Flatten: GRADIENT, nn.Identity: GRADIENT,
-             nn.ZeroPad2d: GRADIENT},
+             nn.ZeroPad2d: GRADIENT, Permute: GRADIENT},
 }
 COMPOSITES["epsilon_plus"] = {**COMPOSITES["rcam"], nn.Linear: proportional}
 IMAGE_LAYER = "input"  # the composite key of the first Conv2d or Linear, which reads the image

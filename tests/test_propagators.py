@@ -254,6 +254,17 @@ PRELU_SLOPE = weights([4, 1, 1], seed=60)
 FACTOR = (np.random.default_rng(61).uniform(0.5, 2.0, [4, 1, 1]) * [[[1]], [[-1]], [[1]], [[-1]]]).astype(np.float32)
 
 # id: (ONNX node builder on (graph, input), the same function in torch)
+def _spelled_out_normalization(g, v, axes, square):
+    """(x - mean(x)) / sqrt(mean((x - mean(x))^2) + 1e-3) over `axes`, as exporters write ConvNeXt's channels-first
+    LayerNorm (square: Pow(d, 2) or d * d)."""
+    mean = g.node("ReduceMean", [v, g.const(axes, np.int64)])  # opset 18 on: the axes are an input
+    centred = g.node("Sub", [v, mean])
+    squared = g.node("Pow", [centred, g.const(2.0)]) if square == "Pow" else g.node("Mul", [centred, centred])
+    spread = g.node("Sqrt", [g.node("Add", [g.node("ReduceMean", [squared, g.const(axes, np.int64)]),
+                                            g.const(1e-3)])])
+    return g.node("Div", [centred, spread])
+
+
 LN_SCALE, LN_BIAS = weights([4, 5, 5], seed=95) + 1.0, weights([4, 5, 5], seed=96)
 ACTIVATION_OPSET = 20  # Gelu is an op from opset 20 on, Mish from 18
 ACTIVATIONS = {
@@ -293,6 +304,12 @@ ACTIVATIONS = {
     "LayerNormalization_chw": (
         lambda g, v: g.node("LayerNormalization", [v, g.const(LN_SCALE), g.const(LN_BIAS)], axis=1),
         lambda v: F.layer_norm(v, [4, 5, 5], f64(LN_SCALE), f64(LN_BIAS))),
+    "LayerNormalization_spelled_out_channels": (
+        lambda g, v: _spelled_out_normalization(g, v, [1], square="Pow"),
+        lambda v: (v - v.mean(1, keepdim=True)) / torch.sqrt(v.var(1, keepdim=True, unbiased=False) + 1e-3)),
+    "LayerNormalization_spelled_out_last_axis": (
+        lambda g, v: _spelled_out_normalization(g, v, [-1], square="Mul"),
+        lambda v: F.layer_norm(v, [5], eps=1e-3)),
     "InstanceNormalization": (
         lambda g, v: g.node("InstanceNormalization", [v, g.const(BN_GAMMA), g.const(BN_BETA)], epsilon=1e-3),
         lambda v: F.instance_norm(v, weight=f64(BN_GAMMA), bias=f64(BN_BETA), eps=1e-3)),
