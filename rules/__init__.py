@@ -25,12 +25,15 @@ from .zplus import ZPlus
 RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, Norm, Pass, Gradient, Gamma, ZBox,
                                                     Flat, WSquare)}
 INPUT = "input"  # the composite key for the layers that read the image
+ATTENTION = "attention"  # the composite key for attention's A V, the weights A = softmax(...) held constant
 
 # Pools and resizing divide exactly (guarded); residual joins of signed values are stabilised (DESIGN.md
 # section 1).
 _POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool", "GlobalAveragePool", "ReduceMean",
                                                                    "ReduceSum", "Resize")},
-                    "Add": "norm", "Sum": "norm"}
+                    "Add": "norm", "Sum": "norm",
+                    # CP-LRP / AttnLRP: the softmax weights held constant, LRP-epsilon through the values.
+                    ATTENTION: "norm"}
 
 # Max pools route relevance to each window's maximum, as their gradient does.
 _WINNER_TAKES_ALL = {"MaxPool": "gradient", "GlobalMaxPool": "gradient"}
@@ -76,6 +79,10 @@ class Composite:
         self._rules = {op: make_rule(spec, input_bounds) for op, spec in table.items()}
         if "*" not in self._rules:
             self._rules["*"] = Pass()
+
+    def rule_for_attention(self) -> Rule:
+        """The rule of a product with attention weights held constant (A V); MatMul's where a table names none."""
+        return self._rules.get(ATTENTION) or self.rule_for("MatMul")
 
     def rule_for(self, op_type: str, reads_image: bool = False) -> Rule:
         if reads_image and INPUT in self._rules:

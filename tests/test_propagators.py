@@ -1180,3 +1180,64 @@ def test_resize_against_torch(case):
     gradient = explain(model, repeated, targets, composite=GRADIENT)
     _, expected = torch.autograd.functional.vjp(function, f64(repeated), relevance)
     assert_matches(gradient.relevance(), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention: softmax(Q K^T) V over the rows of each channel
+# ---------------------------------------------------------------------------------------------------------------
+
+def attention_model():
+    """Each channel of a [N, C, T, D] layer as T tokens of D features: Q, K, V = a W_q, a W_k, a W_v (constant
+    [D, D] weights), A = softmax(Q K^T / sqrt D), y = A V; the layer `v` is V."""
+    wq, wk, wv = (weights([5, 5], seed=s) for s in (104, 105, 106))
+    g = OpGraph(3, 4, 5)
+    a = g.signed_layer()
+    q, k = g.node("MatMul", [a, g.const(wq)]), g.node("MatMul", [a, g.const(wk)])
+    v = g.node("MatMul", [a, g.const(wv)], out="v")
+    scores = g.node("Div", [g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 3, 2])]), g.const(np.sqrt(5.0))])
+    return g.classifier(g.node("MatMul", [g.node("Softmax", [scores], axis=-1), v])), (wq, wk, wv)
+
+
+def attention_reference(x, wq, wk, wv):
+    a = f64(x)
+    scores = (a @ f64(wq)) @ (a @ f64(wk)).transpose(-1, -2) / np.sqrt(5.0)
+    return torch.softmax(scores, -1), a @ f64(wv)
+
+
+def test_attention_holds_the_weights_constant():
+    """rcam: the values get R_V = V * A^T (R / stab(A V)) (LRP-epsilon, A held constant: CP-LRP, AttnLRP); V = a W_v
+    passes it on under z+; the queries and keys get nothing."""
+    model, (wq, wk, wv) = attention_model()
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 5], seed=107), 3 * 4 * 5)
+    out = explain(model, x, targets, layers=["a", "v"])
+
+    attention, values = attention_reference(x, wq, wk, wv)
+    assert_matches(out.output, (attention @ values).flatten(1), "forward")
+    relevance = relevance_at_output(targets, [3, 4, 5])
+    (at_values,) = proportional_rule(lambda v: attention @ v, [values], relevance, eps=1e-6)
+    assert_matches(out.relevance("v"), at_values)
+    assert_matches(out.relevance("a"), zplus_rule(lambda v, w: v @ w, f64(x), f64(wv), at_values))
+
+
+def test_attention_gradient_is_autograd():
+    """gradient: the chain rule through both products and the softmax, queries and keys included."""
+    model, (wq, wk, wv) = attention_model()
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 5], seed=108), 3 * 4 * 5)
+    out = explain(model, x, targets, composite=GRADIENT)
+
+    def network(v):
+        attention = torch.softmax((v @ f64(wq)) @ (v @ f64(wk)).transpose(-1, -2) / np.sqrt(5.0), -1)
+        return (attention @ (v @ f64(wv))).flatten(1)
+
+    logits, gradient = torch.autograd.functional.vjp(network, f64(x), onehot(targets, 3 * 4 * 5))
+    assert_matches(out.output, logits, "forward")
+    assert_matches(out.relevance(), gradient)
+
+
+def test_a_product_of_activations_that_is_not_attention_is_refused_under_lrp():
+    g = OpGraph(3, 4, 4)
+    a = g.signed_layer()
+    model = g.classifier(g.node("MatMul", [g.node("Relu", [a]), g.node("Tanh", [a])]))
+    with pytest.raises(onnx_rcam.UnsupportedOpError, match="neither of which is attention weights"):
+        onnx_rcam.augment(model, layers=["a"])
+    onnx_rcam.augment(model, layers=["a"], composite={"*": "gradient"})

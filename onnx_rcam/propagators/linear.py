@@ -6,6 +6,7 @@ import numpy as np
 
 from ..linear import LinearLayer, WeightRef
 from . import Context, register, unsupported
+from .attention import product_of_activations
 from .common import constant_input, keeps_shape, required_constant, spatial_sizes, transpose_window_op, window_attrs
 
 
@@ -54,8 +55,10 @@ def gemm(ctx: Context, node, relevance):
 @register("MatMul")
 def matmul(ctx: Context, node, relevance):
     x, weight = node.inputs[0], constant_input(node, 1)
+    if weight is None and constant_input(node, 0) is None:
+        return product_of_activations(ctx, node, relevance)  # attention, or its scores Q K^T
     if weight is None or weight.ndim != 2 or constant_input(node, 0) is not None:
-        raise unsupported(node, "only MatMul(activation, constant 2-D matrix) is supported")
+        raise unsupported(node, "only MatMul(activation, constant 2-D matrix) or of two activations is supported")
 
     def forward(b, xs, w, offset):
         return b.matmul(xs[0], w.name(b))
