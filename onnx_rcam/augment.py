@@ -16,7 +16,7 @@ from .errors import LayerSelectionError, RcamError
 from .export import assemble, drift_note, verify_runs
 from .forward_copies import materialize
 from .fusion import protect_fusions
-from .heads import cam, resolve_methods
+from .heads import cam, patch_grid_view, resolve_methods
 from .initial import INITIAL_KINDS, explained_onehot, initial_relevance
 from .precision import cast_forward_reads
 from .load import default_opset, fix_input_shape, infer_shapes, load
@@ -108,9 +108,19 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
                 f"the class scores goes through a gate or a divisor (as the sigmoid in x * sigmoid(x)), which LRP "
                 f"holds constant. Choose the tensor the gate scales, or another layer.")
     for target in targets:
+        activation, shape = target.tensor, list(tensors[target.tensor].shape)
+        shown = activation
+        grid = target.tokens
+        if grid is not None:  # tokens: the image of their patches, after which every head is the same
+            activation = patch_grid_view(b, activation, grid.prefix, grid.height, grid.width)
+            with b.per_sample():  # the activation output: one row per sample whatever top_k (batching.py)
+                shown = patch_grid_view(b, target.tensor, grid.prefix, grid.height, grid.width)
+            shape = [shape[0], shape[2], grid.height, grid.width]
         for method in chosen_methods:
-            cam(b, method, target.tensor, signals[method.signal][target.tensor], list(tensors[target.tensor].shape),
-                canonical.image_size, target.key, relu, top_k)
+            signal = signals[method.signal][target.tensor]
+            if grid is not None:
+                signal = patch_grid_view(b, signal, grid.prefix, grid.height, grid.width)
+            cam(b, method, activation, signal, shape, canonical.image_size, target.key, relu, top_k, shown)
     materialize(original, canonical, b)
     protect_fusions(original, canonical, b)
     repeat_forward_reads(original, canonical, b, top_k)

@@ -25,10 +25,17 @@ def repeat_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Bui
 
     def repeat(name: str) -> str:
         if name not in repeated:
-            rank = len(shapes[name])
-            spread = b.expand(b.unsqueeze(name, [1]), b.ints([1, times] + [1] * (rank - 1)))  # [N, K, ...]
-            trailing = b.node("Shape", [name], start=1)
-            repeated[name] = b.reshape(spread, b.concat([b.ints([-1]), trailing], axis=0))
+            shape = shapes[name]
+            rank = len(shape)
+            # The batch axis: the dynamic one, which a transformer's attention moves (qkv laid out [3, N, ...]).
+            axis = next((i for i, d in enumerate(shape) if not isinstance(d, int)), 0)
+            counts = [1] * (rank + 1)
+            counts[axis + 1] = times
+            spread = b.expand(b.unsqueeze(name, [axis + 1]), b.ints(counts))  # [..., N, K, ...]
+            parts = [b.ints([-1]), b.node("Shape", [name], start=axis + 1)]
+            if axis:
+                parts.insert(0, b.node("Shape", [name], end=axis))
+            repeated[name] = b.reshape(spread, b.concat(parts, axis=0))
         return repeated[name]
 
     b.rewrite_reads(lambda node, name: repeat(name) if name in forward and node.name not in b.per_sample_nodes

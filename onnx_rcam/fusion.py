@@ -20,7 +20,10 @@ _LINEAR_READERS = _ACTIVATIONS + ("Add", "Sum", "BatchNormalization", "Mul", "Di
 # producer op -> the readers onnxruntime fuses it with (its output then never materialises on its own).
 FUSIONS = {"Conv": _LINEAR_READERS, "ConvTranspose": _LINEAR_READERS, "Gemm": _LINEAR_READERS,
            "MatMul": _LINEAR_READERS, "BatchNormalization": _ACTIVATIONS,
-           "Pad": ("Conv", "MaxPool", "AveragePool")}
+           "Pad": ("Conv", "MaxPool", "AveragePool"),
+           # A transformer's residual joins: bias + skip + LayerNormalization become SkipLayerNormalization.
+           "Add": ("Add", "LayerNormalization")}
+_COPIED_CHEAPLY = ("Add",)  # reconstructed by a copy of the op, never from the join it feeds
 
 
 def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> None:
@@ -43,6 +46,8 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
     def copy(name: str) -> str:
         if name not in copies:
             copies[name] = copy_producer(canonical, name, b)
+            duplicate = b.nodes[-1]  # its own reads of fused tensors need the same care
+            duplicate.input[:] = [reconstruction(duplicate, i) if fusion_internal(i) else i for i in duplicate.input]
         return copies[name]
 
     def join_of(name: str) -> tuple[onnx.NodeProto, str] | None:
@@ -55,7 +60,8 @@ def protect_fusions(original: onnx.ModelProto, canonical: Canonical, b: Builder)
 
     def reconstruction(node: onnx.NodeProto, name: str) -> str:
         joined = join_of(name)
-        if name in copies or joined is None:  # a join of two fused operands copies one and subtracts it
+        if name in copies or joined is None or producer[name].op_type in _COPIED_CHEAPLY \
+                or fusion_internal(joined[0].output[0]):  # the join's own output may be fused further on
             return copy(name)
         join, other = joined
         # Where node's output vanishes wherever y = Relu(join) does, y - other serves for join - other (they agree

@@ -98,22 +98,30 @@ def resolve_methods(names) -> list[Method]:
     return [METHODS[n] for n in dict.fromkeys(names)]
 
 
+def patch_grid_view(b: Builder, tokens: str, prefix: int, height: int, width: int) -> str:
+    """[N, T, D] tokens as the [N, D, h, w] image of their patches: the first `prefix` tokens (class, distillation,
+    register) dropped, the rest laid out row by row (DESIGN.md section 6)."""
+    patches = b.slice(tokens, [prefix], [np.iinfo(np.int64).max], [1])
+    return b.reshape(b.transpose(patches, [0, 2, 1]), b.ints([0, -1, height, width]))
+
+
 def output_names(method: Method, key: str) -> dict[str, str]:
     """method/key/part for the parts map, raw, activation, and the signal (relevance or gradient)."""
     return {part: f"{method.name}/{key}/{part}" for part in ("map", "raw", method.signal, "activation")}
 
 
 def cam(b: Builder, method: Method, activation: str, signal: str, shape: list, image_size: tuple[int, int],
-        key: str, relu: bool = False, top_k: int = 1) -> None:
+        key: str, relu: bool = False, top_k: int = 1, shown: str | None = None) -> None:
     """Emit `method`'s outputs for one layer. relu: clip rcam's raw map at 0 before normalising.
 
     shape is A's [N, C, h, w]. With top_k > 1, the signal holds N * top_k rows (see batching.py), and the map, raw
-    map and signal come out as [N, top_k, ...].
+    map and signal come out as [N, top_k, ...]. shown: what the activation output holds, computed per sample, where
+    it is not A itself (a token layer's patch image).
     """
     names = output_names(method, key)
     batch, channels, height, width = shape
     with b.per_sample():
-        b.as_float32(activation, out=b.claim(names["activation"]))
+        b.as_float32(shown or activation, out=b.claim(names["activation"]))
     b.add_output(names["activation"], TensorProto.FLOAT, [batch, channels, height, width])
 
     def publish(tensor: str, part: str, dims: list) -> str:

@@ -532,13 +532,78 @@ class ConvNeXt(nn.Module):
         return self.head(self.norm(self.pool(x)))
 
 
+# -- Vision transformers: ViT (Dosovitskiy et al. 2021) and DeiT (Touvron et al. 2021, a distillation token) at
+#    small width: patch-embedding Conv, class token, position embedding, pre-norm blocks of multi-head attention
+#    (timm's fused qkv) and a GELU MLP, the class token's head -------------------------------------------------------
+
+class AttentionCore(nn.Module):
+    """softmax(q k^T / sqrt d) v over [N, heads, T, d]: a module of its own, for the reference's rule."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, -1) @ v
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.core = AttentionCore()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(self.core(q, k, v).transpose(1, 2).reshape(n, t, d))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.add1 = zoo.Add()
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        self.add2 = zoo.Add()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.add1(x, self.attn(self.norm1(x)))
+        return self.add2(x, self.fc2(self.act(self.fc1(self.norm2(x)))))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, num_classes: int = 20, dim: int = 24, depth: int = 3, heads: int = 2, patch: int = 8,
+                 size: int = 32, distilled: bool = False):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        extra = 2 if distilled else 1
+        self.tokens = nn.Parameter(torch.zeros(1, extra, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, extra + (size // patch) ** 2, dim))
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.distilled = distilled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.tokens.expand(x.shape[0], -1, -1), patches], 1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        # DeiT averages the heads of its class and distillation tokens (one shared head here).
+        return self.head(x[:, :2].mean(1)) if self.distilled else self.head(x[:, 0])
+
+
+def deit(num_classes: int = 20) -> VisionTransformer:
+    return VisionTransformer(num_classes, distilled=True)
+
+
 def randomize(model: nn.Module, seed: int) -> nn.Module:
     """zoo.randomize, with two changes that keep the fp32 comparison against the float64 reference well-conditioned.
 
     - Residual branches end at a quarter of their scale, as zoo.randomize does for ResNets, and ConvNeXt's layer
       scales are 0.05-0.15: the Add's proportional split amplifies rounding where branch and shortcut nearly cancel.
-      ConvNeXt's stages also start from mostly positive values (offset biases), for the same reason: its features
-      are signed, and the exact norm rule of its global mean divides by their sum.
+      ConvNeXt's stages and a ViT's residual stream also start from mostly positive values (offset biases), for the
+      same reason: their features are signed, and the exact norm rule of a global mean divides by their sum.
     - DenseNet's transition convs get non-negative weights, so that their average pools see non-negative values: the
       exact norm rule divides by each window's sum, which rounding moves without bound where signed values cancel.
     """
@@ -551,6 +616,12 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
                 branch_end.bias.mul_(0.25)
             elif isinstance(module, LayerScale):  # ConvNeXt's residual branches, small as trained ones start
                 module.gamma.uniform_(0.05, 0.15, generator=torch.Generator().manual_seed(seed))
+            elif isinstance(module, TransformerBlock):  # small residual branches, as for ResNets
+                for last in (module.attn.proj, module.fc2):
+                    last.weight.mul_(0.1)
+                    last.bias.mul_(0.1)
+            elif isinstance(module, VisionTransformer):  # a mostly positive residual stream: few joins cancel
+                module.pos_embed.add_(2.0)
             elif isinstance(module, ConvNeXt):  # each stage's input mostly positive: few joins or means cancel
                 module.stem[1].bias.add_(2.0)
                 module.downsample[1].bias.add_(2.0)
@@ -566,6 +637,7 @@ class Family:
     build: Callable[[], nn.Module]
     size: int                # input height and width
     layers: tuple[str, ...]  # module paths whose outputs the tests explain
+    tokens: tuple[int, int, int] | None = None  # transformers: (extra tokens, patch rows, patch columns)
 
 
 FAMILIES = {
@@ -584,4 +656,9 @@ FAMILIES = {
     # Not the stem: with random weights, fp32 rounding alone moves the relevance below the first block's branch by
     # 4e-4 of its maximum (the reference's own fp32 run), beyond what the comparison can tell from a bug.
     "convnext": Family(ConvNeXt, 64, ("stages.0", "downsample", "stages.1.0", "stages.1")),
+    # The last two blocks' token layers: with random weights, fp32 rounding alone moves the relevance below an
+    # earlier attention by 2e-4 to 2e-3 of its maximum (LRP-epsilon through values that average out to near 0).
+    # tests/test_heads.py holds the gradient methods to autograd at every depth.
+    "vit": Family(VisionTransformer, 32, ("blocks.1", "blocks.2.norm1"), tokens=(1, 4, 4)),
+    "deit": Family(deit, 32, ("blocks.1", "blocks.2.norm1"), tokens=(2, 4, 4)),
 }

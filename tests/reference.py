@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from families import Gate, LayerNorm2d, LayerScale, Permute, SpatialMean
+from families import AttentionCore, Gate, LayerNorm2d, LayerScale, Permute, SpatialMean
 from zoo import Add
 
 STABILIZER_EPS = 1e-6
@@ -197,6 +197,14 @@ def pooled(module, inputs, relevance):
     return proportional_rule(module.forward, inputs, relevance, eps=0.0)
 
 
+def attention(module, inputs, relevance):
+    """A V with the softmax weights A held constant (CP-LRP, AttnLRP): LRP-epsilon to the values, none to q and k."""
+    q, k, v = inputs
+    with torch.no_grad():
+        weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, -1)
+    return None, None, proportional_rule(lambda values: weights @ values, [v], relevance)[0]
+
+
 def passthrough(module, inputs, relevance):
     return (relevance,)
 
@@ -217,7 +225,7 @@ COMPOSITES = {
     "rcam": {nn.Conv2d: zplus, nn.Linear: zplus, **{activation: passthrough for activation in ACTIVATIONS},
              nn.AdaptiveAvgPool2d: pooled, nn.AvgPool2d: pooled, SpatialMean: pooled, nn.Upsample: pooled, Add: proportional, Gate: gated,
              nn.MaxPool2d: GRADIENT, nn.Dropout: GRADIENT, nn.Flatten: GRADIENT, nn.Identity: GRADIENT,
-             nn.ZeroPad2d: GRADIENT, Permute: GRADIENT},
+             nn.ZeroPad2d: GRADIENT, Permute: GRADIENT, AttentionCore: attention},
 }
 COMPOSITES["epsilon_plus"] = {**COMPOSITES["rcam"], nn.Linear: proportional}
 IMAGE_LAYER = "input"  # the composite key of the first Conv2d or Linear, which reads the image
@@ -301,8 +309,9 @@ def initial_relevance(logits: torch.Tensor, targets: torch.Tensor, initial: str)
 
 
 def propagate(model, x, layers, targets=None, composite="rcam", initial="contrastive",
-              dtype=torch.float64) -> Propagation:
-    """Forward, then the relevance sweep from the logits to the requested module outputs, all in dtype."""
+              dtype=torch.float64, tokens=None) -> Propagation:
+    """Forward, then the relevance sweep from the logits to the requested module outputs, all in dtype. tokens: a
+    transformer's (extra tokens, patch rows, patch columns): its token layers come out as the image of their patches."""
     model = copy.deepcopy(model).to(dtype).eval()
     x = torch.as_tensor(x).detach().to(dtype, copy=True)
     fold_batchnorms(model, x)
@@ -321,10 +330,12 @@ def propagate(model, x, layers, targets=None, composite="rcam", initial="contras
     seed = initial_relevance(logits.detach(), classes, initial)
     relevance = torch.autograd.grad(logits, [activations[path] for path in layers], seed)
     return Propagation(logits.detach(), classes, seed,
-                       {path: activations[path].detach() for path in layers}, dict(zip(layers, relevance)))
+                       {path: patch_image(activations[path].detach(), tokens) for path in layers},
+                       {path: patch_image(r, tokens) for path, r in zip(layers, relevance)})
 
 
-def fp32_deviation(model, x, layers, targets=None, composite="rcam", initial="contrastive") -> dict[str, float]:
+def fp32_deviation(model, x, layers, targets=None, composite="rcam", initial="contrastive",
+                   tokens=None) -> dict[str, float]:
     """Per layer, the largest of max|fp32 - fp64| / max|fp64| over relevance, raw map and map: how far plain fp32
     rounding alone moves the results.
 
@@ -335,8 +346,8 @@ def fp32_deviation(model, x, layers, targets=None, composite="rcam", initial="co
     reference should first check that its case is well-conditioned (a deviation far below the test's tolerance),
     and otherwise pick another seed.
     """
-    exact = propagate(model, x, layers, targets, composite, initial)
-    rounded = propagate(model, x, layers, exact.classes, composite, initial, dtype=torch.float32)
+    exact = propagate(model, x, layers, targets, composite, initial, tokens=tokens)
+    rounded = propagate(model, x, layers, exact.classes, composite, initial, dtype=torch.float32, tokens=tokens)
     size = tuple(torch.as_tensor(x).shape[2:])
 
     def relative(ours, ref):
@@ -351,7 +362,8 @@ def fp32_deviation(model, x, layers, targets=None, composite="rcam", initial="co
     return deviations
 
 
-def well_conditioned_batch(model, layers, batch: int, size: int, seed: int, initial: str = "contrastive"):
+def well_conditioned_batch(model, layers, batch: int, size: int, seed: int, initial: str = "contrastive",
+                           tokens=None):
     """A random batch (batch, 3, size, size), per-sample targets for rcam/target, and the classes they select, on
     which fp32 rounding alone stays far below the tests' tolerance (see fp32_deviation).
 
@@ -365,7 +377,7 @@ def well_conditioned_batch(model, layers, batch: int, size: int, seed: int, init
         fixed = [3 % ranked.shape[1], 17 % ranked.shape[1]]
         targets = np.array([*fixed, -1][: batch - 1] + [int(ranked[-1, 1])], dtype=np.int64)
         classes = np.where(targets < 0, ranked[:, 0].numpy(), targets)
-        if max(fp32_deviation(model, x, layers, classes, initial=initial).values()) < 1e-5:
+        if max(fp32_deviation(model, x, layers, classes, initial=initial, tokens=tokens).values()) < 1e-5:
             return x.numpy(), targets, classes
     raise AssertionError("no well-conditioned batch found")
 
@@ -386,8 +398,20 @@ def normalized_map(raw, size):
     return F.interpolate(normalized[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
-def reference(model, x, layers, targets=None, composite="rcam", initial="contrastive", relu=False) -> Reference:
-    result = propagate(model, x, layers, targets, composite, initial)
+def patch_image(tokens: torch.Tensor, grid) -> torch.Tensor:
+    """[N, T, D] tokens as the [N, D, h, w] image of their patches (grid: extra tokens first, patch rows, columns);
+    anything else unchanged."""
+    if grid is None or tokens.dim() != 3:
+        return tokens
+    prefix, height, width = grid
+    return tokens[:, prefix:].transpose(1, 2).reshape(len(tokens), -1, height, width)
+
+
+def reference(model, x, layers, targets=None, composite="rcam", initial="contrastive", relu=False,
+              tokens=None) -> Reference:
+    """tokens: a transformer's (extra tokens, patch rows, patch columns); its token layers are then explained as the
+    image of their patches."""
+    result = propagate(model, x, layers, targets, composite, initial, tokens=tokens)
     size = tuple(torch.as_tensor(x).shape[2:])
     heads = {path: rcam_maps(result.activations[path], result.relevance[path], size, relu) for path in layers}
 

@@ -33,8 +33,9 @@ def model_and_reference(name: str):
     """The randomised model, a well-conditioned batch with per-sample targets, and the reference on it."""
     family = FAMILIES[name]
     model = families.randomize(family.build(), seed=sum(map(ord, name)))
-    x, targets, classes = reference.well_conditioned_batch(model, family.layers, BATCH, family.size, seed=7)
-    return model, x, targets, reference.reference(model, x, family.layers, targets=classes)
+    x, targets, classes = reference.well_conditioned_batch(model, family.layers, BATCH, family.size, seed=7,
+                                                           tokens=family.tokens)
+    return model, x, targets, reference.reference(model, x, family.layers, targets=classes, tokens=family.tokens)
 
 
 @pytest.mark.parametrize("name, exporter", CASES)

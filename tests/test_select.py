@@ -147,3 +147,52 @@ def test_no_layer_says_what_the_path_holds():
     assert "no layer to explain" in message and "pooled ['N', 3, 1, 1] (a 1 x 1 grid)" in message
     assert "pooled_nhwc ['unk__0', 1, 1, 3] (not on the image's grid)" in message
     assert "Ops on the path: GlobalAveragePool, MatMul, Reshape" in message
+
+
+@pytest.fixture(scope="module", params=["torchscript", "dynamo"])
+def vit(request, export_dir):
+    import families
+    model = families.randomize(families.VisionTransformer(), seed=3)
+    path = zoo.export(model, export_dir / f"select-vit-{request.param}.onnx", request.param,
+                      input_shape=(1, 3, 32, 32))
+    return path, canonicalize(infer_shapes(load(path)))
+
+
+def test_token_layers_know_their_patch_grid(vit):
+    """[N, 17, 24] tokens: a class token, then 4 x 4 patches of the 8 x 8 patch-embedding Conv on 32 x 32 images
+    (before the class token joins, [N, 16, 24]); the Conv's output flattened to [N, 24, 16] is no token layer, nor
+    are the attention heads' 4-D tensors."""
+    _, canonical = vit
+    options = candidates(canonical)
+    tokens = [c for c in options if c.tokens is not None]
+    assert tokens and all(c.shape[1:] in ((16, 24), (17, 24), (17, 48), (17, 72)) for c in tokens)
+    assert (1, 4, 4, 17) in {(c.tokens.prefix, c.tokens.height, c.tokens.width, c.shape[1]) for c in tokens}
+    assert {(c.tokens.prefix, c.tokens.height, c.tokens.width, c.shape[1]) for c in tokens} <= {(0, 4, 4, 16),
+                                                                                              (1, 4, 4, 17)}
+    grids = [c for c in options if c.tokens is None]
+    assert [c.op for c in grids] == ["Conv"] and grids[0].shape[1:] == (24, 4, 4)  # the patch embedding only
+
+
+def test_auto_on_a_transformer_is_the_last_blocks_normalised_input(vit):
+    """After the last block only the class token reaches the head: the patches of the last token layers get no
+    relevance. auto is the last block's norm1 output, the input of the last attention."""
+    _, canonical = vit
+    chosen = [c for c in candidates(canonical) if c.tensor == tensor_of(canonical, "auto")][0]
+    assert chosen.scope == "blocks.2.norm1" and chosen.op == "LayerNormalization"
+
+
+def test_token_layer_outputs_are_patch_images(vit):
+    """Per layer: activation and relevance [N, D, 4, 4], raw [N, 4, 4], map [N, 32, 32]; with top_k the maps gain
+    their K axis and the activation stays per sample."""
+    import numpy as np
+    import onnx_rcam
+    from conftest import run_model
+    path, _ = vit
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    out = run_model(onnx_rcam.augment(path, layers=["blocks.1"], top_k=2), {"input": x})
+    assert out["rcam/blocks.1/activation"].shape == (3, 24, 4, 4)
+    assert out["rcam/blocks.1/relevance"].shape == (3, 2, 24, 4, 4)
+    assert out["rcam/blocks.1/raw"].shape == (3, 2, 4, 4) and out["rcam/blocks.1/map"].shape == (3, 2, 32, 32)
+    single = run_model(onnx_rcam.augment(path, layers=["blocks.1"]), {"input": x})
+    np.testing.assert_allclose(out["rcam/blocks.1/relevance"][:, 0], single["rcam/blocks.1/relevance"], rtol=1e-5,
+                               atol=1e-7)
