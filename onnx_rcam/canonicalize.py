@@ -54,7 +54,9 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
         scopes.update({t.name: path for t in node.outputs if path and t.name not in scopes})
     graph.fold_constants(error_ok=True)
     graph.cleanup()
-    _refine_shapes(graph)
+    if _refine_shapes(graph):  # shapes now known fold further: a Shape of a static tensor (attention's 1/sqrt d)
+        graph.fold_constants(error_ok=True)
+        graph.cleanup()
     fold_spelled_out_normalizations(graph)
     _drop_pass_through(graph)
     _fold_channel_affine(graph)
@@ -65,20 +67,21 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     return Canonical(graph, image, logits, scopes, _image_layout(image))
 
 
-def _refine_shapes(graph: gs.Graph) -> None:
-    """Infer shapes again on the folded graph and take every dimension that became a number.
+def _refine_shapes(graph: gs.Graph) -> bool:
+    """Infer shapes again on the folded graph and take every dimension that became a number; whether any did.
 
     TorchScript writes chunk() as Slices whose ends are computed from Shape through Div, which ONNX's data
     propagation does not follow: every shape after them is unknown until folding has made those ends constants.
     Dimensions that stay symbolic keep their old names (a fresh inference would rename the batch dimension).
     """
     if all(_is_static(t.shape) for t in graph.tensors().values() if isinstance(t, gs.Variable)):
-        return
+        return False
     try:
         inferred = onnx.shape_inference.infer_shapes(gs.export_onnx(graph), data_prop=True)
     except Exception:  # noqa: BLE001 - refinement is a bonus; the shapes from before folding stay usable
-        return
+        return False
     found = {info.name: info.type.tensor_type for info in inferred.graph.value_info}
+    changed = False
     for tensor in graph.tensors().values():
         info = found.get(tensor.name)
         if not isinstance(tensor, gs.Variable) or info is None or not info.HasField("shape"):
@@ -88,9 +91,13 @@ def _refine_shapes(graph: gs.Graph) -> None:
             tensor.shape = [d if d is not None else (named.dim_param or f"rcam_unknown_{i}")
                             for i, (d, named) in enumerate(zip(dims, info.shape.dim))]
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.elem_type)
+            changed = True
         elif len(tensor.shape) == len(dims):
-            tensor.shape = [new if new is not None and not isinstance(old, int) else old
-                            for old, new in zip(tensor.shape, dims)]
+            refined = [new if new is not None and not isinstance(old, int) else old
+                       for old, new in zip(tensor.shape, dims)]
+            changed = changed or refined != list(tensor.shape)
+            tensor.shape = refined
+    return changed
 
 
 def _is_static(shape) -> bool:
