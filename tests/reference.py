@@ -223,7 +223,8 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.L
 
 COMPOSITES = {
     "rcam": {nn.Conv2d: zplus, nn.Linear: zplus, **{activation: passthrough for activation in ACTIVATIONS},
-             nn.AdaptiveAvgPool2d: pooled, nn.AvgPool2d: pooled, SpatialMean: pooled, nn.Upsample: pooled, Add: proportional, Gate: gated,
+             nn.AdaptiveAvgPool2d: pooled, nn.AvgPool2d: pooled, SpatialMean: pooled, nn.Upsample: pooled,
+             Add: proportional, Gate: gated,
              nn.MaxPool2d: GRADIENT, nn.Dropout: GRADIENT, nn.Flatten: GRADIENT, nn.Identity: GRADIENT,
              nn.ZeroPad2d: GRADIENT, Permute: GRADIENT, AttentionCore: attention},
 }

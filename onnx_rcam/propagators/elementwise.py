@@ -220,7 +220,8 @@ def softplus(ctx: Context, node, relevance):
 @register("Selu", sign=like_first_input)
 def selu(ctx: Context, node, relevance):
     x, y = node.inputs[0].name, node.outputs[0].name
-    alpha, gamma = node.attrs.get("alpha", 1.67326319217681884765625), node.attrs.get("gamma", 1.05070102214813232421875)
+    alpha = node.attrs.get("alpha", 1.67326319217681884765625)
+    gamma = node.attrs.get("gamma", 1.05070102214813232421875)
     # gamma above 0; below, y = gamma alpha (e^x - 1), so dy/dx = y + gamma alpha.
     return _nonlinear(ctx, node, relevance, lambda b, r: b.mul(
         r, b.where(b.greater(x, b.const(0.0)), b.const(gamma), b.add(y, b.const(gamma * alpha)))))
