@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ import numpy as np
 import onnx
 
 from configurations import BUNDLED_MODEL, Subject, save
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from deployed import BatchReader  # noqa: E402 - the deployed-forms tests' calibration reader
 
 MODELS = BUNDLED_MODEL.parent
 PHOTOS = sorted((MODELS / "images").glob("*.jpg"))
@@ -71,24 +75,6 @@ def photo_batch(subject: Subject, mirrored: bool = False) -> np.ndarray:
     return np.stack([preprocessing(photo) for photo in photos]).astype(np.float32)
 
 
-class BatchReader:
-    """quantize_static's calibration data: the samples, CALIBRATION_BATCH at a time, under the input's name."""
-
-    def __init__(self, input_name: str, samples: np.ndarray):
-        self.feeds = [{input_name: samples[i:i + CALIBRATION_BATCH]}
-                      for i in range(0, len(samples), CALIBRATION_BATCH)]
-        self.position = 0
-
-    def get_next(self):
-        if self.position >= len(self.feeds):
-            return None
-        self.position += 1
-        return self.feeds[self.position - 1]
-
-    def rewind(self):
-        self.position = 0
-
-
 def make_fp16(plain: Path, target: Path) -> Path:
     try:
         from onnxconverter_common import float16
@@ -102,17 +88,15 @@ def make_fp16(plain: Path, target: Path) -> Path:
 
 
 def make_int8(plain: Path, target: Path, subject: Subject) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(BatchReader, CalibrationDataReader):
-        pass
 
     preprocessed = target.with_name(target.stem + ".quant-preprocessed.onnx")
     with contextlib.redirect_stdout(io.StringIO()):
         quant_pre_process(str(plain), str(preprocessed))
     input_name = onnx.load(preprocessed, load_external_data=False).graph.input[0].name
-    quantize_static(str(preprocessed), str(target), Reader(input_name, photo_batch(subject, mirrored=True)),
+    reader = BatchReader(input_name, photo_batch(subject, mirrored=True), CALIBRATION_BATCH)
+    quantize_static(str(preprocessed), str(target), reader,
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     per_channel=True, calibration_providers=["CPUExecutionProvider"])
     preprocessed.unlink()
