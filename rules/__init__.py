@@ -40,10 +40,10 @@ _WINNER_TAKES_ALL = {"MaxPool": "gradient", "GlobalMaxPool": "gradient"}
 
 COMPOSITES: dict[str, dict] = {
     # The paper's rules (DESIGN.md section 1).
-    "rcam": {"Conv": "zplus", "Gemm": "zplus", "MatMul": "zplus", **_POOLS_AND_JOINS, **_WINNER_TAKES_ALL,
-             "*": "pass"},
+    "rcam": {"Conv": "zplus", "Gemm": "zplus", "MatMul": "zplus", "Einsum": "zplus", **_POOLS_AND_JOINS,
+             **_WINNER_TAKES_ALL, "*": "pass"},
     # zennit's EpsilonPlus: z+ for convolutions, epsilon for dense layers.
-    "epsilon_plus": {"Conv": "zplus", "Gemm": "epsilon", "MatMul": "epsilon", **_POOLS_AND_JOINS,
+    "epsilon_plus": {"Conv": "zplus", "Gemm": "epsilon", "MatMul": "epsilon", "Einsum": "epsilon", **_POOLS_AND_JOINS,
                      **_WINNER_TAKES_ALL, "*": "pass"},
     # The plain chain rule everywhere: the sweep computes gradients (the Grad-CAM family's signal).
     "gradient": {"*": "gradient"},

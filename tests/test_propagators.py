@@ -1187,16 +1187,25 @@ def test_resize_against_torch(case):
 # Attention: softmax(Q K^T) V over the rows of each channel
 # ---------------------------------------------------------------------------------------------------------------
 
-def attention_model():
+def attention_model(spelling: str = "matmul"):
     """Each channel of a [N, C, T, D] layer as T tokens of D features: Q, K, V = a W_q, a W_k, a W_v (constant
-    [D, D] weights), A = softmax(Q K^T / sqrt D), y = A V; the layer `v` is V."""
+    [D, D] weights), A = softmax(Q K^T / sqrt D), y = A V; the layer `v` is V. Spelled with MatMul (and a
+    Transpose), or with Einsum as einsum-based implementations write it."""
     wq, wk, wv = (weights([5, 5], seed=s) for s in (104, 105, 106))
     g = OpGraph(3, 4, 5)
     a = g.signed_layer()
-    q, k = g.node("MatMul", [a, g.const(wq)]), g.node("MatMul", [a, g.const(wk)])
-    v = g.node("MatMul", [a, g.const(wv)], out="v")
-    scores = g.node("Div", [g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 3, 2])]), g.const(np.sqrt(5.0))])
-    return g.classifier(g.node("MatMul", [g.node("Softmax", [scores], axis=-1), v])), (wq, wk, wv)
+    if spelling == "einsum":
+        q, k = (g.node("Einsum", [a, g.const(w)], equation="nctd,de->ncte") for w in (wq, wk))
+        v = g.node("Einsum", [a, g.const(wv)], out="v", equation="nctd,de->ncte")
+        scores = g.node("Einsum", [q, k], equation="ncid,ncjd->ncij")
+    else:
+        q, k = g.node("MatMul", [a, g.const(wq)]), g.node("MatMul", [a, g.const(wk)])
+        v = g.node("MatMul", [a, g.const(wv)], out="v")
+        scores = g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    weighted = g.node("Softmax", [g.node("Div", [scores, g.const(np.sqrt(5.0))])], axis=-1)
+    y = g.node("Einsum", [weighted, v], equation="ncij,ncjd->ncid") if spelling == "einsum" else \
+        g.node("MatMul", [weighted, v])
+    return g.classifier(y), (wq, wk, wv)
 
 
 def attention_reference(x, wq, wk, wv):
@@ -1205,10 +1214,11 @@ def attention_reference(x, wq, wk, wv):
     return torch.softmax(scores, -1), a @ f64(wv)
 
 
-def test_attention_holds_the_weights_constant():
+@pytest.mark.parametrize("spelling", ["matmul", "einsum"])
+def test_attention_holds_the_weights_constant(spelling):
     """rcam: the values get R_V = V * A^T (R / stab(A V)) (LRP-epsilon, A held constant: CP-LRP, AttnLRP); V = a W_v
     passes it on under z+; the queries and keys get nothing."""
-    model, (wq, wk, wv) = attention_model()
+    model, (wq, wk, wv) = attention_model(spelling)
     x, targets = per_unit_batch(random_samples([2, 3, 4, 5], seed=107), 3 * 4 * 5)
     out = explain(model, x, targets, layers=["a", "v"])
 
@@ -1220,9 +1230,10 @@ def test_attention_holds_the_weights_constant():
     assert_matches(out.relevance("a"), zplus_rule(lambda v, w: v @ w, f64(x), f64(wv), at_values))
 
 
-def test_attention_gradient_is_autograd():
+@pytest.mark.parametrize("spelling", ["matmul", "einsum"])
+def test_attention_gradient_is_autograd(spelling):
     """gradient: the chain rule through both products and the softmax, queries and keys included."""
-    model, (wq, wk, wv) = attention_model()
+    model, (wq, wk, wv) = attention_model(spelling)
     x, targets = per_unit_batch(random_samples([2, 3, 4, 5], seed=108), 3 * 4 * 5)
     out = explain(model, x, targets, composite=GRADIENT)
 

@@ -83,5 +83,5 @@ def unsupported(node: gs.Node, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(f"{node.op} node {node.name!r}: {why}")
 
 
-from . import (elementwise, linear, normalization, pooling, products, quantization,  # noqa: E402,F401
-               resize, shape)  # registration side effect
+from . import (einsum, elementwise, linear, normalization, pooling, products,  # noqa: E402,F401
+               quantization, resize, shape)  # registration side effect

@@ -9,6 +9,9 @@ both operands and through the softmax.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from ..errors import CompositeError
@@ -39,57 +42,68 @@ def _swap_last(b, name: str, rank: int) -> str:
     return b.transpose(name, perm)
 
 
-def product_of_activations(ctx: Context, node, relevance) -> list:
-    """MatMul(left, right) with both operands computed."""
+@dataclass
+class Bilinear:
+    """y = product(left, right), linear in each operand: what a propagator needs of MatMul or Einsum.
+    product(b, left, right) emits it; adjoint(b, i, g, other) emits the transpose of operand i's linear map (the
+    other operand fixed) applied to g, shaped like operand i."""
+    node: object
+    product: Callable
+    adjoint: Callable
+
+
+def matmul_product(node) -> Bilinear:
     left, right = node.inputs
+
+    def adjoint(b, i, g, other):
+        flipped = _swap_last(b, other, len(static_shape(node.inputs[1 - i])))
+        result = b.matmul(g, flipped) if i == 0 else b.matmul(flipped, g)  # g R^T, or L^T g
+        return unbroadcast(b, node.inputs[i], node.outputs[0], result)
+
+    return Bilinear(node, lambda b, lhs, rhs: b.matmul(lhs, rhs), adjoint)
+
+
+def product_of_activations(ctx: Context, product: Bilinear, relevance) -> list:
+    """A product of two computed operands: attention (one of them a Softmax's output), or any product under the
+    gradient rule."""
+    node = product.node
     y, r = node.outputs[0], relevance[0]
-    rank = len(static_shape(y))
-    if rank < 2:
-        raise unsupported(node, "its output's rank is unknown")
     held = [i for i, t in enumerate(node.inputs) if is_attention_weights(t)]
     if len(held) == 1:
-        return _attention(ctx, node, held[0], r, rank)
+        return _attention(ctx, product, held[0], r)
 
-    def to_left(b, g):  # d(L R)/dL applied to g: g R^T
-        return unbroadcast(b, left, y, b.matmul(g, _swap_last(b, right.name, len(static_shape(right)))))
-
-    def to_right(b, g):  # L^T g
-        return unbroadcast(b, right, y, b.matmul(_swap_last(b, left.name, len(static_shape(left))), g))
+    def vjp(i):
+        return lambda b, g: product.adjoint(b, i, g, node.inputs[1 - i].name)
 
     # Not same-shaped views: a rule that would pass relevance through refuses them; the gradient takes vjp.
     try:
-        return [ctx.rule(node).nonlinear(ctx.builder, NonlinearOp(t.name, y.name, node.op, False, vjp), r)
-                for t, vjp in ((left, to_left), (right, to_right))]
+        return [ctx.rule(node).nonlinear(ctx.builder, NonlinearOp(t.name, y.name, node.op, False, vjp(i)), r)
+                for i, t in enumerate(node.inputs)]
     except CompositeError:
         raise unsupported(node, "it multiplies two activations, neither of which is attention weights (the output "
                                 "of a Softmax): LRP passes relevance through a product of activations only as "
                                 "attention, softmax(Q K^T) V; the gradient methods take any product") from None
 
 
-def _attention(ctx: Context, node, held: int, r, rank: int) -> list:
+def _attention(ctx: Context, product: Bilinear, held: int, r) -> list:
+    node = product.node
     weights, values = node.inputs[held], node.inputs[1 - held]
     y = node.outputs[0]
 
     def forward(b, xs, w, offset):
         operands = [weights.name, xs[0]] if held == 0 else [xs[0], weights.name]
-        return b.scale(b.matmul(*operands), w.scalar())
+        return b.scale(product.product(b, *operands), w.scalar())
 
     def transpose(b, g, w):
-        g = b.scale(g, w.scalar())
-        flipped = _swap_last(b, weights.name, len(static_shape(weights)))
-        product = b.matmul(flipped, g) if held == 0 else b.matmul(g, flipped)  # A^T g, or g A^T
-        return [unbroadcast(b, values, y, product)]
+        return [product.adjoint(b, 1 - held, b.scale(g, w.scalar()), weights.name)]
 
     layer = LinearLayer([values.name], y.name, WeightRef(np.array(1.0, dtype=np.float32)), None, forward, transpose,
                         op=node.op)
     result = [None, None]
     result[1 - held] = ctx.composite.rule_for_attention().linear(ctx.builder, layer, r)[0]
-
-    def to_weights(b, g):  # d(A V)/dA applied to g: g V^T; d(V A)/dA: V^T g
-        v = _swap_last(b, values.name, len(static_shape(values)))
-        return unbroadcast(b, weights, y, b.matmul(g, v) if held == 0 else b.matmul(v, g))
-
-    share = ctx.rule(node).nonlinear(ctx.builder, NonlinearOp(weights.name, y.name, node.op, True, to_weights), r)
+    to_weights = NonlinearOp(weights.name, y.name, node.op, True,
+                             lambda b, g: product.adjoint(b, held, g, values.name))
+    share = ctx.rule(node).nonlinear(ctx.builder, to_weights, r)
     result[held] = None if share == r else share
     return result
 

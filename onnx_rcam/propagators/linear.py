@@ -6,7 +6,7 @@ import numpy as np
 
 from ..linear import LinearLayer, WeightRef
 from . import Context, register, unsupported
-from .attention import product_of_activations
+from .attention import matmul_product, product_of_activations
 from .common import constant_input, keeps_shape, required_constant, spatial_sizes, transpose_window_op, window_attrs
 
 
@@ -56,7 +56,7 @@ def gemm(ctx: Context, node, relevance):
 def matmul(ctx: Context, node, relevance):
     x, weight = node.inputs[0], constant_input(node, 1)
     if weight is None and constant_input(node, 0) is None:
-        return product_of_activations(ctx, node, relevance)  # attention, or its scores Q K^T
+        return product_of_activations(ctx, matmul_product(node), relevance)  # attention, or its scores Q K^T
     if weight is None or weight.ndim != 2 or constant_input(node, 0) is not None:
         raise unsupported(node, "only MatMul(activation, constant 2-D matrix) or of two activations is supported")
 
