@@ -316,6 +316,9 @@ ACTIVATIONS = {
     "Mul_by_constant": (lambda g, v: g.node("Mul", [g.const(FACTOR), v]), lambda v: f64(FACTOR) * v),
     "Div_by_constant": (lambda g, v: g.node("Div", [v, g.const(FACTOR)]), lambda v: v / f64(FACTOR)),
     "Mul_square": (lambda g, v: g.node("Mul", [v, v]), lambda v: v * v),
+    "Div_constant_by_activation": (
+        lambda g, v: g.node("Div", [g.const(2.0), g.node("Add", [g.node("Mul", [v, v]), g.const(1.0)])]),
+        lambda v: 2.0 / (v * v + 1.0)),
 }
 
 
@@ -1025,7 +1028,6 @@ UNSUPPORTED_PRODUCTS = {
                               "neither factor is a gate"),
     "both_factors_gates": (lambda g, a: g.node("Mul", [g.node("Sigmoid", [a]), g.node("HardSigmoid", [a])]),
                            "both factors are gates"),
-    "constant_over_activation": (lambda g, a: g.node("Div", [g.const(1.0), a]), "divides a constant by an activation"),
 }
 
 

@@ -5,6 +5,7 @@
   holds the gate constant, so the other factor takes all the relevance and the gate none.
 - By another activation (Div): a normaliser, as in torch's LocalResponseNorm x / (k + alpha * mean(x^2))^beta; LRP
   holds it constant, like a gate.
+- A constant divided by an activation: an activation of it, c / x.
 - By itself (x * x): the square, an activation of one input.
 
 Under the gradient rule the factors held constant get their share of the product or quotient rule instead.
@@ -62,8 +63,11 @@ def mul(ctx: Context, node, relevance):
 def div(ctx: Context, node, relevance):
     numerator, divisor = node.inputs
     if not is_activation(numerator):
-        raise unsupported(node, "it divides a constant by an activation; only an activation divided by something is "
-                                "supported")
+        # c / x, an activation of x (as in 1 / sqrt(var) spelled out): LRP passes, the gradient is -c / x^2 = -y / x.
+        y = node.outputs[0].name
+        reciprocal = NonlinearOp(divisor.name, y, node.op, same_shape=keeps_shape([divisor], node.outputs[0]),
+                                 vjp=lambda b, g: b.scale(b.div(b.mul(g, y), divisor.name), -1.0))
+        return [None, ctx.rule(node).nonlinear(ctx.builder, reciprocal, relevance[0])]
     if not is_activation(divisor):
         return _scaled_by_constant(ctx, node, relevance[0], 1.0 / constant_input(node, 1))
     y, r = node.outputs[0], relevance[0]
