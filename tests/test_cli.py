@@ -146,9 +146,9 @@ def test_layers_lists_candidates(capsys, tiny):
     code, out, _ = cli(capsys, "layers", str(tiny))
     assert code == 0
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["INDEX", "TENSOR", "OP", "SHAPE", "DOWN", "SCOPE"]
+    assert lines[0].split() == ["INDEX", "TENSOR", "OP", "SHAPE", "GRID", "DOWN", "SCOPE"]
     assert [line.split()[:3] for line in lines[1:]] == [["-2", "conv", "Conv"], ["-1", "act", "Relu"]]
-    assert "[n, 4, 8, 8]" in out and "1x" in out
+    assert "[n, 4, 8, 8]" in out and " 8x8 " in out and "1x" in out
 
 
 def test_bundled_model_is_the_default(capsys, tmp_path, monkeypatch):
