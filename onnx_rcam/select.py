@@ -77,7 +77,8 @@ def _auto(canonical: Canonical, options: list[Candidate]) -> Candidate:
     known = [c for c in options if all(isinstance(d, int) for d in c.shape[2:])] or options
     if known[-1].tokens is None:
         return known[-1]
-    attention = [n for n in canonical.graph.nodes if n.op == "MatMul" and any(map(is_attention_weights, n.inputs))]
+    attention = [n for n in canonical.graph.nodes if n.op in ("MatMul", "Einsum")
+                 and any(map(is_attention_weights, n.inputs))]
     if not attention:
         return known[-1]
     feeding = _ancestors(attention[-1].outputs[0])
