@@ -240,6 +240,92 @@ class EfficientNet(PooledClassifier):
         super().__init__(stages, nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes)))
 
 
+# -- EfficientNetV2 (Tan and Le 2021): fused MBConv (one 3x3 expansion conv, SiLU) early, MBConv with SE later ----
+
+class FusedMBConv(nn.Module):
+    def __init__(self, expand_ratio: int, stride: int, in_channels: int, out_channels: int):
+        super().__init__()
+        expanded = in_channels * expand_ratio
+        self.block = nn.Sequential(conv_bn(in_channels, expanded, 3, stride, activation=SiLU),
+                                   conv_bn(expanded, out_channels, 1, activation=None))
+        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        return result if self.add is None else self.add(result, x)
+
+
+class EfficientNetV2(PooledClassifier):
+    def __init__(self, num_classes: int = 20):
+        stages: list[nn.Module] = [conv_bn(3, 8, 3, 2, activation=SiLU),
+                                   nn.Sequential(FusedMBConv(1, 1, 8, 8), FusedMBConv(4, 2, 8, 12)),
+                                   nn.Sequential(MBConv(4, 3, 2, 12, 16), MBConv(4, 3, 1, 16, 16)),
+                                   conv_bn(16, 64, 1, activation=SiLU)]
+        super().__init__(stages, nn.Linear(64, num_classes))
+
+
+# -- RegNetY (Radosavovic et al. 2020): bottleneck with a grouped 3x3 conv and SE, ReLU after the residual join -----
+
+class RegNetYBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, group_width: int = 4):
+        super().__init__()
+        self.block = nn.Sequential(
+            conv_bn(in_channels, out_channels, 1),
+            conv_bn(out_channels, out_channels, 3, stride, groups=out_channels // group_width),
+            SqueezeExcitation(out_channels, max(1, in_channels // 4), nn.ReLU, nn.Sigmoid),
+            conv_bn(out_channels, out_channels, 1, activation=None))
+        self.shortcut = conv_bn(in_channels, out_channels, 1, stride, activation=None) \
+            if stride != 1 or in_channels != out_channels else None
+        self.add = zoo.Add()
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.add(self.block(x), x if self.shortcut is None else self.shortcut(x)))
+
+
+class RegNetY(PooledClassifier):
+    def __init__(self, num_classes: int = 20):
+        stages: list[nn.Module] = [conv_bn(3, 8, 3, 2), nn.Sequential(RegNetYBlock(8, 8, 1), RegNetYBlock(8, 16, 2)),
+                                   nn.Sequential(RegNetYBlock(16, 24, 2), RegNetYBlock(24, 24, 1))]
+        super().__init__(stages, nn.Linear(24, num_classes))
+
+
+# -- MobileNetV4 (Qin et al. 2024): the universal inverted bottleneck, optional depthwise convs before the expansion
+#    and after it, ReLU ------------------------------------------------------------------------------------------------
+
+class UniversalInvertedBottleneck(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, start_kernel: int, middle_kernel: int, stride: int,
+                 expand_ratio: int = 4):
+        super().__init__()
+        expanded = in_channels * expand_ratio
+        layers: list[nn.Module] = []
+        if start_kernel:
+            layers.append(conv_bn(in_channels, in_channels, start_kernel, stride if not middle_kernel else 1,
+                                  groups=in_channels, activation=None))
+        layers.append(conv_bn(in_channels, expanded, 1))
+        if middle_kernel:
+            layers.append(conv_bn(expanded, expanded, middle_kernel, stride, groups=expanded))
+        layers.append(conv_bn(expanded, out_channels, 1, activation=None))
+        self.block = nn.Sequential(*layers)
+        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        return result if self.add is None else self.add(result, x)
+
+
+class MobileNetV4(PooledClassifier):
+    def __init__(self, num_classes: int = 20):
+        stages: list[nn.Module] = [
+            conv_bn(3, 8, 3, 2),
+            nn.Sequential(UniversalInvertedBottleneck(8, 12, 3, 3, 2),      # ExtraDW
+                          UniversalInvertedBottleneck(12, 12, 0, 3, 1)),    # inverted bottleneck
+            nn.Sequential(UniversalInvertedBottleneck(12, 16, 5, 0, 2),     # ConvNext-like
+                          UniversalInvertedBottleneck(16, 16, 0, 0, 1)),    # FFN
+            conv_bn(16, 64, 1)]
+        super().__init__(stages, nn.Linear(64, num_classes))
+
+
 # -- SqueezeNet 1.1: Fire modules, class scores from a conv, a ReLU and global pooling (no Gemm) --------------------
 
 class Fire(nn.Module):
@@ -614,6 +700,8 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
                 branch_end = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)][-1]
                 branch_end.weight.mul_(0.25)
                 branch_end.bias.mul_(0.25)
+            elif isinstance(module, FusedMBConv):  # a full 3x3 conv sums 9 C terms: keep its SiLU's input moderate,
+                module.block[0][1].weight.mul_(0.25)  # where onnxruntime's sigmoid is not exactly 0 (below about -20)
             elif isinstance(module, LayerScale):  # ConvNeXt's residual branches, small as trained ones start
                 module.gamma.uniform_(0.05, 0.15, generator=torch.Generator().manual_seed(seed))
             elif isinstance(module, TransformerBlock):  # small residual branches, as for ResNets
@@ -656,6 +744,9 @@ FAMILIES = {
     # Not the stem: with random weights, fp32 rounding alone moves the relevance below the first block's branch by
     # 4e-4 of its maximum (the reference's own fp32 run), beyond what the comparison can tell from a bug.
     "convnext": Family(ConvNeXt, 64, ("stages.0", "downsample", "stages.1.0", "stages.1")),
+    "efficientnet_v2": Family(EfficientNetV2, 64, ("features.1", "features.2.0", "features.2", "features.3")),
+    "regnet_y": Family(RegNetY, 64, ("features.1.0", "features.1", "features.2", "features.2.1.block")),
+    "mobilenet_v4": Family(MobileNetV4, 64, ("features.1.0", "features.1", "features.2", "features.3")),
     # The last two blocks' token layers: with random weights, fp32 rounding alone moves the relevance below an
     # earlier attention by 2e-4 to 2e-3 of its maximum (LRP-epsilon through values that average out to near 0).
     # tests/test_heads.py holds the gradient methods to autograd at every depth.

@@ -348,7 +348,13 @@ def fp32_deviation(model, x, layers, targets=None, composite="rcam", initial="co
     and otherwise pick another seed.
     """
     exact = propagate(model, x, layers, targets, composite, initial, tokens=tokens)
-    rounded = propagate(model, x, layers, exact.classes, composite, initial, dtype=torch.float32, tokens=tokens)
+    # onnxruntime flushes subnormal numbers to zero: a SiLU of a large negative value is then exactly 0, and z+
+    # drops the relevance of the neuron it alone feeds. Rounding the same way shows such cases.
+    flushed = torch.set_flush_denormal(True)
+    try:
+        rounded = propagate(model, x, layers, exact.classes, composite, initial, dtype=torch.float32, tokens=tokens)
+    finally:
+        torch.set_flush_denormal(False) if flushed else None
     size = tuple(torch.as_tensor(x).shape[2:])
 
     def relative(ours, ref):

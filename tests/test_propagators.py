@@ -45,6 +45,7 @@ CONV_CASES = {
     "groups1": (4, 6, [3, 3], dict(pads=[1, 1, 1, 1])),
     "groups2": (4, 6, [3, 3], dict(pads=[1, 1, 1, 1], group=2)),
     "depthwise": (4, 8, [3, 3], dict(pads=[1, 1, 1, 1], group=4)),
+    "depthwise_strides2": (4, 4, [3, 3], dict(pads=[1, 1, 1, 1], group=4, strides=[2, 2])),
     "strides2": (4, 6, [3, 3], dict(pads=[1, 1, 1, 1], strides=[2, 2])),
     "dilations2": (4, 6, [3, 3], dict(pads=[2, 2, 2, 2], dilations=[2, 2])),
     "asymmetric_pads": (4, 6, [3, 3], dict(pads=[0, 2, 1, 0])),
