@@ -19,7 +19,7 @@ from onnx_rcam.explainer import Explainer
 from onnx_rcam.heads import METHODS
 from onnx_rcam.images import find_images, input_bounds
 from onnx_rcam.export import drift_note, save
-from onnx_rcam.initial import INITIAL_KINDS, TARGET_INPUT
+from onnx_rcam.initial import INITIAL_KINDS, SEED_INPUT, TARGET_INPUT
 from onnx_rcam.load import parse_shape
 from onnx_rcam.scorecam import ScoreCamExplainer
 from onnx_rcam.rules import COMPOSITES
@@ -132,8 +132,11 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
     for name, elem_type, shape in result.outputs:
         click.echo(f"  {name:<40} {'int64' if elem_type == TensorProto.INT64 else 'float32'} {_shape(shape)}")
     target_shape = "[N]" if top_k == 1 else f"[N, {top_k}]"
-    click.echo(f"added input\n  {TARGET_INPUT:<40} int64 {target_shape}, optional (default -1: the "
+    click.echo(f"added inputs\n  {TARGET_INPUT:<40} int64 {target_shape}, optional (default -1: the "
                f"{'predicted class' if top_k == 1 else 'k-th highest-scoring class'})")
+    seed_shape = "[N, K]" if top_k == 1 else f"[N, {top_k}, K]"
+    click.echo(f"  {SEED_INPUT:<40} float32 {seed_shape}, optional: the initial relevance itself (default NaN: "
+               f"built from {TARGET_INPUT})")
     size = target.stat().st_size / 2**20
     click.echo(f"wrote     {target}  ({size:.1f} MiB, {seconds:.1f} s)")
     if result.drift:

@@ -17,7 +17,7 @@ from .export import assemble, drift_note, verify_runs
 from .forward_copies import materialize
 from .fusion import protect_fusions
 from .heads import cam, patch_grid_view, resolve_methods
-from .initial import INITIAL_KINDS, explained_onehot, initial_relevance
+from .initial import INITIAL_KINDS, explained_onehot, initial_relevance, seeded
 from .precision import cast_forward_reads
 from .load import default_opset, fix_input_shape, infer_shapes, load
 from .propagators import nonnegative_tensors
@@ -94,12 +94,13 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     swept = region(canonical, targets)
     signals = {}
     if any(m.signal == "relevance" for m in chosen_methods):
-        start = initial_relevance(b, hot, logits.name, logits.shape[1], initial)
+        start = seeded(b, initial_relevance(b, hot, logits.name, logits.shape[1], initial), logits.shape[1], top_k)
         signals["relevance"] = sweep(canonical, swept, target_tensors, start, b, chosen_rules,
                                      image_readers(canonical))
     if any(m.signal == "gradient" for m in chosen_methods):
         # The chain rule from the class score: d logit_t / d A at every target (a second sweep, its own nodes).
-        signals["gradient"] = sweep(canonical, swept, target_tensors, hot, b, rules.composite("gradient"))
+        signals["gradient"] = sweep(canonical, swept, target_tensors, seeded(b, hot, logits.shape[1], top_k), b,
+                                    rules.composite("gradient"))
     for signal, reached in signals.items():
         unreached = [t.key for t in targets if reached[t.tensor] is None]
         if unreached:

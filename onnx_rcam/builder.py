@@ -78,6 +78,10 @@ class Builder:
         self.initializers.append(numpy_helper.from_array(default, name))
         return name
 
+    @property
+    def inputs_by_name(self) -> set[str]:
+        return {i.name for i in self.inputs}
+
     def add_output(self, name: str, elem_type: int, shape: list) -> None:
         self.outputs.append((name, elem_type, shape))
 

@@ -10,6 +10,7 @@ from .builder import Builder
 INITIAL_KINDS = ("contrastive", "onehot", "logit")
 TARGET_INPUT = "rcam/target"
 CLASS_OUTPUT = "rcam/class"
+SEED_INPUT = "rcam/seed"
 
 
 def explained_onehot(b: Builder, logits: str, classes: int, batch, top_k: int = 1) -> str:
@@ -38,3 +39,19 @@ def initial_relevance(b: Builder, hot: str, logits: str, classes: int, kind: str
         return b.mul(hot, logits)
     # contrastive: 1 for the target, -1/K for every other class.
     return b.sub(b.scale(hot, 1.0 + 1.0 / classes), b.const(1.0 / classes))
+
+
+def seeded(b: Builder, default: str, classes: int, top_k: int = 1) -> str:
+    """The optional input rcam/seed, where it is fed, in place of `default` (the rows of one explained class each,
+    [N * top_k, classes]): the initial relevance itself, or the weights of the explained sum of scores for the
+    gradient methods (DESIGN.md section 6). It is shaped like the class scores, [N, classes] ([N, top_k, classes]
+    with top_k); its stored default is NaN, and a NaN entry keeps the default's, so one file serves both uses."""
+    if SEED_INPUT not in b.inputs_by_name:
+        default_seed = np.full([1, classes] if top_k == 1 else [1, 1, classes], np.nan, dtype=np.float32)
+        # The stored default broadcasts over the explained rows (one NaN row), so its dimensions are not fixed.
+        b.add_input(SEED_INPUT, default_seed, ["rcam_seeds", classes] if top_k == 1
+                    else ["rcam_seeds", "rcam_seed_k", classes])
+    rows = b.reshape(SEED_INPUT, b.ints([-1, classes]))
+    if b.float_type != TensorProto.FLOAT:  # the input is float32 whatever the backward's precision
+        rows = b.cast(rows, b.float_type)
+    return b.where(b.node("IsNaN", [rows]), default, rows)

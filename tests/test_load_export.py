@@ -140,3 +140,35 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_seed_is_the_initial_relevance_where_fed(tmp_path):
+    """rcam/seed, shaped like the class scores: a one-hot seed gives exactly `initial="onehot"` with that target,
+    for rcam and for the gradient methods (the weights of the explained scores); NaN entries (the stored default)
+    keep the default initial relevance; with top_k the seed gains the K axis."""
+    model = classifier()
+    x = image()
+    targets = np.array([1, 4, 0], dtype=np.int64)
+    seed = np.eye(5, dtype=np.float32)[targets]
+    methods = ["rcam", "gradcam"]
+    onehot = run_model(onnx_rcam.augment(model, ["act"], initial="onehot", methods=methods), {"x": x, "rcam/target": targets})
+    contrastive = onnx_rcam.augment(model, ["act"], methods=methods)
+    seeded = run_model(contrastive, {"x": x, "rcam/target": targets, "rcam/seed": seed})
+    plain = run_model(contrastive, {"x": x, "rcam/target": targets})
+    for part in ("rcam/act/relevance", "gradcam/act/gradient"):
+        np.testing.assert_allclose(seeded[part], onehot[part], rtol=1e-6, atol=1e-9)
+    partly = seed.copy()
+    partly[1] = np.nan  # sample 1 keeps the contrastive default
+    mixed = run_model(contrastive, {"x": x, "rcam/target": targets, "rcam/seed": partly})
+    np.testing.assert_array_equal(mixed["rcam/act/relevance"][1], plain["rcam/act/relevance"][1])
+    np.testing.assert_array_equal(mixed["rcam/act/relevance"][0], seeded["rcam/act/relevance"][0])
+    assert not np.allclose(plain["rcam/act/relevance"][0], seeded["rcam/act/relevance"][0])
+
+    top2 = onnx_rcam.augment(model, ["act"], top_k=2)
+    pairs = np.stack([np.eye(5, dtype=np.float32)[[1, 2]]] * 3)  # [N, K, classes]
+    out = run_model(top2, {"x": x, "rcam/seed": pairs})
+    for k, target in enumerate((1, 2)):
+        single = run_model(onnx_rcam.augment(model, ["act"], initial="onehot"),
+                           {"x": x, "rcam/target": np.full(3, target, np.int64)})
+        np.testing.assert_allclose(out["rcam/act/relevance"][:, k], single["rcam/act/relevance"], rtol=1e-6,
+                                   atol=1e-9)
