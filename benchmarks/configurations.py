@@ -28,27 +28,39 @@ EFFICIENTNET_STAGES = ["_blocks.2", "_blocks.4", "_blocks.10", "auto"]
 class Subject:
     name: str
     stages: dict[str, list[str]]  # configuration -> layers, in the order augment gets them
-    zoo_builder: str | None  # tests/zoo.py function, None for the bundled model
+    zoo_builder: str | None  # function of tests/zoo.py (or of `module`), None for the bundled model
     input_name: str = "input"
+    module: str = "zoo"  # the tests' module holding zoo_builder
+    tokens: tuple[int, int, int] | None = None  # a transformer's (extra tokens, patch rows, patch columns)
 
     def file_name(self, width: float) -> str:
         return f"{self.name}.onnx" if self.zoo_builder is None or width == 1.0 else f"{self.name}-w{width:g}.onnx"
 
     def torch_model(self, width: float):
-        """The random-weight torch model (tests/zoo.py must be importable)."""
+        """The random-weight torch model (tests/ must be importable)."""
+        import importlib
+
         import zoo
 
-        return zoo.randomize(getattr(zoo, self.zoo_builder)(width=width), seed=0)
+        return zoo.randomize(getattr(importlib.import_module(self.module), self.zoo_builder)(width=width), seed=0)
 
 
 def stage_configurations(stages: list[str], stride_8: str) -> dict[str, list[str]]:
     return {"last stage": stages[-1:], "two stages": [stride_8, stages[-1]], "all stages": list(stages)}
 
 
+# ViT-S/16: every third block's normalised input (the last one is `auto`); ConvNeXt-T: each stage's output.
+VIT_BLOCKS = [f"blocks.{i}.norm1" for i in (2, 5, 8, 11)]
+CONVNEXT_STAGES = [f"stages.{i}" for i in range(4)]
+
 SUBJECTS = {
     "resnet50": Subject("resnet50", stage_configurations(RESNET_STAGES, "layer2"), "resnet50"),
     "vgg16": Subject("vgg16", stage_configurations(VGG16_POOLS, "features.16"), "vgg16"),
     "efficientnet_lite0": Subject("efficientnet_lite0", stage_configurations(EFFICIENTNET_STAGES, "_blocks.4"), None),
+    "vit_s16": Subject("vit_s16", stage_configurations(VIT_BLOCKS, "blocks.5.norm1"), "vit_small",
+                       module="families", tokens=(1, 14, 14)),
+    "convnext_t": Subject("convnext_t", stage_configurations(CONVNEXT_STAGES, "stages.1"), "ConvNeXtTiny",
+                          module="families"),
 }
 
 

@@ -64,7 +64,8 @@ def torch_run(args) -> tuple[float, float]:
     torch.set_num_threads(args.threads)
     before = resident_mib()
     x = torch.from_numpy(images(args.batch))
-    prepared = PreparedReference(SUBJECTS[args.target].torch_model(args.width), args.layer, x[:1])
+    subject = SUBJECTS[args.target]
+    prepared = PreparedReference(subject.torch_model(args.width), args.layer, x[:1], tokens=subject.tokens)
     prepared(x)
     return before, peak_mib()
 

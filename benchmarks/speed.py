@@ -267,7 +267,7 @@ def benchmark_subject(subject: Subject, folder: Path, args) -> tuple[dict, list[
     references = {}
     if subject.zoo_builder:
         torch_model, example = subject.torch_model(width), torch.randn(1, *IMAGE_SHAPE)
-        references = {configuration: PreparedReference(torch_model, layers, example)
+        references = {configuration: PreparedReference(torch_model, layers, example, tokens=subject.tokens)
                       for configuration, layers in subject.stages.items()}
 
     rows = []

@@ -18,8 +18,9 @@ import reference  # tests/reference.py
 
 class PreparedReference:
     def __init__(self, model: nn.Module, layers: list[str], example: torch.Tensor, composite: str = "rcam",
-                 initial: str = "contrastive"):
-        self.layers, self.initial = list(layers), initial
+                 initial: str = "contrastive", tokens=None):
+        """tokens: a transformer's (extra tokens, patch rows, patch columns), as in tests/reference.py."""
+        self.layers, self.initial, self.tokens = list(layers), initial, tokens
         self.model = copy.deepcopy(model).float().eval()
         reference.fold_batchnorms(self.model, example.float())
         reference.attach_rules(self.model, composite)
@@ -38,7 +39,8 @@ class PreparedReference:
         seed = reference.initial_relevance(logits.detach(), classes, self.initial)
         relevance = torch.autograd.grad(logits, [self.activations[path] for path in self.layers], seed)
         size = tuple(images.shape[2:])
-        maps = {path: reference.rcam_maps(self.activations[path].detach(), r, size)
+        maps = {path: reference.rcam_maps(reference.patch_image(self.activations[path].detach(), self.tokens),
+                                          reference.patch_image(r, self.tokens), size)
                 for path, r in zip(self.layers, relevance, strict=True)}
         self.activations.clear()
         return maps

@@ -644,13 +644,14 @@ class SelfAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads)
         self.add1 = zoo.Add()
         self.norm2 = nn.LayerNorm(dim)
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        self.fc1, self.act = nn.Linear(dim, mlp_ratio * dim), nn.GELU()
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
         self.add2 = zoo.Add()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -660,13 +661,13 @@ class TransformerBlock(nn.Module):
 
 class VisionTransformer(nn.Module):
     def __init__(self, num_classes: int = 20, dim: int = 24, depth: int = 3, heads: int = 2, patch: int = 8,
-                 size: int = 32, distilled: bool = False):
+                 size: int = 32, distilled: bool = False, mlp_ratio: int = 2):
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, patch, patch)
         extra = 2 if distilled else 1
         self.tokens = nn.Parameter(torch.zeros(1, extra, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, extra + (size // patch) ** 2, dim))
-        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         self.distilled = distilled
@@ -681,6 +682,34 @@ class VisionTransformer(nn.Module):
 
 def deit(num_classes: int = 20) -> VisionTransformer:
     return VisionTransformer(num_classes, distilled=True)
+
+
+def vit_small(width: float = 1.0, num_classes: int = 1000) -> VisionTransformer:
+    """ViT-S/16 (22M parameters at width 1) on 224 x 224 images, for benchmarks/speed.py."""
+    heads = max(1, round(6 * width))
+    return VisionTransformer(num_classes, dim=64 * heads, depth=12, heads=heads, patch=16, size=224, mlp_ratio=4)
+
+
+class ConvNeXtTiny(nn.Module):
+    """ConvNeXt-T (28M parameters at width 1): depths 3, 3, 9, 3 at 96, 192, 384, 768 channels; for speed.py."""
+
+    def __init__(self, width: float = 1.0, num_classes: int = 1000):
+        super().__init__()
+        widths = [zoo.scaled(c, width) for c in (96, 192, 384, 768)]
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 4, 4), LayerNorm2d(widths[0]))
+        self.downsample = nn.ModuleList(nn.Sequential(LayerNorm2d(a), nn.Conv2d(a, b, 2, 2))
+                                        for a, b in zip(widths, widths[1:]))
+        self.stages = nn.ModuleList(nn.Sequential(*[ConvNeXtBlock(c) for _ in range(depth)])
+                                    for c, depth in zip(widths, (3, 3, 9, 3)))
+        self.pool = SpatialMean()
+        self.norm = nn.LayerNorm(widths[-1], eps=1e-6)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages[0](self.stem(x))
+        for downsample, stage in zip(self.downsample, self.stages[1:]):
+            x = stage(downsample(x))
+        return self.head(self.norm(self.pool(x)))
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
