@@ -146,6 +146,19 @@ class InvertedResidualV2(nn.Module):
         return self.conv(x) if self.add is None else self.add(x, self.conv(x))
 
 
+class ResidualBlock(nn.Module):
+    """Layers in sequence, plus the block's input where the output keeps its shape (inverted bottlenecks)."""
+
+    def __init__(self, layers: list[nn.Module], residual: bool):
+        super().__init__()
+        self.block = nn.Sequential(*layers)
+        self.add = zoo.Add() if residual else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        return result if self.add is None else self.add(result, x)
+
+
 class PooledClassifier(nn.Module):
     """torchvision's MobileNet and EfficientNet layout: `features`, global average pooling, then `classifier`."""
 
@@ -176,21 +189,15 @@ class MobileNetV2(PooledClassifier):
 
 # -- MobileNetV3: HardSwish, SE blocks gated by Hardsigmoid --------------------------------------------------------
 
-class InvertedResidualV3(nn.Module):
+class InvertedResidualV3(ResidualBlock):
     def __init__(self, in_channels: int, kernel: int, expanded: int, out_channels: int, use_se: bool,
                  activation: Callable[[], nn.Module], stride: int):
-        super().__init__()
         layers = [conv_bn(in_channels, expanded, 1, activation=activation)] if expanded != in_channels else []
         layers.append(conv_bn(expanded, expanded, kernel, stride, groups=expanded, activation=activation))
         if use_se:
             layers.append(SqueezeExcitation(expanded, max(2, expanded // 4), nn.ReLU, nn.Hardsigmoid))
         layers.append(conv_bn(expanded, out_channels, 1, activation=None))
-        self.block = nn.Sequential(*layers)
-        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.block(x)
-        return result if self.add is None else self.add(result, x)
+        super().__init__(layers, stride == 1 and in_channels == out_channels)
 
 
 class MobileNetV3(PooledClassifier):
@@ -208,20 +215,14 @@ class MobileNetV3(PooledClassifier):
 
 # -- EfficientNet-B0: MBConv with SiLU = x * sigmoid(x) and SE blocks gated by Sigmoid -------------------------------
 
-class MBConv(nn.Module):
+class MBConv(ResidualBlock):
     def __init__(self, expand_ratio: int, kernel: int, stride: int, in_channels: int, out_channels: int):
-        super().__init__()
         expanded = in_channels * expand_ratio
         layers = [conv_bn(in_channels, expanded, 1, activation=SiLU)] if expand_ratio != 1 else []
         layers += [conv_bn(expanded, expanded, kernel, stride, groups=expanded, activation=SiLU),
                    SqueezeExcitation(expanded, max(1, in_channels // 4), SiLU, nn.Sigmoid),
                    conv_bn(expanded, out_channels, 1, activation=None)]
-        self.block = nn.Sequential(*layers)
-        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.block(x)
-        return result if self.add is None else self.add(result, x)
+        super().__init__(layers, stride == 1 and in_channels == out_channels)
 
 
 class EfficientNet(PooledClassifier):
@@ -242,17 +243,12 @@ class EfficientNet(PooledClassifier):
 
 # -- EfficientNetV2 (Tan and Le 2021): fused MBConv (one 3x3 expansion conv, SiLU) early, MBConv with SE later ----
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(ResidualBlock):
     def __init__(self, expand_ratio: int, stride: int, in_channels: int, out_channels: int):
-        super().__init__()
         expanded = in_channels * expand_ratio
-        self.block = nn.Sequential(conv_bn(in_channels, expanded, 3, stride, activation=SiLU),
-                                   conv_bn(expanded, out_channels, 1, activation=None))
-        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.block(x)
-        return result if self.add is None else self.add(result, x)
+        super().__init__([conv_bn(in_channels, expanded, 3, stride, activation=SiLU),
+                          conv_bn(expanded, out_channels, 1, activation=None)],
+                         stride == 1 and in_channels == out_channels)
 
 
 class EfficientNetV2(PooledClassifier):
@@ -293,10 +289,9 @@ class RegNetY(PooledClassifier):
 # -- MobileNetV4 (Qin et al. 2024): the universal inverted bottleneck, optional depthwise convs before the expansion
 #    and after it, ReLU ------------------------------------------------------------------------------------------------
 
-class UniversalInvertedBottleneck(nn.Module):
+class UniversalInvertedBottleneck(ResidualBlock):
     def __init__(self, in_channels: int, out_channels: int, start_kernel: int, middle_kernel: int, stride: int,
                  expand_ratio: int = 4):
-        super().__init__()
         expanded = in_channels * expand_ratio
         layers: list[nn.Module] = []
         if start_kernel:
@@ -306,12 +301,7 @@ class UniversalInvertedBottleneck(nn.Module):
         if middle_kernel:
             layers.append(conv_bn(expanded, expanded, middle_kernel, stride, groups=expanded))
         layers.append(conv_bn(expanded, out_channels, 1, activation=None))
-        self.block = nn.Sequential(*layers)
-        self.add = zoo.Add() if stride == 1 and in_channels == out_channels else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.block(x)
-        return result if self.add is None else self.add(result, x)
+        super().__init__(layers, stride == 1 and in_channels == out_channels)
 
 
 class MobileNetV4(PooledClassifier):
