@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from PIL import Image
 
@@ -29,6 +28,8 @@ from onnx_rcam.images import Preprocessing, load_image
 from onnx_rcam.models_path import sample_images
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+import deployed  # noqa: E402 - the deployed-forms tests' makers: the real tools, called the same way
 LAYERS = ["auto", "_blocks.10", "_blocks.4", "_blocks.2"]
 MODEL = onnx_rcam.default_model_path()
 PREPROCESSING = Preprocessing.from_file(MODEL.with_name("efficientnet_lite0.preprocess.json"))
@@ -57,41 +58,24 @@ def calibration_batches() -> list[np.ndarray]:
 
 
 def make_forms(folder: Path) -> dict[str, Path]:
-    from onnxconverter_common import float16
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-    import onnxslim
+    from onnxruntime.quantization import CalibrationMethod, QuantType
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": b} for b in calibration_batches()])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    forms = {"fp32": MODEL}
-    model = onnx.load(str(MODEL))
-    for name, keep in (("fp16", False), ("fp16, fp32 I/O", True)):
-        forms[name] = folder / ("fp16_io32.onnx" if keep else "fp16.onnx")
-        onnx.save(float16.convert_float_to_float16(model, keep_io_types=keep), str(forms[name]))
-    prepared = folder / "prepared.onnx"
-    quant_pre_process(str(MODEL), str(prepared))
+    forms = {"fp32": MODEL,
+             "fp16": deployed.fp16(MODEL, folder / "fp16.onnx"),
+             "fp16, fp32 I/O": deployed.fp16(MODEL, folder / "fp16_io32.onnx", keep_io_types=True)}
+    prepared = deployed.quant_preprocessed(MODEL, folder / "prepared.onnx")
+    calibration = np.concatenate(calibration_batches())
     for name, options in (("INT8 QDQ per tensor", {}), ("INT8 QDQ per channel", {"per_channel": True}),
                           ("INT8 QDQ per channel, percentile calibration",
                            {"per_channel": True, "calibrate_method": CalibrationMethod.Percentile}),
                           ("UINT8 QDQ", {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QUInt8}),
                           ("INT16 QDQ per channel", {"activation_type": QuantType.QInt16,
                                                      "weight_type": QuantType.QInt16, "per_channel": True})):
-        forms[name] = folder / f"{name.replace(' ', '_').replace(',', '')}.onnx"
-        quantize_static(str(prepared), str(forms[name]), Reader(), calibration_providers=["CPUExecutionProvider"],
-                        **options)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    forms["ORT_ENABLE_EXTENDED"] = folder / "extended.onnx"
-    options.optimized_model_filepath = str(forms["ORT_ENABLE_EXTENDED"])
-    ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
-    forms["onnxslim"] = folder / "slim.onnx"
-    onnx.save(onnxslim.slim(model), str(forms["onnxslim"]))
+        target = folder / f"{name.replace(' ', '_').replace(',', '')}.onnx"
+        forms[name] = deployed.quantized(prepared, target, calibration, **options)
+    forms["ORT_ENABLE_EXTENDED"] = deployed.ort_optimized(MODEL, folder / "extended.onnx",
+                                                          ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    forms["onnxslim"] = deployed.slim(MODEL, folder / "slim.onnx")
     return forms
 
 

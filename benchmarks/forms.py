@@ -8,7 +8,7 @@ cuda_check.py.
 - int8: onnxruntime.quantization.quant_pre_process (symbolic shape inference and basic optimisations, as
   onnxruntime's documentation prescribes), then quantize_static in the QDQ format, signed 8-bit activations and
   weights (S8S8, onnxruntime's recommended default), weights per channel, MinMax calibration on the mirror images of
-  the bundled photos (PHOTOS), preprocessed as the model expects, CALIBRATION_BATCH at a time. Explained with
+  the bundled photos (PHOTOS), preprocessed as the model expects (made by tests/deployed.py). Explained with
   augment(precision="fp32"): weights dequantized at augment time, float32 backward.
 
 The photos themselves, not mirrored, are what speed.py compares each form's classes and maps on (photo_batch).
@@ -18,24 +18,19 @@ Needs onnxconverter-common for fp16 (`pip install onnxconverter-common`).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-from configurations import BUNDLED_MODEL, Subject, save
+from configurations import BUNDLED_MODEL, Subject
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from deployed import BatchReader  # noqa: E402 - the deployed-forms tests' calibration reader
+import deployed  # noqa: E402 - the deployed-forms tests' makers: the real tools, called the same way
 
 MODELS = BUNDLED_MODEL.parent
 PHOTOS = sorted((MODELS / "images").glob("*.jpg"))
-CALIBRATION_BATCH = 2
 # The models that speed.py and cuda_check.py measure in their deployed forms too.
 FORM_MODELS = ("resnet50", "efficientnet_lite0")
 
@@ -54,8 +49,7 @@ FORMS = {
     "int8": Form("int8", "int8 QDQ", ("fp32",),
                  "quant_pre_process, then onnxruntime.quantization.quantize_static(quant_format=QuantFormat.QDQ, "
                  "activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True), MinMax "
-                 f"calibration on the mirror images of the {len(PHOTOS)} bundled photos, {CALIBRATION_BATCH} at a "
-                 "time"),
+                 f"calibration on the mirror images of the {len(PHOTOS)} bundled photos"),
 }
 
 
@@ -77,28 +71,15 @@ def photo_batch(subject: Subject, mirrored: bool = False) -> np.ndarray:
 
 def make_fp16(plain: Path, target: Path) -> Path:
     try:
-        from onnxconverter_common import float16
+        return deployed.fp16(plain, target, keep_io_types=True)
     except ImportError as error:
         raise SystemExit("the fp16 form needs onnxconverter-common: pip install onnxconverter-common "
                          "(or leave it out with --forms int8, or --forms none)") from error
-    with warnings.catch_warnings():  # one per float32 constant outside float16's range ("will be truncated")
-        warnings.simplefilter("ignore", UserWarning)
-        converted = float16.convert_float_to_float16(onnx.load(plain), keep_io_types=True)
-    return save(converted, target)
 
 
 def make_int8(plain: Path, target: Path, subject: Subject) -> Path:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    preprocessed = target.with_name(target.stem + ".quant-preprocessed.onnx")
-    with contextlib.redirect_stdout(io.StringIO()):
-        quant_pre_process(str(plain), str(preprocessed))
-    input_name = onnx.load(preprocessed, load_external_data=False).graph.input[0].name
-    reader = BatchReader(input_name, photo_batch(subject, mirrored=True), CALIBRATION_BATCH)
-    quantize_static(str(preprocessed), str(target), reader,
-                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    per_channel=True, calibration_providers=["CPUExecutionProvider"])
+    preprocessed = deployed.quant_preprocessed(plain, target.with_name(target.stem + ".quant-preprocessed.onnx"))
+    deployed.quantized(preprocessed, target, photo_batch(subject, mirrored=True), per_channel=True)
     preprocessed.unlink()
     return target
 

@@ -14,7 +14,7 @@ from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import LayerSelectionError, RcamError
 from .export import assemble, drift_note, verify_runs
-from .forward_copies import materialize
+from .forward_copies import forward_tensors, materialize
 from .fusion import protect_fusions
 from .heads import cam, patch_grid_view, resolve_methods
 from .initial import INITIAL_KINDS, explained_onehot, initial_relevance, seeded
@@ -85,7 +85,7 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
         raise RcamError(f"top_k must be between 1 and the number of classes ({logits.shape[1]}), got {top_k}")
 
     # Generated names must collide with nothing the original or the analysis graph holds.
-    taken = set(tensors) | {t.name for t in original.graph.input} | {o for n in original.graph.node for o in n.output}
+    taken = set(tensors) | forward_tensors(original)
     taken |= {i.name for i in original.graph.initializer}
     b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph), precision)
     batch = canonical.image.shape[0]

@@ -12,13 +12,13 @@ import onnx
 
 from .builder import Builder
 from .canonicalize import Canonical
+from .forward_copies import forward_tensors
 
 
 def repeat_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Builder, times: int) -> None:
     if times == 1:
         return
-    forward = {i.name for i in original.graph.input} | {o for n in original.graph.node for o in n.output}
-    forward |= set(b.forward_copies)
+    forward = forward_tensors(original) | set(b.forward_copies)
     shapes = {name: tensor.shape for name, tensor in canonical.graph.tensors().items()}
     shapes.update({copy: shapes[source] for copy, source in b.forward_copies.items()})
     repeated: dict[str, str] = {}

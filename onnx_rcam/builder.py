@@ -37,7 +37,6 @@ class Builder:
             raise RcamError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if opset < MIN_OPSET:  # every emission below assumes opset 17 semantics or later (axes as inputs, ...)
             raise InternalError(f"internal error: generating nodes for opset {opset}; load() upgrades to {MIN_OPSET}")
-        self.precision = precision
         self.float_dtype, self.float_type, self.tiny = PRECISIONS[precision]
         self.opset = opset
         self.nonnegative = nonnegative  # forward tensors known to be >= 0: their x- is exactly zero
@@ -110,7 +109,8 @@ class Builder:
 
     def toposorted(self, available: set[str]) -> list[onnx.NodeProto]:
         """The generated nodes, each after the nodes that compute its inputs (`available`: what the model holds);
-        stable otherwise. Passes that rewrite reads put new nodes first, which may read forward copies made later."""
+        stable otherwise. Passes that rewrite reads put new nodes first, which may read forward copies made later.
+        A read of a tensor that nothing computes (a canonicalize rename) is an internal error."""
         ready = set(available) | {""}
         pending, ordered = list(self.nodes), []
         while pending:
@@ -123,7 +123,7 @@ class Builder:
                     waiting.append(node)
             if len(waiting) == len(pending):
                 raise InternalError(f"internal error: generated node {waiting[0].name!r} reads "
-                                f"{[i for i in waiting[0].input if i not in ready][:3]}, which nothing computes")
+                                    f"{[i for i in waiting[0].input if i not in ready][:3]}, which nothing computes")
             pending = waiting
         return ordered
 

@@ -50,8 +50,9 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     graph.toposort()
     standardize(graph)
     for node in graph.nodes:  # the ops deployed.py unfused keep the fused node's name, and so its module path
-        path = module_path(onnx.helper.make_node(node.op, [], [], name=node.name))
-        scopes.update({t.name: path for t in node.outputs if path and t.name not in scopes})
+        unscoped = [t.name for t in node.outputs if t.name not in scopes]
+        if unscoped and (path := path_from_node_name(node.name)):
+            scopes.update(dict.fromkeys(unscoped, path))
     graph.fold_constants(error_ok=True)
     graph.cleanup()
     if _refine_shapes(graph):  # shapes now known fold further: a Shape of a static tensor (attention's 1/sqrt d)
@@ -114,12 +115,17 @@ def module_path(node: onnx.NodeProto) -> str:
             except (ValueError, SyntaxError):
                 return ""
             return names[-2] if isinstance(names, list) and len(names) >= 2 else ""
-    if not node.name.startswith("/"):
+    return path_from_node_name(node.name)
+
+
+def path_from_node_name(name: str) -> str:
+    """The torch module path in a TorchScript node name ("" for any other name)."""
+    if not name.startswith("/"):
         return ""
     # TorchScript writes /features/features.1/conv/conv.0/Conv: a Sequential's child is named after the previous
     # segment ("conv.0" is child 0 of "conv"), any other module by its attribute name.
     path, previous = "", ""
-    for segment in node.name.strip("/").split("/")[:-1]:
+    for segment in name.strip("/").split("/")[:-1]:
         child = segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment
         path = f"{path}.{child}" if path else child
         previous = segment

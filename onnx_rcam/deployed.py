@@ -52,6 +52,17 @@ def standardize(graph: gs.Graph) -> None:
     graph.cleanup().toposort()
 
 
+def per_axis(value: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """A quantization parameter, per tensor or per axis (1-D along `axis`), in float64, shaped to broadcast over a
+    rank-`rank` tensor."""
+    value = value.astype(np.float64)
+    if value.size == 1 or rank == 0:
+        return value.reshape([])
+    shape = [1] * rank
+    shape[axis % rank] = value.size
+    return value.reshape(shape)
+
+
 def _fold_dequantized(node: gs.Node) -> None:
     """(q - zero point) * scale, per tensor or along `axis`, as a float constant under the output's name."""
     if node.attrs.get("block_size", 0):
@@ -60,12 +71,8 @@ def _fold_dequantized(node: gs.Node) -> None:
     quantized = node.inputs[0].values
     scale = node.inputs[1].values
     zero_point = node.inputs[2].values if len(node.inputs) > 2 and node.inputs[2].name else np.zeros(1)
-    shape = [1] * quantized.ndim
-    if scale.size > 1:
-        shape[node.attrs.get("axis", 1) % quantized.ndim] = scale.size
-    value = (quantized.astype(np.float64) - zero_point.astype(np.float64).reshape(shape if zero_point.size > 1
-                                                                                    else [])) \
-        * scale.astype(np.float64).reshape(shape if scale.size > 1 else [])
+    axis, rank = node.attrs.get("axis", 1), quantized.ndim
+    value = (quantized - per_axis(zero_point, axis, rank)) * per_axis(scale, axis, rank)
     output = node.outputs[0]
     node.outputs.clear()
     output.to_constant(value.astype(scale.dtype))
@@ -109,7 +116,7 @@ def _unfuse(graph: gs.Graph, node: gs.Node, op: str, inputs: list, attrs: dict, 
 def _fused_conv(graph: gs.Graph, node: gs.Node) -> None:
     """FusedConv(X, W, B, Z) = activation(Conv(X, W, B) + Z)."""
     attrs = {k: v for k, v in node.attrs.items() if k not in ("activation", "activation_params")}
-    inputs = [t for t in node.inputs[:3]]
+    inputs = list(node.inputs[:3])
     addend = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
     _unfuse(graph, node, "Conv", inputs, attrs, node.attrs.get("activation"), node.attrs.get("activation_params", []),
             addend)
@@ -118,11 +125,9 @@ def _fused_conv(graph: gs.Graph, node: gs.Node) -> None:
 def _fused_gemm(graph: gs.Graph, node: gs.Node) -> None:
     """FusedGemm(A, B, C) = activation(alpha A' B' + beta C)."""
     attrs = {k: node.attrs[k] for k in ("alpha", "beta", "transA", "transB") if k in node.attrs}
-    kind = node.attrs.get("activation")
-    kind = kind.decode() if isinstance(kind, bytes) else kind
     alpha = node.attrs.get("activation_alpha", node.attrs.get("leaky_relu_alpha"))
     params = [p for p in (alpha, node.attrs.get("activation_beta")) if p is not None]
-    _unfuse(graph, node, "Gemm", list(node.inputs), attrs, kind, params)
+    _unfuse(graph, node, "Gemm", list(node.inputs), attrs, node.attrs.get("activation"), params)
 
 
 def _fused_matmul(graph: gs.Graph, node: gs.Node) -> None:

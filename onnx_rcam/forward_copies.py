@@ -16,6 +16,11 @@ from .builder import Builder
 from .canonicalize import Canonical
 
 
+def forward_tensors(original: onnx.ModelProto) -> set[str]:
+    """Names of the tensors the model itself holds at run time: its inputs and every node's outputs."""
+    return {i.name for i in original.graph.input} | {o for n in original.graph.node for o in n.output}
+
+
 def copy_producer(canonical: Canonical, name: str, b: Builder, out: str | None = None) -> str:
     """Append a copy of the canonical node computing `name` (pads and BN already folded); returns its output."""
     source: gs.Node = canonical.graph.tensors()[name].inputs[0]
@@ -34,8 +39,7 @@ def copy_producer(canonical: Canonical, name: str, b: Builder, out: str | None =
 
 def materialize(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> None:
     """Compute, ahead of the generated nodes, every tensor they read that only the analysis graph has."""
-    held = {i.name for i in original.graph.input} | {i.name for i in original.graph.initializer}
-    held |= {o for n in original.graph.node for o in n.output}
+    held = forward_tensors(original) | {i.name for i in original.graph.initializer}
     generated = {o for n in b.nodes for o in n.output} | {i.name for i in b.initializers}
 
     def ensure(node, name: str) -> str:

@@ -13,13 +13,14 @@ import onnx
 
 from .builder import Builder
 from .canonicalize import Canonical
+from .forward_copies import forward_tensors
 
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
 
 def cast_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> None:
     tensors = canonical.graph.tensors()
-    forward = {i.name for i in original.graph.input} | {o for n in original.graph.node for o in n.output}
+    forward = forward_tensors(original)
 
     def dtype_of(name: str):
         tensor = tensors.get(b.forward_copies.get(name, name))

@@ -69,11 +69,13 @@ def quant_preprocessed(source: Path, target: Path) -> Path:
 
 
 def quantized(preprocessed: Path, target: Path, calibration: np.ndarray, quant_format=QuantFormat.QDQ,
-              activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel: bool = False) -> Path:
+              activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel: bool = False,
+              **options) -> Path:
+    """quantize_static calibrated on `calibration`; `options` go to it as they are (calibrate_method, ...)."""
     input_name = onnx.load(preprocessed, load_external_data=False).graph.input[0].name
     quantize_static(str(preprocessed), str(target), BatchReader(input_name, calibration),
                     quant_format=quant_format, activation_type=activation_type, weight_type=weight_type,
-                    per_channel=per_channel, calibration_providers=CPU)
+                    per_channel=per_channel, calibration_providers=CPU, **options)
     return target
 
 

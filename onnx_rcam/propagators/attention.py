@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import CompositeError
 from ..linear import LinearLayer, NonlinearOp, WeightRef
 from . import Context, register, unsupported
-from .common import static_shape
+from .common import produced_by, static_shape
 from .elementwise import _nonlinear, unbroadcast
 
 # The attention weights may be reshaped, cast or quantized between the Softmax and the product.
@@ -26,14 +26,7 @@ _CARRIERS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose"
 
 
 def is_attention_weights(tensor) -> bool:
-    while tensor.inputs:
-        producer = tensor.inputs[0]
-        if producer.op == "Softmax":
-            return True
-        if producer.op not in _CARRIERS:
-            return False
-        tensor = producer.inputs[0]
-    return False
+    return produced_by(tensor, ("Softmax",), _CARRIERS)
 
 
 def _swap_last(b, name: str, rank: int) -> str:
@@ -53,8 +46,6 @@ class Bilinear:
 
 
 def matmul_product(node) -> Bilinear:
-    left, right = node.inputs
-
     def adjoint(b, i, g, other):
         flipped = _swap_last(b, other, len(static_shape(node.inputs[1 - i])))
         result = b.matmul(g, flipped) if i == 0 else b.matmul(flipped, g)  # g R^T, or L^T g

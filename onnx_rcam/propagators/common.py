@@ -103,6 +103,19 @@ def adjoint_kernel(weight: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(np.flip(swapped, axis=tuple(range(2, swapped.ndim))))
 
 
+def produced_by(tensor: gs.Tensor, ops, carriers) -> bool:
+    """Whether the tensor is the output of one of `ops`, possibly passed since through `carriers` (ops that only move
+    or re-encode its values: reshapes, casts, quantization)."""
+    while tensor.inputs:
+        producer = tensor.inputs[0]
+        if producer.op in ops:
+            return True
+        if producer.op not in carriers:
+            return False
+        tensor = producer.inputs[0]
+    return False
+
+
 def required_constant(node: gs.Node, index: int, what: str) -> np.ndarray:
     """Input `index` of `node`, which must be a constant; otherwise a clear error naming it (`what`, e.g. "slope")."""
     value = constant_input(node, index)

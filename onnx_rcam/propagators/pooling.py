@@ -102,25 +102,17 @@ def _inverse_divisor(node, in_sizes, out_sizes, attrs) -> np.ndarray:
     return inverse.astype(np.float32)[None, None]
 
 
-def run_single_op(op: str, attrs: dict, value: np.ndarray, constants: dict | None = None) -> np.ndarray:
-    """op(value) in onnxruntime, with `constants` (name -> array) as its further inputs in that order: asking the
-    runtime keeps every mode and edge case exactly the forward pass's."""
-    constants = constants or {}
-    node = helper.make_node(op, ["x", *_optional_inputs(op, constants)], ["y"], **attrs)
+def run_single_op(op: str, attrs: dict, value: np.ndarray, constants=()) -> np.ndarray:
+    """op(value) in onnxruntime, with `constants` as its further inputs in order (None: an optional input left out):
+    asking the runtime keeps every mode and edge case exactly the forward pass's."""
+    names = [f"input_{i}" if array is not None else "" for i, array in enumerate(constants, 1)]
+    node = helper.make_node(op, ["x", *names], ["y"], **attrs)
     graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, value.shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(array, name) for name, array in constants.items()])
+                              [numpy_helper.from_array(array, name) for name, array in zip(names, constants) if name])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"x": value})[0]
-
-
-def _optional_inputs(op: str, constants: dict) -> list[str]:
-    """The names of the further inputs, with "" for omitted optional ones (Resize: roi, scales, sizes)."""
-    if op != "Resize":
-        return list(constants)
-    return [name if name in constants else "" for name in ("roi", "scales", "sizes")][
-        :max([i + 1 for i, name in enumerate(("roi", "scales", "sizes")) if name in constants], default=0)]
 
 
 @register("MaxPool", sign=like_first_input)

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from ..canonicalize import is_activation
 from ..linear import LinearLayer, NonlinearOp, WeightRef
 from . import Context, like_all_inputs, register, unsupported
-from .common import constant_input, keeps_shape
+from .common import constant_input, keeps_shape, produced_by
 from .elementwise import unbroadcast
 
 GATES = ("Sigmoid", "HardSigmoid")
@@ -83,14 +83,7 @@ def div(ctx: Context, node, relevance):
 
 def is_gate(tensor: gs.Tensor) -> bool:
     """Whether the tensor is the output of a Sigmoid or HardSigmoid, possibly reshaped or broadcast since."""
-    while tensor.inputs:
-        producer = tensor.inputs[0]
-        if producer.op in GATES:
-            return True
-        if producer.op not in LAYOUT_OPS:
-            return False
-        tensor = producer.inputs[0]
-    return False
+    return produced_by(tensor, GATES, LAYOUT_OPS)
 
 
 # Ops that compute each output element from the same element of their inputs (and constants) only.

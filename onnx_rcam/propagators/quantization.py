@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..deployed import per_axis
 from . import Context, like_first_input, register, unsupported
 from .common import constant_input, required_constant, static_shape
 from .elementwise import _nonlinear
@@ -20,16 +21,6 @@ def _integer_range(node, zero_point: np.ndarray | None) -> tuple[int, int]:
     """The least and greatest value of the quantized type (uint8 when the zero point is omitted)."""
     info = np.iinfo(zero_point.dtype if zero_point is not None else np.uint8)
     return info.min, info.max
-
-
-def _per_axis(node, value: np.ndarray, rank: int) -> np.ndarray:
-    """A per-tensor or per-axis (1-D, along the node's `axis`) parameter, shaped to broadcast over the input."""
-    value = value.astype(np.float64)
-    if value.ndim == 0 or value.size == 1 or rank == 0:
-        return value.reshape([])
-    shape = [1] * rank
-    shape[node.attrs.get("axis", 1) % rank] = value.size
-    return value.reshape(shape)
 
 
 def _quantization_parameters(node) -> tuple[np.ndarray, np.ndarray | None]:
@@ -49,8 +40,9 @@ def quantize(ctx: Context, node, relevance):
     scale, zero_point = _quantization_parameters(node)
     rank = len(static_shape(node.inputs[0]))
     low, high = _integer_range(node, zero_point)
-    offset = _per_axis(node, zero_point if zero_point is not None else np.zeros(1), rank)
-    step = _per_axis(node, scale, rank)
+    axis = node.attrs.get("axis", 1)
+    offset = per_axis(zero_point if zero_point is not None else np.zeros(1), axis, rank)
+    step = per_axis(scale, axis, rank)
     # x saturates outside [(q_min - zero point) * scale, (q_max - zero point) * scale].
     lowest, highest = (low - offset) * step, (high - offset) * step
 

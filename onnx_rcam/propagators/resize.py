@@ -58,27 +58,21 @@ def resize(ctx: Context, node, relevance):
 
 def _interpolation_matrix(node, axis: int, size: int, out_size: int, roi, scale) -> np.ndarray:
     """A [out_size, size] with Resize(x) = A x along `axis`: the node's Resize of an identity, one unit per sample."""
-    shape = [size, 1, 1, 1]
-    shape[axis] = size
-    identity = np.zeros(shape, dtype=np.float32)
-    for k in range(size):
-        index = [k, 0, 0, 0]
-        index[axis] = k
-        identity[tuple(index)] = 1.0
+    identity = np.moveaxis(np.eye(size, dtype=np.float32).reshape(size, size, 1, 1), 1, axis)  # unit k in sample k
     attrs = {k: v for k, v in node.attrs.items() if k != "axes"}
-    inputs = {}
+    roi_input = None
     if roi is not None:
         starts, ends = [0.0] * 4, [1.0] * 4
         starts[axis], ends[axis] = roi
-        inputs["roi"] = np.array(starts + ends, dtype=np.float32)
+        roi_input = np.array(starts + ends, dtype=np.float32)
     if scale is not None:
         factors = [1.0] * 4
         factors[axis] = scale
-        inputs["scales"] = np.array(factors, dtype=np.float32)
+        inputs = [roi_input, np.array(factors, dtype=np.float32)]
     else:
-        wanted = list(shape)
+        wanted = list(identity.shape)
         wanted[axis] = out_size
-        inputs["sizes"] = np.array(wanted, dtype=np.int64)
+        inputs = [roi_input, None, np.array(wanted, dtype=np.int64)]
     resized = run_single_op("Resize", attrs, identity, inputs)
     if resized.shape[axis] != out_size:
         raise unsupported(node, f"resizing an identity along axis {axis} gave {resized.shape[axis]} positions, the "
