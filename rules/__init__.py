@@ -40,21 +40,23 @@ _WINNER_TAKES_ALL = {"MaxPool": "gradient", "GlobalMaxPool": "gradient"}
 
 COMPOSITES: dict[str, dict] = {
     # The paper's rules (DESIGN.md section 1).
-    "rcam": {"Conv": "zplus", "Gemm": "zplus", "MatMul": "zplus", "Einsum": "zplus", **_POOLS_AND_JOINS,
-             **_WINNER_TAKES_ALL, "*": "pass"},
+    "rcam": {"Conv": "zplus", "ConvTranspose": "zplus", "Gemm": "zplus", "MatMul": "zplus", "Einsum": "zplus",
+             **_POOLS_AND_JOINS, **_WINNER_TAKES_ALL, "*": "pass"},
     # zennit's EpsilonPlus: z+ for convolutions, epsilon for dense layers.
-    "epsilon_plus": {"Conv": "zplus", "Gemm": "epsilon", "MatMul": "epsilon", "Einsum": "epsilon", **_POOLS_AND_JOINS,
-                     **_WINNER_TAKES_ALL, "*": "pass"},
+    "epsilon_plus": {"Conv": "zplus", "ConvTranspose": "zplus", "Gemm": "epsilon", "MatMul": "epsilon",
+                     "Einsum": "epsilon", **_POOLS_AND_JOINS, **_WINNER_TAKES_ALL, "*": "pass"},
     # The plain chain rule everywhere: the sweep computes gradients (the Grad-CAM family's signal).
     "gradient": {"*": "gradient"},
 }
 # zennit's composites for input-level heatmaps (Kohlbrenner et al. 2020, "Towards best practice in explaining
 # neural network decisions with LRP"): a rule for the image layer, another for the convolutions, epsilon for dense.
 COMPOSITES["epsilon_plus_flat"] = {**COMPOSITES["epsilon_plus"], INPUT: "flat"}
-COMPOSITES["epsilon_gamma_box"] = {**COMPOSITES["epsilon_plus"], "Conv": {"rule": "gamma", "gamma": 0.25},
+_GAMMA = {"rule": "gamma", "gamma": 0.25}
+COMPOSITES["epsilon_gamma_box"] = {**COMPOSITES["epsilon_plus"], "Conv": _GAMMA, "ConvTranspose": _GAMMA,
                                    INPUT: "zbox"}
-COMPOSITES["epsilon_alpha2_beta1"] = {**COMPOSITES["epsilon_plus"], "Conv": {"rule": "alphabeta", "alpha": 2.0,
-                                                                            "beta": 1.0}}
+_ALPHA2_BETA1 = {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0}
+COMPOSITES["epsilon_alpha2_beta1"] = {**COMPOSITES["epsilon_plus"], "Conv": _ALPHA2_BETA1,
+                                      "ConvTranspose": _ALPHA2_BETA1}
 
 
 def make_rule(spec, input_bounds=None) -> Rule:

@@ -66,6 +66,37 @@ def window_attrs(node: gs.Node, kernel: list[int]) -> dict:
     return {"kernel_shape": list(kernel), "strides": strides, "dilations": dilations, "pads": pads}
 
 
+def transposed_conv_attrs(node: gs.Node, kernel: list[int], in_sizes: list[int], out_sizes: list[int]) -> dict:
+    """Explicit kernel_shape, strides, dilations, pads and output_padding of a ConvTranspose node, with output_shape
+    and auto_pad resolved against the static shapes: the output is the full transposed convolution, of size
+    s * (in - 1) + output_padding + (k - 1) * d + 1, cropped by pads. Where output_shape or SAME_* fix the output
+    size, the ONNX spec splits the crop as onnxruntime does: the odd row at the end for SAME_UPPER, at the start
+    otherwise."""
+    rank = len(kernel)
+    strides = list(node.attrs.get("strides", [1] * rank))
+    dilations = list(node.attrs.get("dilations", [1] * rank))
+    output_padding = list(node.attrs.get("output_padding", [0] * rank))
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad == "VALID":
+        pads = [0] * (2 * rank)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER") or "output_shape" in node.attrs:
+        totals = [s * (size - 1) + p + (k - 1) * d + 1 - out
+                  for size, out, k, s, d, p in zip(in_sizes, out_sizes, kernel, strides, dilations, output_padding)]
+        begins = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+        pads = begins + [t - begin for t, begin in zip(totals, begins)]
+    else:
+        pads = list(node.attrs.get("pads", [0] * (2 * rank)))
+    full = [s * (size - 1) + p + (k - 1) * d + 1
+            for size, k, s, d, p in zip(in_sizes, kernel, strides, dilations, output_padding)]
+    if min(pads) < 0 or [f - b - e for f, b, e in zip(full, pads[:rank], pads[rank:])] != out_sizes:
+        raise unsupported(node, f"its output {out_sizes} is not its full transposed convolution {full} cropped by "
+                                f"non-negative pads {pads}")
+    return {"kernel_shape": list(kernel), "strides": strides, "dilations": dilations, "pads": pads,
+            "output_padding": output_padding}
+
+
 def transpose_window_op(b: Builder, g: str, weight: WeightRef, attrs: dict, group: int, in_sizes: list[int],
                         out_sizes: list[int]) -> str:
     """The exact adjoint of a strided window op (Conv, or a pool as a depthwise Conv), sized to the input.

@@ -1,4 +1,4 @@
-"""Conv, Gemm and MatMul with a constant operand: linear layers with explicit weights."""
+"""Conv, ConvTranspose, Gemm and MatMul with a constant operand: linear layers with explicit weights."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 from ..linear import LinearLayer, WeightRef
 from . import Context, register, unsupported
 from .attention import matmul_product, product_of_activations
-from .common import constant_input, keeps_shape, required_constant, spatial_sizes, transpose_window_op, window_attrs
+from .common import (constant_input, keeps_shape, required_constant, spatial_sizes, transpose_window_op,
+                     transposed_conv_attrs, window_attrs)
 
 
 @register("Conv")
@@ -26,6 +27,33 @@ def conv(ctx: Context, node, relevance):
 
     layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), constant_input(node, 2), forward,
                         transpose, op="Conv", same_shape=keeps_shape([x], node.outputs[0]), offset_in_forward=True)
+    return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
+
+
+@register("ConvTranspose")
+def conv_transpose(ctx: Context, node, relevance):
+    """y = ConvTranspose(x, W), W [C_in, C_out / group, *k]: the adjoint of a Conv with the same weight, strides,
+    dilations, group and pads. Its own transpose is that Conv: a Conv reads W as [C_out_conv = C_in,
+    C_in_conv / group = C_out / group, *k], exactly the ConvTranspose layout, so no weight is rearranged."""
+    x, weight = node.inputs[0], required_constant(node, 1, "weight")
+    group = node.attrs.get("group", 1)
+    in_sizes, out_sizes = spatial_sizes(x), spatial_sizes(node.outputs[0])
+    attrs = transposed_conv_attrs(node, list(weight.shape[2:]), in_sizes, out_sizes)
+    out_channels = weight.shape[1] * group
+
+    def forward(b, xs, w, offset):
+        bias = [b.const(np.full(out_channels, offset, np.float32), "offset")] if offset else []
+        return b.node("ConvTranspose", [xs[0], w.name(b), *bias], group=group, **attrs)
+
+    def transpose(b, g, w):
+        # g padded by the forward's crops back to the full size; output_padding's positions (below the stride)
+        # are in no window.
+        conv_attrs = {k: v for k, v in attrs.items() if k != "output_padding"}
+        return [b.conv(g, w.name(b), group=group, **conv_attrs)]
+
+    layer = LinearLayer([x.name], node.outputs[0].name, WeightRef(weight), constant_input(node, 2), forward,
+                        transpose, op="ConvTranspose", same_shape=keeps_shape([x], node.outputs[0]),
+                        offset_in_forward=True)
     return ctx.rule(node).linear(ctx.builder, layer, relevance[0])
 
 
