@@ -302,14 +302,14 @@ def layers(model, input_shape):
 
     Use the INDEX (negative), the TENSOR name or a SCOPE prefix with `onnx-rcam augment --layer`. GRID is the
     layer's h x w; a transformer's [N, T, D] token layers show their patch grid and the class, distillation or
-    register tokens before the patches (+1, +2...), which the maps leave out.
+    register tokens before the patches (+1, +2...), which the maps leave out; [N, h, w, C] layers (Swin, timm's
+    ConvNeXt blocks) say channels-last.
     """
     source = _model_argument(model)
     options = candidate_layers(source, input_shape)
     rows = [("INDEX", "TENSOR", "OP", "SHAPE", "GRID", "DOWN", "SCOPE")]
     for c in options:
-        grid = (f"{c.tokens.height}x{c.tokens.width} patches" + (f" +{c.tokens.prefix}" if c.tokens.prefix else "")
-                if c.tokens else "x".join(map(str, c.shape[2:])))
+        grid = c.tokens.describe() if c.tokens else "x".join(map(str, c.shape[2:]))
         rows.append((str(c.index - len(options)), c.tensor, c.op, _shape(c.shape), grid, f"{c.downsampling:g}x",
                      c.scope or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -16,7 +16,7 @@ from .errors import LayerSelectionError, RcamError
 from .export import assemble, drift_note, verify_runs
 from .forward_copies import forward_tensors, materialize
 from .fusion import protect_fusions
-from .heads import cam, patch_grid_view, resolve_methods
+from .heads import cam, grid_view, resolve_methods
 from .initial import INITIAL_KINDS, explained_onehot, initial_relevance, seeded
 from .precision import cast_forward_reads
 from .load import default_opset, fix_input_shape, infer_shapes, load
@@ -112,15 +112,15 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
         activation, shape = target.tensor, list(tensors[target.tensor].shape)
         shown = activation
         grid = target.tokens
-        if grid is not None:  # tokens: the image of their patches, after which every head is the same
-            activation = patch_grid_view(b, activation, grid.prefix, grid.height, grid.width)
+        if grid is not None:  # tokens or channels-last: the image of the grid, after which every head is the same
+            activation = grid_view(b, activation, grid)
             with b.per_sample():  # the activation output: one row per sample whatever top_k (batching.py)
-                shown = patch_grid_view(b, target.tensor, grid.prefix, grid.height, grid.width)
-            shape = [shape[0], shape[2], grid.height, grid.width]
+                shown = grid_view(b, target.tensor, grid)
+            shape = [shape[0], shape[-1], grid.height, grid.width]
         for method in chosen_methods:
             signal = signals[method.signal][target.tensor]
             if grid is not None:
-                signal = patch_grid_view(b, signal, grid.prefix, grid.height, grid.width)
+                signal = grid_view(b, signal, grid)
             cam(b, method, activation, signal, shape, canonical.image_size, target.key, relu, top_k, shown)
     materialize(original, canonical, b)
     protect_fusions(original, canonical, b)

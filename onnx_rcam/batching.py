@@ -22,19 +22,23 @@ def repeat_forward_reads(original: onnx.ModelProto, canonical: Canonical, b: Bui
     shapes = {name: tensor.shape for name, tensor in canonical.graph.tensors().items()}
     shapes.update({copy: shapes[source] for copy, source in b.forward_copies.items()})
     repeated: dict[str, str] = {}
+    samples: list[str] = []  # N, emitted with the first repeat (ahead of the rewritten nodes, and not rewritten)
 
     def repeat(name: str) -> str:
         if name not in repeated:
+            # The batch axis: the dynamic one, which a transformer's attention moves (qkv laid out [3, N, ...]). It
+            # may hold N * W rows (a Swin's W attention windows per image): each sample's K copies must hold all
+            # its W rows, in order, as the backward of N * K images lays them out, so N is split off first.
+            if not samples:
+                samples.append(b.node("Shape", [canonical.image.name], end=1))
             shape = shapes[name]
-            rank = len(shape)
-            # The batch axis: the dynamic one, which a transformer's attention moves (qkv laid out [3, N, ...]).
             axis = next((i for i, d in enumerate(shape) if not isinstance(d, int)), 0)
-            counts = [1] * (rank + 1)
+            leading = [b.node("Shape", [name], end=axis)] if axis else []
+            grouped = b.reshape(name, b.concat(leading + [samples[0], b.ints([-1])], axis=0))  # [..., N, rest]
+            counts = [1] * (axis + 3)
             counts[axis + 1] = times
-            spread = b.expand(b.unsqueeze(name, [axis + 1]), b.ints(counts))  # [..., N, K, ...]
-            parts = [b.ints([-1]), b.node("Shape", [name], start=axis + 1)]
-            if axis:
-                parts.insert(0, b.node("Shape", [name], end=axis))
+            spread = b.expand(b.unsqueeze(grouped, [axis + 1]), b.ints(counts))             # [..., N, K, rest]
+            parts = leading + [b.ints([-1]), b.node("Shape", [name], start=axis + 1)]
             repeated[name] = b.reshape(spread, b.concat(parts, axis=0))
         return repeated[name]
 

@@ -98,11 +98,14 @@ def resolve_methods(names) -> list[Method]:
     return [METHODS[n] for n in dict.fromkeys(names)]
 
 
-def patch_grid_view(b: Builder, tokens: str, prefix: int, height: int, width: int) -> str:
-    """[N, T, D] tokens as the [N, D, h, w] image of their patches: the first `prefix` tokens (class, distillation,
-    register) dropped, the rest laid out row by row (DESIGN.md section 6)."""
-    patches = b.slice(tokens, [prefix], [np.iinfo(np.int64).max], [1])
-    return b.reshape(b.transpose(patches, [0, 2, 1]), b.ints([0, -1, height, width]))
+def grid_view(b: Builder, tensor: str, grid) -> str:
+    """A token or channels-last layer (select.TokenGrid) as the [N, D, h, w] image of its grid: [N, h, w, D]
+    transposed; of [N, T, D] tokens, the first `prefix` (class, distillation, register) dropped and the rest laid
+    out row by row (DESIGN.md section 6)."""
+    if grid.channels_last:
+        return b.transpose(tensor, [0, 3, 1, 2])
+    patches = b.slice(tensor, [grid.prefix], [np.iinfo(np.int64).max], [1])
+    return b.reshape(b.transpose(patches, [0, 2, 1]), b.ints([0, -1, grid.height, grid.width]))
 
 
 def output_names(method: Method, key: str) -> dict[str, str]:

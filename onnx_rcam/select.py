@@ -6,9 +6,10 @@ import difflib
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from .canonicalize import Canonical
+from .canonicalize import Canonical, constant_value
 from .propagators.attention import is_attention_weights
 from .errors import LayerSelectionError
 
@@ -25,11 +26,18 @@ class Candidate:
 
 @dataclass(frozen=True)
 class TokenGrid:
-    """The last height * width of a layer's T tokens are the image's patches, row by row; the first `prefix` are
-    class, distillation or register tokens (DESIGN.md section 6, token layers)."""
+    """Where a layer's image grid lies when its activation is not [N, C, h, w] (DESIGN.md section 6, token layers):
+    in [N, T, D] tokens, the last height * width are the patches, row by row, after `prefix` class, distillation or
+    register tokens; with channels_last, the activation is [N, h, w, D] (Swin, ConvNeXt's blocks in timm)."""
     prefix: int
     height: int
     width: int
+    channels_last: bool = False
+
+    def describe(self) -> str:
+        if self.channels_last:
+            return f"{self.height}x{self.width} channels-last"
+        return f"{self.height}x{self.width} patches" + (f" +{self.prefix}" if self.prefix else "")
 
 
 @dataclass(frozen=True)
@@ -44,38 +52,84 @@ MAX_EXTRA_TOKENS = 8  # class, distillation and register tokens before the patch
 
 def candidates(canonical: Canonical) -> list[Candidate]:
     """The layers that can be explained, in topological order, all produced by a node on a path from the image to
-    the logits: float 4-D activations laid out [N, C, h, w] on the image's grid, downsampled (more than 1 x 1), and
-    a transformer's [N, T, D] tokens whose last h x w are the patches of the patch-embedding Conv."""
+    the logits: float 4-D activations laid out [N, C, h, w] on the image's grid, downsampled (more than 1 x 1); the
+    same laid out [N, h, w, C]; and a transformer's [N, T, D] tokens whose last h x w are the patches of the
+    patch-embedding Conv, or of a grid it downsampled by merging patches (Swin)."""
     on_path = _descendants([canonical.image]) & _ancestors(canonical.logits)
     channel_last = _channel_last(canonical)
     on_grid = _grid_tensors(canonical, channel_last)
     patches = _patch_grid(canonical)
+    probed = _probed_shapes(canonical)
     height = canonical.image_size[0]
     found = []
     for node in canonical.graph.nodes:
         for tensor in node.outputs:
             if tensor.name not in on_path or tensor.shape is None or not _is_float(tensor):
                 continue
-            tokens = _token_grid(node, tensor, patches, on_grid)
+            shape = _known_shape(tensor, probed)
+            if shape is None:
+                continue
+            tokens = _token_grid(node, tensor.name, shape, patches, on_grid, channel_last, canonical.image_size)
             if tokens is not None:
-                found.append(Candidate(len(found), tensor.name, node.op, tuple(tensor.shape),
+                found.append(Candidate(len(found), tensor.name, node.op, shape,
                                        height / tokens.height, canonical.scopes.get(tensor.name, ""), tokens))
-            elif (tensor.name in on_grid and tensor.name not in channel_last and len(tensor.shape) == 4
-                    and _spatial_size(tensor.shape) > 1 and _on_image_grid(tensor.shape, canonical.image_size)):
-                h = tensor.shape[2]
+            elif (tensor.name in on_grid and tensor.name not in channel_last and len(shape) == 4
+                    and _spatial_size(shape) > 1 and _on_image_grid(shape, canonical.image_size)):
+                h = shape[2]
                 factor = height / h if isinstance(h, int) and h else float("nan")
-                found.append(Candidate(len(found), tensor.name, node.op, tuple(tensor.shape), factor,
+                found.append(Candidate(len(found), tensor.name, node.op, shape, factor,
                                        canonical.scopes.get(tensor.name, "")))
     return found
 
 
+PROBE_BATCH = 7  # a prime: a tensor of attention windows or heads holds a multiple of it on axis 0
+
+
+def _probed_shapes(canonical: Canonical) -> dict[str, tuple] | None:
+    """Each tensor's shape with the batch fixed, its axis 0 replaced by None where that is not the batch; None where
+    shape inference fails.
+
+    At a fixed batch (PROBE_BATCH where it is dynamic) the Reshapes whose shapes are computed from Shape fold, so
+    that a Swin's windows [N * windows, window * window, D] differ from its tokens [N, h * w, D] (symbolic names
+    cannot tell them apart: TorchScript names each Reshape's axis 0 anew), and flattened token counts become known.
+    """
+    batch = canonical.image.shape[0] if canonical.image.shape else None
+    probe = batch if isinstance(batch, int) else PROBE_BATCH
+    graph = canonical.graph.copy()
+    graph.tensors()[canonical.image.name].shape = [probe, *canonical.image.shape[1:]]
+    try:
+        graph.fold_constants(error_ok=True)
+        model = gs.export_onnx(graph)
+        del model.graph.value_info[:]
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - without the probe, shapes are as canonicalize knows them
+        return None
+    shapes = {}
+    for info in inferred.graph.value_info:
+        if info.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+            shapes[info.name] = tuple([None if not dims or dims[0] != probe else batch, *dims[1:]])
+    return shapes
+
+
+def _known_shape(tensor: gs.Tensor, probed: dict[str, tuple] | None) -> tuple | None:
+    """The tensor's shape, its symbolic axes after the batch as the probe found them; None where the probe found
+    that axis 0 is not the batch (attention windows or heads of each image)."""
+    found = probed.get(tensor.name) if probed is not None else None
+    if found is None or len(found) != len(tensor.shape):
+        return tuple(tensor.shape)
+    if found and found[0] is None and len(found) > 1:
+        return None
+    return (tensor.shape[0], *(d if isinstance(d, int) or p is None else p for d, p in zip(tensor.shape[1:], found[1:])))
+
+
 def _auto(canonical: Canonical, options: list[Candidate]) -> Candidate:
     """The last activation with a grid, the one global pooling or flattening consumes (of known size where any is).
-    In a transformer, whose class score reads the class token after the last block, the patches at the last token
+    In a transformer whose class score reads the class token after the last block, the patches at the last token
     layer get no relevance and no gradient: there it is the last token layer of the model's width that feeds the
     last attention (the last block's normalised input, as pytorch-grad-cam advises for ViTs)."""
     known = [c for c in options if all(isinstance(d, int) for d in c.shape[2:])] or options
-    if known[-1].tokens is None:
+    if known[-1].tokens is None or known[-1].tokens.prefix == 0:  # no class token: the head pools the patches
         return known[-1]
     attention = [n for n in canonical.graph.nodes if n.op in ("MatMul", "Einsum")
                  and any(map(is_attention_weights, n.inputs))]
@@ -104,7 +158,8 @@ def _grid_tensors(canonical: Canonical, channel_last: set[str]) -> set[str]:
             if out.shape is None or len(out.shape) < 4:
                 continue
             if node.op not in _RELAYOUT_OPS:
-                grid.add(out.name)
+                if _keeps_grid(node, sources[0], out, (len(out.shape) - 2, len(out.shape) - 1)):
+                    grid.add(out.name)
                 continue
             perm = list(node.attrs.get("perm", range(len(out.shape)))) if node.op == "Transpose" else None
             kept = perm[-2:] == [len(out.shape) - 2, len(out.shape) - 1] if perm is not None else \
@@ -112,6 +167,27 @@ def _grid_tensors(canonical: Canonical, channel_last: set[str]) -> set[str]:
             if kept:
                 grid.add(out.name)
     return grid
+
+
+def _keeps_grid(node: gs.Node, source: gs.Tensor, out: gs.Tensor, axes: tuple[int, int]) -> bool:
+    """Whether an op that keeps the layout keeps the image's grid on `axes`: not a Concat along one (a roll, as
+    Swin's shifted windows write it, moves every position), nor a Slice that crops one (a roll's halves; a strided
+    Slice that takes every s-th position, as patch merging does, samples the whole grid)."""
+    if node.op == "Concat":
+        return node.attrs.get("axis", 0) % len(out.shape) not in axes
+    if node.op != "Slice" or source.shape is None or out.shape is None or len(source.shape) != len(out.shape):
+        return True
+    steps = constant_value(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else None
+    step_of = dict.fromkeys(range(len(out.shape)), 1)
+    if steps is not None:
+        sliced = constant_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+        for axis, step in zip(range(len(steps)) if sliced is None else sliced, steps):
+            step_of[int(axis) % len(out.shape)] = abs(int(step))
+    for axis in axes:
+        size, kept = source.shape[axis], out.shape[axis]
+        if isinstance(size, int) and isinstance(kept, int) and kept != -(-size // step_of[axis]):
+            return False
+    return True
 
 
 def _same_sizes(a, b) -> bool:
@@ -129,16 +205,28 @@ def _patch_grid(canonical: Canonical) -> tuple[int, int, int] | None:
     return None
 
 
-def _token_grid(node, tensor, patches, on_grid: set[str]) -> TokenGrid | None:
-    """Where the patches lie in an [N, T, D] token tensor; None for any other tensor (the Conv's output flattened
-    to [N, D, h * w], which its Reshape or Flatten makes from the grid, is not tokens yet)."""
-    shape = tensor.shape
-    if patches is None or len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
-        return None
+def _token_grid(node, name: str, shape: tuple, patches, on_grid: set[str], channel_last: set[str],
+                image_size) -> TokenGrid | None:
+    """Where the image grid lies in a token or channels-last tensor; None for any other tensor, and for a relayout
+    of an [N, C, h, w] layer (the Conv's output transposed to [N, h, w, C] or flattened to [N, D, h * w]), which is
+    that layer in other axes."""
     if node.op in _RELAYOUT_OPS and any(t.name in on_grid for t in node.inputs):
         return None
+    if name in channel_last:
+        if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:3]) and shape[1] * shape[2] > 1 \
+                and _on_image_grid([shape[0], shape[3], shape[1], shape[2]], image_size):
+            return TokenGrid(0, shape[1], shape[2], channels_last=True)
+        return None
+    if patches is None or len(shape) != 3 or not all(isinstance(d, int) for d in shape[1:]):
+        return None
     extra = shape[1] - patches[0] * patches[1]
-    return TokenGrid(extra, patches[0], patches[1]) if 0 <= extra <= MAX_EXTRA_TOKENS else None
+    if 0 <= extra <= MAX_EXTRA_TOKENS:
+        return TokenGrid(extra, patches[0], patches[1])
+    for factor in (2, 4, 8, 16, 32):  # patch merging: no class token, each merge halves both sides
+        if patches[0] % factor == 0 and patches[1] % factor == 0 \
+                and 1 < shape[1] == (patches[0] // factor) * (patches[1] // factor):
+            return TokenGrid(0, patches[0] // factor, patches[1] // factor)
+    return None
 
 
 # Ops after which a tensor's axes mean something else; every other op keeps its input's layout.
@@ -156,7 +244,8 @@ def _channel_last(canonical: Canonical) -> set[str]:
             perm = list(node.attrs.get("perm", []))
             last = perm == _TO_CHANNEL_LAST if not read else perm == list(range(4))
         else:
-            last = bool(read) and node.op not in _RELAYOUT_OPS
+            last = bool(read) and node.op not in _RELAYOUT_OPS and all(
+                _keeps_grid(node, read[0], out, (1, 2)) for out in node.outputs)
         if last:
             found.update(t.name for t in node.outputs if t.shape is not None and len(t.shape) == 4)
     return found
@@ -261,12 +350,13 @@ def _is_float(tensor: gs.Tensor) -> bool:
 
 
 def _on_image_grid(shape, image_size) -> bool:
-    """Whether h x w could be the image's grid: downsampled by about the same factor along both axes. A
-    [N, 1, 1, K] tensor (pooled features reshaped to NHWC, as tf2onnx writes them) or an [N, H, W, C] one has no
-    such grid. A dynamic size could be anything."""
+    """Whether h x w could be the image's grid: downsampled by about the same factor along both axes (rounding
+    aside). A [N, 1, 1, K] tensor (pooled features reshaped to NHWC, as tf2onnx writes them), an [N, H, W, C] one, or
+    a grid strided along one axis only (halfway through Swin's patch merging) has no such grid. A dynamic size
+    could be anything."""
     factors = [size / extent for size, extent in zip(image_size, shape[2:])
                if isinstance(size, int) and isinstance(extent, int) and extent > 0]
-    return len(factors) < 2 or max(factors) <= 2 * min(factors)
+    return len(factors) < 2 or max(factors) <= 1.5 * min(factors)
 
 
 def _spatial_size(shape) -> int:

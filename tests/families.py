@@ -42,10 +42,15 @@ class SiLU(nn.Module):
 
 
 class SpatialMean(nn.Module):
-    """x.mean([2, 3]), ShuffleNetV2's global pooling (ReduceMean in ONNX)."""
+    """x.mean([2, 3]), ShuffleNetV2's global pooling (ReduceMean in ONNX); other axes for channels-last features
+    or tokens."""
+
+    def __init__(self, dims: tuple[int, ...] = (2, 3)):
+        super().__init__()
+        self.dims = list(dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean([2, 3])
+        return x.mean(self.dims)
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
@@ -613,10 +618,23 @@ class ConvNeXt(nn.Module):
 #    (timm's fused qkv) and a GELU MLP, the class token's head -------------------------------------------------------
 
 class AttentionCore(nn.Module):
-    """softmax(q k^T / sqrt d) v over [N, heads, T, d]: a module of its own, for the reference's rule."""
+    """softmax(q k^T / sqrt d + bias) v over [N, heads, T, d]: a module of its own, for the reference's rule.
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, -1) @ v
+    bias (optional, computed from parameters only): [heads, T, T], or [W, heads, T, T] for attention within W
+    windows of each image (Swin's relative position bias plus its shifted-window mask), where N is images x W.
+    """
+
+    def weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        logits = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        if bias is not None and bias.dim() == 4:
+            logits = (logits.reshape(-1, *bias.shape) + bias).reshape(logits.shape)
+        elif bias is not None:
+            logits = logits + bias
+        return torch.softmax(logits, -1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weights(q, k, bias) @ v
 
 
 class SelfAttention(nn.Module):
@@ -680,6 +698,137 @@ def vit_small(width: float = 1.0, num_classes: int = 1000) -> VisionTransformer:
     return VisionTransformer(num_classes, dim=64 * heads, depth=12, heads=heads, patch=16, size=224, mlp_ratio=4)
 
 
+# -- Swin Transformer (Liu et al. 2021), Swin-T-like at small width: attention within windows, every second block
+#    on windows shifted by torch.roll (with the mask that keeps the wrapped-around regions apart), a relative position
+#    bias, and patch merging (2 x 2 neighbours concatenated, LayerNorm, Linear) between stages. channels_last lays
+#    the features out [N, H, W, C], as timm >= 0.9 and torchvision do; otherwise [N, H * W, C] tokens, as the
+#    original implementation does ----------------------------------------------------------------------------------
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """[N, H, W, C] -> [N * windows, window * window, C], each window's pixels row by row."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, c)
+
+
+def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
+    c = windows.shape[-1]
+    x = windows.reshape(-1, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, resolution: int, shift: int):
+        super().__init__()
+        self.heads, self.window = heads, window
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.core = AttentionCore()
+        self.proj = nn.Linear(dim, dim)
+        self.bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        rows, columns = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        coordinates = torch.stack([rows.flatten(), columns.flatten()])             # [2, T]
+        relative = (coordinates[:, :, None] - coordinates[:, None, :]) + window - 1  # [2, T, T]
+        self.register_buffer("bias_index", relative[0] * (2 * window - 1) + relative[1], persistent=False)
+        self.register_buffer("mask", self._shift_mask(resolution, window, shift), persistent=False)
+
+    @staticmethod
+    def _shift_mask(resolution: int, window: int, shift: int) -> torch.Tensor | None:
+        """[windows, T, T]: -100 between pixels that the roll brought together from opposite borders."""
+        if not shift:
+            return None
+        regions = torch.zeros(1, resolution, resolution, 1)
+        bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+        for label, (r, c) in enumerate((r, c) for r in bands for c in bands):
+            regions[:, r, c, :] = label
+        labels = window_partition(regions, window)[..., 0]  # [windows, T]
+        return (labels[:, None, :] != labels[:, :, None]).float() * -100.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.bias_table[self.bias_index.reshape(-1)].reshape(t, t, self.heads).permute(2, 0, 1)
+        if self.mask is not None:
+            bias = bias[None] + self.mask[:, None]
+        return self.proj(self.core(q, k, v, bias).transpose(1, 2).reshape(n, t, d))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, window: int, resolution: int, shift: int, channels_last: bool):
+        super().__init__()
+        self.window, self.resolution, self.channels_last = window, resolution, channels_last
+        self.shift = shift if resolution > window else 0  # one window covers the grid: nothing to shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, heads, window, resolution, self.shift)
+        self.add1 = zoo.Add()
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1, self.act = nn.Linear(dim, 2 * dim), nn.GELU()
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.add2 = zoo.Add()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.resolution
+        y = self.norm1(x)
+        if not self.channels_last:
+            y = y.reshape(-1, r, r, y.shape[-1])
+        if self.shift:
+            y = torch.roll(y, (-self.shift, -self.shift), (1, 2))
+        y = window_reverse(self.attn(window_partition(y, self.window)), self.window, r, r)
+        if self.shift:
+            y = torch.roll(y, (self.shift, self.shift), (1, 2))
+        if not self.channels_last:
+            y = y.reshape(-1, r * r, y.shape[-1])
+        x = self.add1(x, y)
+        return self.add2(x, self.fc2(self.act(self.fc1(self.norm2(x)))))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, dim: int, resolution: int, channels_last: bool):
+        super().__init__()
+        self.resolution, self.channels_last = resolution, channels_last
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            x = x.reshape(-1, self.resolution, self.resolution, x.shape[-1])
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        if not self.channels_last:
+            x = x.flatten(1, 2)
+        return self.reduction(self.norm(x))
+
+
+class SwinTransformer(nn.Module):
+    def __init__(self, num_classes: int = 20, dim: int = 16, heads: tuple[int, ...] = (2, 4),
+                 depths: tuple[int, ...] = (2, 2), window: int = 4, patch: int = 4, size: int = 32,
+                 channels_last: bool = True):
+        super().__init__()
+        self.channels_last = channels_last
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.patch_norm = nn.LayerNorm(dim)
+        stages, resolution = [], size // patch
+        for i, (stage_heads, depth) in enumerate(zip(heads, depths)):
+            blocks = [SwinBlock(dim, stage_heads, window, resolution, (window // 2) * (j % 2), channels_last)
+                      for j in range(depth)]
+            if i + 1 < len(depths):
+                blocks.append(PatchMerging(dim, resolution, channels_last))
+                dim, resolution = 2 * dim, resolution // 2
+            stages.append(nn.Sequential(*blocks))
+        self.layers = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dim)
+        self.pool = SpatialMean((1, 2) if channels_last else (1,))
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).permute(0, 2, 3, 1)
+        if not self.channels_last:
+            x = x.flatten(1, 2)
+        return self.head(self.pool(self.norm(self.layers(self.patch_norm(x)))))
+
+
+def swin_tokens(num_classes: int = 20) -> SwinTransformer:
+    return SwinTransformer(num_classes, channels_last=False)
+
+
 class ConvNeXtTiny(nn.Module):
     """ConvNeXt-T (28M parameters at width 1): depths 3, 3, 9, 3 at 96, 192, 384, 768 channels; for speed.py."""
 
@@ -723,12 +872,21 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
                 module.block[0][1].weight.mul_(0.25)  # where onnxruntime's sigmoid is not exactly 0 (below about -20)
             elif isinstance(module, LayerScale):  # ConvNeXt's residual branches, small as trained ones start
                 module.gamma.uniform_(0.05, 0.15, generator=torch.Generator().manual_seed(seed))
-            elif isinstance(module, TransformerBlock):  # small residual branches, as for ResNets
+            elif isinstance(module, (TransformerBlock, SwinBlock)):  # small residual branches, as for ResNets
                 for last in (module.attn.proj, module.fc2):
                     last.weight.mul_(0.1)
                     last.bias.mul_(0.1)
             elif isinstance(module, VisionTransformer):  # a mostly positive residual stream: few joins cancel
                 module.pos_embed.add_(2.0)
+            elif isinstance(module, WindowAttention):  # mostly positive values: the weighted sums of LRP-epsilon
+                module.qkv.bias[2 * module.proj.in_features:].add_(2.0)  # through A V stay away from 0
+            elif isinstance(module, SwinTransformer):
+                module.patch_norm.bias.add_(2.0)
+                for stage in module.layers:
+                    for merging in stage:
+                        if isinstance(merging, PatchMerging):  # non-negative weights of positive inputs
+                            merging.norm.bias.add_(2.0)
+                            merging.reduction.weight.abs_()
             elif isinstance(module, ConvNeXt):  # each stage's input mostly positive: few joins or means cancel
                 module.stem[1].bias.add_(2.0)
                 module.downsample[1].bias.add_(2.0)
@@ -744,7 +902,8 @@ class Family:
     build: Callable[[], nn.Module]
     size: int                # input height and width
     layers: tuple[str, ...]  # module paths whose outputs the tests explain
-    tokens: tuple[int, int, int] | None = None  # transformers: (extra tokens, patch rows, patch columns)
+    # transformers: (extra tokens, patch rows, patch columns), and whether the layers are [N, h, w, C] (Swin)
+    tokens: tuple[int, int, int] | tuple[int, int, int, bool] | None = None
 
 
 FAMILIES = {
@@ -771,4 +930,10 @@ FAMILIES = {
     # tests/test_heads.py holds the gradient methods to autograd at every depth.
     "vit": Family(VisionTransformer, 32, ("blocks.1", "blocks.2.norm1"), tokens=(1, 4, 4)),
     "deit": Family(deit, 32, ("blocks.1", "blocks.2.norm1"), tokens=(2, 4, 4)),
+    # Both layouts: [N, h, w, C] (timm >= 0.9, torchvision) and [N, h * w, C] tokens (the original code); the
+    # stages' outputs after patch merging, a shifted-window block and the last stage's norm1.
+    "swin": Family(SwinTransformer, 32, ("layers.0.1", "layers.0", "layers.1.1.norm1", "layers.1"),
+                   tokens=(0, 8, 8, True)),
+    "swin_tokens": Family(swin_tokens, 32, ("layers.0.1", "layers.0", "layers.1.1.norm1", "layers.1"),
+                          tokens=(0, 8, 8)),
 }

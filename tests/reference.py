@@ -199,10 +199,10 @@ def pooled(module, inputs, relevance):
 
 def attention(module, inputs, relevance):
     """A V with the softmax weights A held constant (CP-LRP, AttnLRP): LRP-epsilon to the values, none to q and k."""
-    q, k, v = inputs
+    q, k, v, *bias = inputs
     with torch.no_grad():
-        weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, -1)
-    return None, None, proportional_rule(lambda values: weights @ values, [v], relevance)[0]
+        weights = module.weights(q, k, *bias)
+    return None, None, proportional_rule(lambda values: weights @ values, [v], relevance)[0], *(None for _ in bias)
 
 
 def passthrough(module, inputs, relevance):
@@ -406,11 +406,18 @@ def normalized_map(raw, size):
 
 
 def patch_image(tokens: torch.Tensor, grid) -> torch.Tensor:
-    """[N, T, D] tokens as the [N, D, h, w] image of their patches (grid: extra tokens first, patch rows, columns);
-    anything else unchanged."""
-    if grid is None or tokens.dim() != 3:
+    """A transformer's layer as the [N, D, h, w] image of its patches; anything else unchanged. grid: (extra tokens
+    first, patch rows, patch columns[, channels_last]). With channels_last, 4-D layers are [N, h, w, D]; [N, T, D]
+    tokens after patch merging (no extra tokens) lie on the patch grid downsampled by a power of 2."""
+    if grid is None:
         return tokens
-    prefix, height, width = grid
+    prefix, height, width, *channels_last = grid
+    if tokens.dim() == 4 and channels_last and channels_last[0]:
+        return tokens.permute(0, 3, 1, 2)
+    if tokens.dim() != 3:
+        return tokens
+    while tokens.shape[1] - prefix != height * width:
+        prefix, height, width = 0, height // 2, width // 2
     return tokens[:, prefix:].transpose(1, 2).reshape(len(tokens), -1, height, width)
 
 

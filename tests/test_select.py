@@ -196,3 +196,60 @@ def test_token_layer_outputs_are_patch_images(vit):
     single = run_model(onnx_rcam.augment(path, layers=["blocks.1"]), {"input": x})
     np.testing.assert_allclose(out["rcam/blocks.1/relevance"][:, 0], single["rcam/blocks.1/relevance"], rtol=1e-5,
                                atol=1e-7)
+
+
+@pytest.fixture(scope="module", params=[(layout, exporter) for layout in ("swin", "swin_tokens")
+                                        for exporter in ("torchscript", "dynamo")], ids=lambda p: "-".join(p))
+def swin(request, export_dir):
+    import families
+    layout, exporter = request.param
+    model = families.randomize(families.FAMILIES[layout].build(), seed=5)
+    path = zoo.export(model, export_dir / f"select-{layout}-{exporter}.onnx", exporter, input_shape=(1, 3, 32, 32))
+    return layout, canonicalize(infer_shapes(load(path))), path
+
+
+def test_swin_layers_lie_on_the_image_grid(swin):
+    """A Swin on 32 x 32 images, patches of 4, window 4, one patch merging: every layer is the 8 x 8 patch grid or
+    the 4 x 4 grid after merging, laid out [N, h, w, C] or as [N, h * w, C] tokens. Not layers: the windows
+    [N * 4, 16, C] of the first stage (axis 0 is not the batch), the rolls of the shifted windows (Concats along the
+    grid, which move every position) and their halves, and merging's 4 x 8 rows before it strides the columns."""
+    layout, canonical, _ = swin
+    options = candidates(canonical)
+    tokens = [c for c in options if c.tokens is not None]
+    assert [c for c in options if c.tokens is None] == [options[0]] and options[0].op == "Conv"
+    assert {(c.tokens.height, c.tokens.width) for c in tokens} == {(8, 8), (4, 4)}
+    first_stage = [c for c in tokens if c.scope.startswith(("layers.0.0", "layers.0.1"))]
+    assert first_stage and all((c.tokens.height, c.tokens.width) == (8, 8) for c in first_stage)
+    assert not [c for c in first_stage if c.op == "Concat"]
+    if layout == "swin":
+        assert all(c.tokens.channels_last == (len(c.shape) == 4) for c in tokens)
+        assert {c.tokens.describe() for c in tokens} >= {"8x8 channels-last", "4x4 channels-last"}
+    else:
+        assert all(c.shape[1] == c.tokens.height * c.tokens.width for c in tokens if len(c.shape) == 3)
+
+
+def test_auto_on_a_swin_is_the_last_norm(swin):
+    """No class token: the head averages the last stage's patches, as a CNN pools its last grid."""
+    _, canonical, _ = swin
+    chosen = [c for c in candidates(canonical) if c.tensor == tensor_of(canonical, "auto")][0]
+    assert chosen.scope == "norm" and (chosen.tokens.height, chosen.tokens.width) == (4, 4)
+    assert tensor_of(canonical, "layers.0") == [c for c in candidates(canonical)
+                                                if c.scope == "layers.0.2.reduction"][-1].tensor
+
+
+def test_swin_top_k_is_k_single_runs(swin):
+    """With top_k, the backward runs on N * K rows while the windows hold N * 4 of them: each explained class's
+    maps are those of a run that explains that class alone, bit for bit, through the shifted windows too."""
+    import numpy as np
+    import onnx_rcam
+    from conftest import run_model
+    _, _, path = swin
+    x = np.random.default_rng(1).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    for method in ("rcam", "gradcam"):
+        layers = ["layers.0.0", "layers.1"]  # layers.0.0's relevance comes through layers.0.1's 4 shifted windows
+        both = run_model(onnx_rcam.augment(path, layers=layers, top_k=2, methods=[method]), {"input": x})
+        single = onnx_rcam.augment(path, layers=layers, methods=[method])
+        for k in range(2):
+            alone = run_model(single, {"input": x, "rcam/target": both["rcam/class"][:, k]})
+            for layer in layers:
+                np.testing.assert_array_equal(both[f"{method}/{layer}/raw"][:, k], alone[f"{method}/{layer}/raw"])
