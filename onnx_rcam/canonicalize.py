@@ -59,6 +59,7 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
         graph.fold_constants(error_ok=True)
         graph.cleanup()
     fold_spelled_out_normalizations(graph)
+    _gemm_of_activations_as_matmul(graph)
     _drop_pass_through(graph)
     _fold_channel_affine(graph)
     _fold_zero_pad(graph)
@@ -138,6 +139,41 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
 
 def is_activation(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Variable)
+
+
+def _gemm_of_activations_as_matmul(graph: gs.Graph) -> None:
+    """A Gemm whose B is computed at run time becomes what it computes, alpha * A' B' + beta * C, in MatMul,
+    Transpose, Mul and Add, so that the products of activations (attention, or any product under the gradient rule)
+    take it. Its output keeps its name; the steps before it are tensors of the analysis graph only."""
+    for node in [n for n in graph.nodes if n.op == "Gemm" and not isinstance(n.inputs[1], gs.Constant)]:
+        a, b, *c = node.inputs
+        y = node.outputs[0]
+        steps: list[gs.Node] = []
+
+        def step(op, inputs, **attrs):
+            shape = y.shape if op != "Transpose" or inputs[0].shape is None else list(reversed(inputs[0].shape))
+            out = gs.Variable(f"rcam/gemm/{y.name}/{len(steps)}", dtype=y.dtype, shape=shape)
+            steps.append(gs.Node(op, f"{node.name}/rcam_{op}_{len(steps)}", attrs, inputs, [out]))
+            return out
+
+        a = step("Transpose", [a], perm=[1, 0]) if node.attrs.get("transA", 0) else a
+        b = step("Transpose", [b], perm=[1, 0]) if node.attrs.get("transB", 0) else b
+        product = step("MatMul", [a, b])
+        dtype = np.dtype(y.dtype or np.float32)
+        alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
+        if alpha != 1.0:
+            product = step("Mul", [product, gs.Constant(f"rcam/gemm/{y.name}/alpha", np.array(alpha, dtype))])
+        if c and c[0].name:
+            term = c[0]
+            if isinstance(term, gs.Constant):
+                term = gs.Constant(f"rcam/gemm/{y.name}/c", (term.values * beta).astype(dtype))
+            elif beta != 1.0:
+                term = step("Mul", [term, gs.Constant(f"rcam/gemm/{y.name}/beta", np.array(beta, dtype))])
+            product = step("Add", [product, term])
+        steps[-1].outputs = [y]
+        node.outputs.clear()
+        graph.nodes.extend(steps)
+    graph.cleanup().toposort()
 
 
 def _drop_pass_through(graph: gs.Graph) -> None:

@@ -1256,3 +1256,30 @@ def test_a_product_of_activations_that_is_not_attention_is_refused_under_lrp():
     with pytest.raises(onnx_rcam.UnsupportedOpError, match="neither of which is attention weights"):
         onnx_rcam.augment(model, layers=["a"])
     onnx_rcam.augment(model, layers=["a"], composite={"*": "gradient"})
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_a_computed_weight_is_a_product_of_activations(trans_b):
+    """Gemm(A, B, C) with B computed at run time (a static batch of 1, as fixed-batch converters write it):
+    alpha * A B' + beta * C, differentiated through both operands under gradient, refused under LRP as MatMul is."""
+    g = OpGraph(2, 2, 6)
+    g.input_shape = [1, 2, 2, 6]
+    a = g.signed_layer()
+    left = g.node("Reshape", [g.node("Relu", [a]), g.const([4, 6], np.int64)])
+    right = g.node("Reshape", [g.node("Tanh", [a]), g.const([4, 6] if trans_b else [6, 4], np.int64)])
+    bias = weights([4], seed=120)
+    y = g.node("Gemm", [left, right, g.const(bias)], alpha=0.5, beta=2.0, transB=trans_b)
+    model = g.model(g.node("Reshape", [y, g.const([1, 16], np.int64)], out="logits"))
+    x = random_samples([1, 2, 2, 6], seed=121)
+    with pytest.raises(onnx_rcam.UnsupportedOpError, match="neither of which is attention weights"):
+        onnx_rcam.augment(model, layers=["a"])
+
+    def network(v):
+        b = torch.tanh(v).reshape(4, 6).T if trans_b else torch.tanh(v).reshape(6, 4)
+        return (0.5 * torch.relu(v).reshape(4, 6) @ b + 2.0 * f64(bias)).reshape(1, 16)
+
+    for target in (0, 7, 15):
+        out = explain(model, x, np.array([target]), composite=GRADIENT)
+        logits, gradient = torch.autograd.functional.vjp(network, f64(x), onehot(np.array([target]), 16))
+        assert_matches(out.output, logits, "forward")
+        assert_matches(out.relevance(), gradient)
