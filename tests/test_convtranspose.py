@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 from torch import nn
 
+import detectors
 import onnx_rcam
 import reference
 import zoo
@@ -253,20 +254,6 @@ class ASPPNet(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """zoo.randomize, and He-normal weights for ConvTranspose2d (fan-in: the taps that reach one output)."""
-    zoo.randomize(model, seed)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.ConvTranspose2d):
-                fan_in = module.weight.shape[0] // module.groups * module.weight[0, 0].numel()
-                fan_in = max(1, fan_in // (module.stride[0] * module.stride[1]))
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-    return model
-
-
 SIZE, BATCH = 16, 3
 NETS = {"upsampling": (UpsamplingNet, ["act1", "up", "act2"]), "aspp": (ASPPNet, ["act", "branch2", "project"])}
 
@@ -274,7 +261,7 @@ NETS = {"upsampling": (UpsamplingNet, ["act1", "up", "act2"]), "aspp": (ASPPNet,
 @functools.cache
 def net_and_batch(name: str):
     build, layers = NETS[name]
-    model = randomize(build(), seed=sum(map(ord, name)))
+    model = detectors.randomize(build(), seed=sum(map(ord, name)))
     x, targets, classes = reference.well_conditioned_batch(model, layers, BATCH, SIZE, seed=7)
     return model, layers, x, targets, classes
 
