@@ -31,7 +31,7 @@ ATTENTION = "attention"  # the composite key for attention's A V, the weights A 
 # section 1).
 _POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool", "GlobalAveragePool", "ReduceMean",
                                                                    "ReduceSum", "Resize")},
-                    "Add": "norm", "Sum": "norm",
+                    "Add": "norm", "Sum": "norm", "Sub": "norm",
                     # CP-LRP / AttnLRP: the softmax weights held constant, LRP-epsilon through the values.
                     ATTENTION: "norm"}
 

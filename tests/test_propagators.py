@@ -713,6 +713,40 @@ def test_join_of_activations(op, names):
         assert_matches(out.relevance(name), relevance, f"relevance at {name}")
 
 
+def test_difference_of_activations():
+    """p - q (YOLOv8's box width x2 - x1): R_p = p / stab(p - q) * R, R_q = -q / stab(p - q) * R, conserving R;
+    the gradient is g and -g."""
+    g = OpGraph(3, 4, 4)
+    p, tanh = odd_activations(g, "pq")
+    q = g.node("Mul", [tanh, g.const(-1.0)], out="minus_q")  # p - (-tanh): as well-conditioned as a sum
+    model = g.classifier(g.node("Sub", [p, q]))
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 4], seed=139), 3 * 4 * 4)
+    out = explain(model, x, targets, layers=["p", "minus_q"])
+
+    parts = [f64(x), -torch.tanh(f64(x))]
+    assert_matches(out.output, (parts[0] - parts[1]).flatten(1), "forward")
+    relevance = relevance_at_output(targets, [3, 4, 4])
+    for name, expected in zip(["p", "minus_q"], proportional_rule(lambda u, v: u - v, parts, relevance, eps=1e-6)):
+        assert_matches(out.relevance(name), expected, f"relevance at {name}")
+    gradient = explain(model, x, targets, layers=["p", "minus_q"], composite=GRADIENT)
+    assert_matches(gradient.relevance("p"), relevance)
+    assert_matches(gradient.relevance("minus_q"), -relevance)
+
+
+@pytest.mark.parametrize("constant_first", [False, True])
+def test_difference_with_a_constant(constant_first):
+    """a - c and c - a: LRP passes all relevance to a (the constant is a bias, the sign a weight); the gradient
+    is g or -g."""
+    g = OpGraph(3, 4, 4)
+    a, c = g.signed_layer(), g.const(weights([3, 1, 1], seed=140))
+    model = g.classifier(g.node("Sub", [c, a] if constant_first else [a, c]))
+    x, targets = per_unit_batch(random_samples([2, 3, 4, 4], seed=141), 3 * 4 * 4)
+    relevance = relevance_at_output(targets, [3, 4, 4])
+    assert_matches(explain(model, x, targets).relevance(), relevance)
+    gradient = explain(model, x, targets, composite=GRADIENT).relevance()
+    assert_matches(gradient, -relevance if constant_first else relevance)
+
+
 def test_residual_join():
     """a + Relu(Conv(a)): the norm split at the Add, z+ through the Conv branch, both parts summed at a."""
     weight, bias = weights([4, 4, 3, 3], seed=40), weights([4], seed=41)
