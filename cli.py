@@ -94,18 +94,24 @@ verify_option = click.option(
               "which the gradient methods always follow).")
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Explain the K highest-scoring classes of each image in the same run: rcam/class becomes [N, K] "
-                   "and each map [N, K, H, W].")
+                   "and each map [N, K, H, W]. With --scores of a detector or segmenter: K seeds per image.")
+@click.option("--scores", default=None, metavar="OUTPUT",
+              help="The output whose values are explained [default: the first, which must be class scores [N, K]]. "
+                   "Any other output (a detector's [N, A, 5+C] or [N, 4+C, A], a segmenter's [N, C, H, W]) is "
+                   "explained by the input rcam/seed, shaped like it, which must then be fed (`explain --task` "
+                   "builds it).")
 @input_shape_option
 @precision_option
 @verify_option
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def augment(model, output, layers, methods, composite, preprocess, initial, relu, top_k, input_shape, precision,
-            verify, force):
+def augment(model, output, layers, methods, composite, preprocess, initial, relu, top_k, scores, input_shape,
+            precision, verify, force):
     """Add Relevance-CAM outputs (or other CAMs, --method) to MODEL and write the augmented model.
 
     The augmented model keeps the original inputs and outputs (same values, bit for bit) and adds, per layer L,
     rcam/L/map (N, H, W in [0, 1]), rcam/L/raw, rcam/L/relevance and rcam/L/activation, plus rcam/class and the
-    optional input rcam/target (class per sample; -1 or omitted: the predicted class).
+    optional input rcam/target (class per sample; -1 or omitted: the predicted class). With --scores of a detector
+    or segmenter, the required input rcam/seed says what is explained instead.
     """
     methods = methods or ("rcam",)
     source = _model_argument(model)
@@ -115,7 +121,7 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
         raise click.ClickException(f"{target} exists; pass --force to overwrite it")
     started = time.perf_counter()
     result = build(source, layers or ("auto",), composite, initial, relu, top_k, input_shape, methods,
-                   input_bounds(source, preprocess), precision, verify)
+                   input_bounds(source, preprocess), precision, verify, scores)
     save(result.model, target, force=force)
     seconds = time.perf_counter() - started
 
@@ -124,19 +130,26 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
     click.echo(f"backward  {precision}; the written model {checked}")
     click.echo(f"methods   {', '.join(methods)}; explaining {result.logits!r}")
     if "rcam" in methods:
-        click.echo(f"composite {composite}, initial relevance {initial}")
+        click.echo(f"composite {composite}, initial relevance {initial if result.classifier else 'the seed'}")
     click.echo("layers")
     for t in result.targets:
         click.echo(f"  {t.key}" + (f"  ->  {t.tensor}" if t.key != t.tensor else ""))
     click.echo("added outputs")
     for name, elem_type, shape in result.outputs:
         click.echo(f"  {name:<40} {'int64' if elem_type == TensorProto.INT64 else 'float32'} {_shape(shape)}")
-    target_shape = "[N]" if top_k == 1 else f"[N, {top_k}]"
-    click.echo(f"added inputs\n  {TARGET_INPUT:<40} int64 {target_shape}, optional (default -1: the "
-               f"{'predicted class' if top_k == 1 else 'k-th highest-scoring class'})")
-    seed_shape = "[N, K]" if top_k == 1 else f"[N, {top_k}, K]"
-    click.echo(f"  {SEED_INPUT:<40} float32 {seed_shape}, optional: the initial relevance itself (default NaN: "
-               f"built from {TARGET_INPUT})")
+    seed = next(i for i in result.model.graph.input if i.name == SEED_INPUT)
+    dims = [d.dim_value or d.dim_param for d in seed.type.tensor_type.shape.dim]
+    if result.classifier:
+        target_shape = "[N]" if top_k == 1 else f"[N, {top_k}]"
+        click.echo(f"added inputs\n  {TARGET_INPUT:<40} int64 {target_shape}, optional (default -1: the "
+                   f"{'predicted class' if top_k == 1 else 'k-th highest-scoring class'})")
+        seed_shape = "[N, K]" if top_k == 1 else f"[N, {top_k}, K]"
+        click.echo(f"  {SEED_INPUT:<40} float32 {seed_shape}, optional: the initial relevance itself (default NaN: "
+                   f"built from {TARGET_INPUT})")
+    else:
+        click.echo(f"added inputs\n  {SEED_INPUT:<40} float32 {_shape(dims)}, required: the initial relevance at "
+                   f"{result.logits!r} (shaped like it{', one per seed' if top_k > 1 else ''}), and the weights of "
+                   f"the explained sum for the gradient methods")
     size = target.stat().st_size / 2**20
     click.echo(f"wrote     {target}  ({size:.1f} MiB, {seconds:.1f} s)")
     if result.drift:
@@ -297,7 +310,9 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
 @main.command()
 @click.argument("model", required=False, metavar="[MODEL]")
 @input_shape_option
-def layers(model, input_shape):
+@click.option("--scores", default=None, metavar="OUTPUT",
+              help="The output to explain, as for augment [default: the first, which must be class scores].")
+def layers(model, input_shape, scores):
     """List the layers of MODEL that can be explained, shallowest first.
 
     Use the INDEX (negative), the TENSOR name or a SCOPE prefix with `onnx-rcam augment --layer`. GRID is the
@@ -306,7 +321,7 @@ def layers(model, input_shape):
     ConvNeXt blocks) say channels-last.
     """
     source = _model_argument(model)
-    options = candidate_layers(source, input_shape)
+    options = candidate_layers(source, input_shape, scores)
     rows = [("INDEX", "TENSOR", "OP", "SHAPE", "GRID", "DOWN", "SCOPE")]
     for c in options:
         grid = c.tokens.describe() if c.tokens else "x".join(map(str, c.shape[2:]))

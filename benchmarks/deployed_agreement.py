@@ -89,10 +89,9 @@ def explain(path: Path, batch: np.ndarray, precision: str, targets=None) -> dict
     if targets is not None:
         feeds["rcam/target"] = targets
     out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    keys = [o.name[len("rcam/"):-len("/map")] for o in session.get_outputs() if o.name.endswith("/map")]
     result = {"class": out["rcam/class"], "logits": out[session.get_outputs()[0].name]}
-    for layer, key in zip(LAYERS, keys):  # `auto` is keyed by the tensor it chose, which may differ by form
-        result[layer] = (out[f"rcam/{key}/map"], out[f"rcam/{key}/raw"])
+    for layer in LAYERS:
+        result[layer] = (out[f"rcam/{layer}/map"], out[f"rcam/{layer}/raw"])
     return result
 
 

@@ -13,7 +13,7 @@ from .batching import repeat_forward_reads
 from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import LayerSelectionError, RcamError
-from .export import assemble, drift_note, verify_runs
+from .export import assemble, drift_note, record_layers, verify_runs
 from .forward_copies import forward_tensors, materialize
 from .fusion import protect_fusions
 from .heads import cam, grid_view, resolve_methods
@@ -33,12 +33,13 @@ class Augmented:
     outputs: list[tuple[str, int, list]]   # (name, elem_type, shape) of each added output
     logits: str
     drift: float = 0.0  # how far the original outputs moved on the verifying run (export.verify_runs); 0 unrun
+    classifier: bool = True  # whether the explained scores are class scores (else the seed must be fed)
 
 
 def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
             initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None,
             methods=("rcam",), input_bounds=IMAGENET_BOUNDS, precision: str = "fp32",
-            verify: bool = True) -> onnx.ModelProto:
+            verify: bool = True, scores: str | None = None) -> onnx.ModelProto:
     """Return `model` with Relevance-CAM outputs for `layers` added (DESIGN.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
@@ -58,9 +59,14 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
     `fp16` (faster on GPUs, less exact; README, Deployed models). The outputs added are float32 either way.
     verify: run the augmented model once in onnxruntime (CPU) on a synthetic batch before returning it; a model
     that does not run raises InternalError. False skips this, for models too big to run here.
+    scores: the name of the output to explain (default: the first, which must be class scores [N, K]). Any other
+    output, [N, ...] (a detector's [N, A, 5 + C] or [N, 4 + C, A], a segmenter's [N, C, H, W]), is explained by the
+    input rcam/seed, which must then be fed: shaped like it ([N, top_k, ...] with top_k, top_k seeds per image),
+    it is the initial relevance of every relevance method and the weights of the explained sum of scores for the
+    gradient methods; rcam/target, rcam/class and `initial` are for class scores only.
     """
     result = build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds, precision,
-                   verify)
+                   verify, scores)
     if result.drift:
         warnings.warn(drift_note(result.drift), RuntimeWarning, stacklevel=2)
     return result.model
@@ -68,7 +74,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
 
 def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
           top_k: int = 1, input_shape=None, methods=("rcam",), input_bounds=IMAGENET_BOUNDS,
-          precision: str = "fp32", verify: bool = True) -> Augmented:
+          precision: str = "fp32", verify: bool = True, scores: str | None = None) -> Augmented:
     chosen_methods = resolve_methods(methods)
     if initial not in INITIAL_KINDS:
         raise RcamError(f"unknown initial relevance {initial!r}; choose one of {', '.join(INITIAL_KINDS)}")
@@ -77,29 +83,38 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     if not layers:
         raise RcamError("no layers given")
     chosen_rules = rules.composite(composite, input_bounds)
-    original, canonical = _analyse(model, input_shape)
+    original, canonical = _analyse(model, input_shape, scores)
     targets = resolve(canonical, layers)
     tensors = canonical.graph.tensors()
     logits = canonical.logits
-    if not 1 <= top_k <= logits.shape[1]:
+    if canonical.classifier and not 1 <= top_k <= logits.shape[1]:
         raise RcamError(f"top_k must be between 1 and the number of classes ({logits.shape[1]}), got {top_k}")
+    if top_k < 1:
+        raise RcamError(f"top_k (seeds per image) must be at least 1, got {top_k}")
 
     # Generated names must collide with nothing the original or the analysis graph holds.
     taken = set(tensors) | forward_tensors(original)
     taken |= {i.name for i in original.graph.initializer}
     b = Builder(default_opset(original), taken, nonnegative_tensors(canonical.graph), precision)
     batch = canonical.image.shape[0]
-    hot = explained_onehot(b, logits.name, logits.shape[1], batch, top_k)
+    scores = list(logits.shape[1:])
+    if canonical.classifier:
+        hot = explained_onehot(b, logits.name, logits.shape[1], batch, top_k)
+        starts = {"relevance": lambda: seeded(b, initial_relevance(b, hot, logits.name, logits.shape[1], initial),
+                                              scores, batch, top_k),
+                  "gradient": lambda: seeded(b, hot, scores, batch, top_k)}
+    else:  # a detector's or segmenter's scores: the seed says what is explained, for every method alike
+        seed = seeded(b, None, scores, batch, top_k)
+        starts = {"relevance": lambda: seed, "gradient": lambda: seed}
     target_tensors = list(dict.fromkeys(t.tensor for t in targets))
     swept = region(canonical, targets)
     signals = {}
     if any(m.signal == "relevance" for m in chosen_methods):
-        start = seeded(b, initial_relevance(b, hot, logits.name, logits.shape[1], initial), logits.shape[1], top_k)
-        signals["relevance"] = sweep(canonical, swept, target_tensors, start, b, chosen_rules,
+        signals["relevance"] = sweep(canonical, swept, target_tensors, starts["relevance"](), b, chosen_rules,
                                      image_readers(canonical))
     if any(m.signal == "gradient" for m in chosen_methods):
-        # The chain rule from the class score: d logit_t / d A at every target (a second sweep, its own nodes).
-        signals["gradient"] = sweep(canonical, swept, target_tensors, seeded(b, hot, logits.shape[1], top_k), b,
+        # The chain rule from the scores: d (seed . scores) / d A at every target (a second sweep, its own nodes).
+        signals["gradient"] = sweep(canonical, swept, target_tensors, starts["gradient"](), b,
                                     rules.composite("gradient"))
     for signal, reached in signals.items():
         unreached = [t.key for t in targets if reached[t.tensor] is None]
@@ -127,18 +142,19 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     repeat_forward_reads(original, canonical, b, top_k)
     cast_forward_reads(original, canonical, b)
     model = assemble(original, b)
+    record_layers(model, {t.key: t.tensor for t in targets})
     drift = verify_runs(model, b.outputs, original) if verify else 0.0
-    return Augmented(model, targets, b.outputs, logits.name, drift)
+    return Augmented(model, targets, b.outputs, logits.name, drift, canonical.classifier)
 
 
-def candidate_layers(model, input_shape=None) -> list[Candidate]:
+def candidate_layers(model, input_shape=None, scores: str | None = None) -> list[Candidate]:
     """The layers of `model` that can be explained, shallowest first (what `onnx-rcam layers` lists)."""
-    return candidates(_analyse(model, input_shape)[1])
+    return candidates(_analyse(model, input_shape, scores)[1])
 
 
-def _analyse(model, input_shape):
+def _analyse(model, input_shape, scores: str | None = None):
     """The loaded model (its input shape fixed where asked) and its canonical analysis graph."""
     original = load(model)
     if input_shape is not None:
         fix_input_shape(original, list(input_shape))
-    return original, canonicalize(infer_shapes(original))
+    return original, canonicalize(infer_shapes(original), scores)

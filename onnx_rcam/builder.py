@@ -70,11 +70,14 @@ class Builder:
         self._taken.add(name)
         return name
 
-    def add_input(self, name: str, default: np.ndarray, shape: list) -> str:
-        """A new graph input that may be omitted: its initializer of the same name is the default."""
+    def add_input(self, name: str, default: np.ndarray | None, shape: list, dtype=np.float32) -> str:
+        """A new graph input that may be omitted, its initializer of the same name the default; without a default,
+        an input that must be fed (of `dtype`)."""
         self.claim(name)
-        self.inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(default.dtype), shape))
-        self.initializers.append(numpy_helper.from_array(default, name))
+        elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype if default is None else default.dtype))
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        if default is not None:
+            self.initializers.append(numpy_helper.from_array(default, name))
         return name
 
     @property

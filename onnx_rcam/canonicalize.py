@@ -34,9 +34,17 @@ TO_CHANNEL_LAST = [0, 2, 3, 1]
 class Canonical:
     graph: gs.Graph
     image: gs.Variable   # the image input (4-D)
-    logits: gs.Variable  # [N, K] class scores before any final Softmax
+    logits: gs.Variable  # the explained scores: [N, K] class scores before any final Softmax, or any [N, ...]
+    #                      output that --scores names (a detector's boxes and scores, a segmenter's masks)
     scopes: dict[str, str]  # tensor name -> torch module path that produced it, where the exporter recorded one
     layout: str = "NCHW"  # the image's: "NHWC" for TensorFlow graphs, which Transpose it first
+    probed: dict | None = None  # shapes_at_fixed_batch: None on axis 0 where it is not the batch
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the explained scores are [N, K] class scores (explained per class: rcam/target, rcam/class, the
+        initial relevance kinds); any other scores are explained by the seed alone."""
+        return len(self.logits.shape) == 2
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -44,7 +52,12 @@ class Canonical:
         return (shape[1], shape[2]) if self.layout == "NHWC" else (shape[2], shape[3])
 
 
-def canonicalize(model: onnx.ModelProto) -> Canonical:
+def canonicalize(model: onnx.ModelProto, scores: str | None = None) -> Canonical:
+    """scores: the name of the output to explain; default: the first output, which must be class scores."""
+    names = [o.name for o in model.graph.output]
+    if scores is not None and scores not in names:
+        raise ModelError(f"the model has no output {scores!r}; its outputs: {', '.join(map(repr, names))}")
+    explained = names.index(scores) if scores is not None else 0
     scopes = {out: path for node in model.graph.node if (path := module_path(node)) for out in node.output}
     graph = gs.import_onnx(model)
     graph.toposort()
@@ -64,9 +77,60 @@ def canonicalize(model: onnx.ModelProto) -> Canonical:
     _fold_channel_affine(graph)
     _fold_zero_pad(graph)
     graph.cleanup().toposort()
-    logits = _find_logits(graph)  # may append a Flatten, after everything it reads (and which cleanup would drop)
+    logits = _find_logits(graph, explained, scores)  # may append a Flatten, after all it reads (cleanup drops it)
     image = _find_image(graph)
-    return Canonical(graph, image, logits, scopes, _image_layout(image))
+    probed = shapes_at_fixed_batch(graph, image)
+    _refine_per_image_shapes(graph, probed)
+    if not all(isinstance(d, int) for d in logits.shape[1:]):
+        raise ModelError(f"scores {logits.name!r} have shape {logits.shape}: expected [N, ...] with every axis "
+                         f"after the batch a fixed number (give --input-shape for a dynamic image size)")
+    return Canonical(graph, image, logits, scopes, _image_layout(image), probed)
+
+
+def _refine_per_image_shapes(graph: gs.Graph, probed: dict[str, tuple] | None) -> None:
+    """Axes after the batch that stayed symbolic (TorchScript names a detector's concatenated anchors, or a
+    flattened token count, anew) take the sizes found at a fixed batch, in the tensors whose axis 0 is the batch:
+    those sizes are the same for every batch."""
+    for tensor in graph.tensors().values():
+        found = (probed or {}).get(tensor.name)
+        if not isinstance(tensor, gs.Variable) or tensor.shape is None or found is None or \
+                len(found) != len(tensor.shape) or not found or found[0] is None and len(found) > 1:
+            continue
+        tensor.shape = [tensor.shape[0], *(d if isinstance(d, int) or f is None else f
+                                           for d, f in zip(tensor.shape[1:], found[1:]))]
+
+
+PROBE_BATCH = 7  # a prime: a tensor of attention windows or heads holds a multiple of it on axis 0
+
+
+def shapes_at_fixed_batch(graph: gs.Graph, image: gs.Variable) -> dict[str, tuple] | None:
+    """Each tensor's shape with the batch fixed, its axis 0 replaced by None where that is not the batch; None where
+    shape inference fails.
+
+    At a fixed batch (PROBE_BATCH where it is dynamic) the Reshapes whose shapes are computed from Shape fold, so
+    that a Swin's windows [N * windows, window * window, D] differ from its tokens [N, h * w, D] (symbolic names
+    cannot tell them apart: TorchScript names each Reshape's axis 0 anew), and flattened token counts become known.
+    """
+    batch = image.shape[0] if image.shape else None
+    probe = batch if isinstance(batch, int) else PROBE_BATCH
+    graph = graph.copy()
+    graph.tensors()[image.name].shape = [probe, *image.shape[1:]]
+    try:
+        graph.fold_constants(error_ok=True)
+        model = gs.export_onnx(graph)
+        del model.graph.value_info[:]
+        for output in model.graph.output:
+            output.type.tensor_type.ClearField("shape")
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - without the probe, shapes are as canonicalize knows them
+        return None
+    shapes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        if info.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+            shapes[info.name] = tuple([None if not dims or dims[0] != probe else batch, *dims[1:]])
+    return shapes
+
 
 
 def _refine_shapes(graph: gs.Graph) -> bool:
@@ -347,24 +411,41 @@ def _image_layout(image: gs.Variable) -> str:
     return "NCHW"
 
 
-def _find_logits(graph: gs.Graph) -> gs.Variable:
+def _find_logits(graph: gs.Graph, index: int = 0, name: str | None = None) -> gs.Variable:
     """The class scores before any final Softmax/LogSoftmax. Scores that stay 4-D ([N, K, 1, 1], as from a conv
-    head) get a Flatten in the analysis graph; the generated nodes compute it again from the original tensor."""
+    head) get a Flatten in the analysis graph; the generated nodes compute it again from the original tensor.
+    An output `name` that is not class scores ([N, A, 5 + C] detections, [N, C, H, W] masks) is explained as it
+    is, by the seed."""
     if not graph.outputs:
         raise ModelError("the model has no outputs")
-    scores = _before_normalizers(graph.outputs[0])
+    output = graph.outputs[index]  # (a dropped Identity may have renamed it)
+    if name is not None and not _is_class_scores(output):
+        if output.shape is None or len(output.shape) < 2:
+            raise ModelError(f"scores {name!r} have shape {output.shape}: expected [N, ...]")
+        if not output.inputs:
+            raise ModelError(f"output {name!r} is not computed from the input")
+        return output
+    scores = _before_normalizers(output)
     shape = scores.shape
     if shape is not None and len(shape) > 2 and all(d == 1 for d in shape[2:]) and isinstance(shape[1], int):
         flat = gs.Variable(f"rcam/flat_scores/{scores.name}", dtype=scores.dtype, shape=[shape[0], shape[1]])
         graph.nodes.append(gs.Node("Flatten", f"rcam/flatten/{scores.name}", {"axis": 1}, [scores], [flat]))
         scores = flat
     if scores.shape is None or len(scores.shape) != 2 or not isinstance(scores.shape[1], int):
+        others = ", ".join(f"{t.name} {t.shape}" for t in graph.outputs)
         raise ModelError(
-            f"output {graph.outputs[0].name!r}: expected class scores of shape [N, K] or [N, K, 1, 1] (optionally "
-            f"after a final Softmax/LogSoftmax), got shape {scores.shape}")
+            f"output {output.name!r}: expected class scores of shape [N, K] or [N, K, 1, 1] (optionally after a "
+            f"final Softmax/LogSoftmax), got shape {scores.shape}. To explain another output (a detector's or a "
+            f"segmenter's), name it with --scores (scores= in Python) and feed rcam/seed. Outputs: {others}")
     if not scores.inputs:
         raise ModelError(f"output {scores.name!r} is not computed from the input")
     return scores
+
+
+def _is_class_scores(tensor: gs.Variable) -> bool:
+    """[N, K] or [N, K, 1, 1]: scores with one value per class and sample."""
+    shape = tensor.shape
+    return shape is not None and len(shape) >= 2 and isinstance(shape[1], int) and all(d == 1 for d in shape[2:])
 
 
 def _before_normalizers(output: gs.Variable) -> gs.Variable:

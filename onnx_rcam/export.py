@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -16,13 +17,24 @@ from .builder import Builder
 from .errors import InternalError, ModelError, RcamError
 
 
+LAYERS_METADATA = "rcam/layers"
+
+
+def record_layers(model: onnx.ModelProto, layers: dict[str, str]) -> None:
+    """Write which tensor each layer key L explains (`auto`'s choice among them) into the model's metadata, as a
+    JSON object under rcam/layers (DESIGN.md section 2)."""
+    for entry in [e for e in model.metadata_props if e.key == LAYERS_METADATA]:
+        model.metadata_props.remove(entry)
+    model.metadata_props.add(key=LAYERS_METADATA, value=json.dumps(layers))
+
+
 def assemble(original: onnx.ModelProto, b: Builder) -> onnx.ModelProto:
     """The original model plus the generated nodes, inputs and outputs."""
     model = onnx.ModelProto()
     model.CopyFrom(original)
     graph = model.graph
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    available |= {o for n in graph.node for o in n.output} | {i.name for i in b.initializers}
+    available |= {o for n in graph.node for o in n.output} | {i.name for i in b.initializers} | b.inputs_by_name
     graph.node.extend(b.toposorted(available))
     graph.initializer.extend(b.initializers)
     graph.input.extend(b.inputs)

@@ -40,7 +40,7 @@ def copy_producer(canonical: Canonical, name: str, b: Builder, out: str | None =
 def materialize(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> None:
     """Compute, ahead of the generated nodes, every tensor they read that only the analysis graph has."""
     held = forward_tensors(original) | {i.name for i in original.graph.initializer}
-    generated = {o for n in b.nodes for o in n.output} | {i.name for i in b.initializers}
+    generated = {o for n in b.nodes for o in n.output} | {i.name for i in b.initializers} | b.inputs_by_name
 
     def ensure(node, name: str) -> str:
         if name and name not in held and name not in generated:

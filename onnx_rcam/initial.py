@@ -1,4 +1,4 @@
-"""The explained class per sample, and the initial relevance at the logits (DESIGN.md section 1)."""
+"""The explained class per sample, the initial relevance at the logits (DESIGN.md section 1), and the seed."""
 
 from __future__ import annotations
 
@@ -41,17 +41,20 @@ def initial_relevance(b: Builder, hot: str, logits: str, classes: int, kind: str
     return b.sub(b.scale(hot, 1.0 + 1.0 / classes), b.const(1.0 / classes))
 
 
-def seeded(b: Builder, default: str, classes: int, top_k: int = 1) -> str:
-    """The optional input rcam/seed, where it is fed, in place of `default` (the rows of one explained class each,
-    [N * top_k, classes]): the initial relevance itself, or the weights of the explained sum of scores for the
-    gradient methods (DESIGN.md section 6). It is shaped like the class scores, [N, classes] ([N, top_k, classes]
-    with top_k); its stored default is NaN, and a NaN entry keeps the default's, so one file serves both uses."""
+def seeded(b: Builder, default: str | None, scores: list[int], batch, top_k: int = 1) -> str:
+    """The input rcam/seed: the initial relevance itself, and the weights of the explained sum of scores for the
+    gradient methods (DESIGN.md section 6), as rows [N * top_k, *scores]. It is shaped like the explained scores
+    [N, *scores] ([N, top_k, *scores] with top_k). With class scores it may be omitted: its stored default is NaN,
+    and a NaN entry keeps `default`'s (the rows of one explained class each), so one file serves both uses. Other
+    scores (a detector's, a segmenter's) have no default: the seed must be fed."""
     if SEED_INPUT not in b.inputs_by_name:
-        default_seed = np.full([1, classes] if top_k == 1 else [1, 1, classes], np.nan, dtype=np.float32)
-        # The stored default broadcasts over the explained rows (one NaN row), so its dimensions are not fixed.
-        b.add_input(SEED_INPUT, default_seed, ["rcam_seeds", classes] if top_k == 1
-                    else ["rcam_seeds", "rcam_seed_k", classes])
-    rows = b.reshape(SEED_INPUT, b.ints([-1, classes]))
+        shape = [batch, *scores] if top_k == 1 else [batch, top_k, *scores]
+        if default is None:
+            b.add_input(SEED_INPUT, None, shape)
+        else:  # the stored default broadcasts over the explained rows (one NaN row), so its dimensions are not fixed
+            b.add_input(SEED_INPUT, np.full([1] * (len(shape) - len(scores)) + scores, np.nan, dtype=np.float32),
+                        ["rcam_seeds", *(["rcam_seed_k"] if top_k > 1 else []), *scores])
+    rows = b.reshape(SEED_INPUT, b.ints([-1, *scores]))
     if b.float_type != TensorProto.FLOAT:  # the input is float32 whatever the backward's precision
         rows = b.cast(rows, b.float_type)
-    return b.where(b.node("IsNaN", [rows]), default, rows)
+    return rows if default is None else b.where(b.node("IsNaN", [rows]), default, rows)

@@ -6,7 +6,6 @@ import difflib
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from .canonicalize import Canonical, constant_value
@@ -42,7 +41,7 @@ class TokenGrid:
 
 @dataclass(frozen=True)
 class Target:
-    key: str     # the selector as given; `auto` becomes the tensor name
+    key: str     # the selector as given (DESIGN.md section 2), `auto` included
     tensor: str
     tokens: TokenGrid | None = None
 
@@ -59,16 +58,16 @@ def candidates(canonical: Canonical) -> list[Candidate]:
     channel_last = _channel_last(canonical)
     on_grid = _grid_tensors(canonical, channel_last)
     patches = _patch_grid(canonical)
-    probed = _probed_shapes(canonical)
+    probed = canonical.probed
     height = canonical.image_size[0]
     found = []
     for node in canonical.graph.nodes:
         for tensor in node.outputs:
             if tensor.name not in on_path or tensor.shape is None or not _is_float(tensor):
                 continue
-            shape = _known_shape(tensor, probed)
-            if shape is None:
+            if not _per_image(tensor, probed):
                 continue
+            shape = tuple(tensor.shape)
             tokens = _token_grid(node, tensor.name, shape, patches, on_grid, channel_last, canonical.image_size)
             if tokens is not None:
                 found.append(Candidate(len(found), tensor.name, node.op, shape,
@@ -82,45 +81,11 @@ def candidates(canonical: Canonical) -> list[Candidate]:
     return found
 
 
-PROBE_BATCH = 7  # a prime: a tensor of attention windows or heads holds a multiple of it on axis 0
-
-
-def _probed_shapes(canonical: Canonical) -> dict[str, tuple] | None:
-    """Each tensor's shape with the batch fixed, its axis 0 replaced by None where that is not the batch; None where
-    shape inference fails.
-
-    At a fixed batch (PROBE_BATCH where it is dynamic) the Reshapes whose shapes are computed from Shape fold, so
-    that a Swin's windows [N * windows, window * window, D] differ from its tokens [N, h * w, D] (symbolic names
-    cannot tell them apart: TorchScript names each Reshape's axis 0 anew), and flattened token counts become known.
-    """
-    batch = canonical.image.shape[0] if canonical.image.shape else None
-    probe = batch if isinstance(batch, int) else PROBE_BATCH
-    graph = canonical.graph.copy()
-    graph.tensors()[canonical.image.name].shape = [probe, *canonical.image.shape[1:]]
-    try:
-        graph.fold_constants(error_ok=True)
-        model = gs.export_onnx(graph)
-        del model.graph.value_info[:]
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - without the probe, shapes are as canonicalize knows them
-        return None
-    shapes = {}
-    for info in inferred.graph.value_info:
-        if info.type.tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
-            shapes[info.name] = tuple([None if not dims or dims[0] != probe else batch, *dims[1:]])
-    return shapes
-
-
-def _known_shape(tensor: gs.Tensor, probed: dict[str, tuple] | None) -> tuple | None:
-    """The tensor's shape, its symbolic axes after the batch as the probe found them; None where the probe found
-    that axis 0 is not the batch (attention windows or heads of each image)."""
+def _per_image(tensor: gs.Tensor, probed: dict[str, tuple] | None) -> bool:
+    """Whether axis 0 is the batch, as far as the shapes at a fixed batch tell (canonicalize's probe): not for a
+    Swin's attention windows [N * windows, ...] or heads."""
     found = probed.get(tensor.name) if probed is not None else None
-    if found is None or len(found) != len(tensor.shape):
-        return tuple(tensor.shape)
-    if found and found[0] is None and len(found) > 1:
-        return None
-    return (tensor.shape[0], *(d if isinstance(d, int) or p is None else p for d, p in zip(tensor.shape[1:], found[1:])))
+    return found is None or len(found) < 2 or found[0] is not None
 
 
 def _auto(canonical: Canonical, options: list[Candidate]) -> Candidate:
@@ -129,6 +94,8 @@ def _auto(canonical: Canonical, options: list[Candidate]) -> Candidate:
     layer get no relevance and no gradient: there it is the last token layer of the model's width that feeds the
     last attention (the last block's normalised input, as pytorch-grad-cam advises for ViTs)."""
     known = [c for c in options if all(isinstance(d, int) for d in c.shape[2:])] or options
+    if not canonical.classifier:
+        return _last_dominating(canonical, known)
     if known[-1].tokens is None or known[-1].tokens.prefix == 0:  # no class token: the head pools the patches
         return known[-1]
     attention = [n for n in canonical.graph.nodes if n.op in ("MatMul", "Einsum")
@@ -139,6 +106,23 @@ def _auto(canonical: Canonical, options: list[Candidate]) -> Candidate:
     width = _patch_grid(canonical)[2]  # the patch embedding's channels: the residual stream's width
     chosen = [c for c in known if c.tokens is not None and c.tensor in feeding and c.shape[2] == width]
     return (chosen or known)[-1]
+
+
+LEARNED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum")
+
+
+def _last_dominating(canonical: Canonical, options: list[Candidate]) -> Candidate:
+    """For a detector's or segmenter's scores: the deepest layer that every path from the image to the scores
+    passes (a detector's last feature map before its scales branch, a segmenter's last features before its
+    classifier), with a learned layer between it and the scores (not the class-score map that is only resized);
+    the first layer where none is."""
+    learned = {n.name for n in canonical.graph.nodes if n.op in LEARNED_OPS}
+    for option in reversed(options):
+        reach = _descendants([canonical.graph.tensors()[option.tensor]]) & _ancestors(canonical.logits)
+        after = {n.name for name in reach for n in canonical.graph.tensors()[name].outputs}
+        if after & learned and canonical.logits.name not in _descendants([canonical.image], avoid=option.tensor):
+            return option
+    return options[0]
 
 
 def _grid_tensors(canonical: Canonical, channel_last: set[str]) -> set[str]:
@@ -260,7 +244,7 @@ def resolve(canonical: Canonical, selectors) -> list[Target]:
     by_tensor = {c.tensor: c for c in options}
     for selector in selectors:
         tensor = _resolve_one(canonical, options, str(selector))
-        key = tensor if selector == "auto" else str(selector)
+        key = str(selector)  # `auto` stays `auto`: the chosen tensor is printed and in the model's metadata
         targets.setdefault(key, Target(key, tensor, by_tensor[tensor].tokens if tensor in by_tensor else None))
     return list(targets.values())
 
@@ -370,11 +354,12 @@ def region(canonical: Canonical, targets: list[Target]) -> set[str]:
     return _descendants([tensors[t.tensor] for t in targets]) & _ancestors(canonical.logits)
 
 
-def _descendants(start: list[gs.Tensor]) -> set[str]:
+def _descendants(start: list[gs.Tensor], avoid: str | None = None) -> set[str]:
+    """Names of the tensors computed from `start` (itself included), not through the tensor `avoid`."""
     seen, stack = set(), list(start)
     while stack:
         tensor = stack.pop()
-        if tensor.name in seen:
+        if tensor.name in seen or tensor.name == avoid:
             continue
         seen.add(tensor.name)
         stack.extend(out for reader in tensor.outputs for out in reader.outputs)

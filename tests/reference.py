@@ -310,9 +310,11 @@ def initial_relevance(logits: torch.Tensor, targets: torch.Tensor, initial: str)
 
 
 def propagate(model, x, layers, targets=None, composite="rcam", initial="contrastive",
-              dtype=torch.float64, tokens=None) -> Propagation:
+              dtype=torch.float64, tokens=None, seed=None) -> Propagation:
     """Forward, then the relevance sweep from the logits to the requested module outputs, all in dtype. tokens: a
-    transformer's (extra tokens, patch rows, patch columns): its token layers come out as the image of their patches."""
+    transformer's (extra tokens, patch rows, patch columns): its token layers come out as the image of their patches.
+    seed: the initial relevance itself, shaped like the model's output, in place of targets and initial (the
+    seed of a detector's or segmenter's scores)."""
     model = copy.deepcopy(model).to(dtype).eval()
     x = torch.as_tensor(x).detach().to(dtype, copy=True)
     fold_batchnorms(model, x)
@@ -327,8 +329,11 @@ def propagate(model, x, layers, targets=None, composite="rcam", initial="contras
                 lambda m, inputs, output, path=path: activations.__setitem__(path, output))
 
     logits = model(x)
-    classes = logits.argmax(1) if targets is None else torch.as_tensor(targets, dtype=torch.int64)
-    seed = initial_relevance(logits.detach(), classes, initial)
+    if seed is None:
+        classes = logits.argmax(1) if targets is None else torch.as_tensor(targets, dtype=torch.int64)
+        seed = initial_relevance(logits.detach(), classes, initial)
+    else:
+        classes, seed = torch.zeros(0, dtype=torch.int64), torch.as_tensor(seed).to(dtype)
     relevance = torch.autograd.grad(logits, [activations[path] for path in layers], seed)
     return Propagation(logits.detach(), classes, seed,
                        {path: patch_image(activations[path].detach(), tokens) for path in layers},
@@ -422,10 +427,10 @@ def patch_image(tokens: torch.Tensor, grid) -> torch.Tensor:
 
 
 def reference(model, x, layers, targets=None, composite="rcam", initial="contrastive", relu=False,
-              tokens=None) -> Reference:
+              tokens=None, seed=None) -> Reference:
     """tokens: a transformer's (extra tokens, patch rows, patch columns); its token layers are then explained as the
-    image of their patches."""
-    result = propagate(model, x, layers, targets, composite, initial, tokens=tokens)
+    image of their patches. seed: the initial relevance itself (see propagate)."""
+    result = propagate(model, x, layers, targets, composite, initial, tokens=tokens, seed=seed)
     size = tuple(torch.as_tensor(x).shape[2:])
     heads = {path: rcam_maps(result.activations[path], result.relevance[path], size, relu) for path in layers}
 
@@ -442,8 +447,9 @@ def reference(model, x, layers, targets=None, composite="rcam", initial="contras
     )
 
 
-def gradients(model, x, layers, classes) -> tuple[dict, dict]:
-    """Plain autograd in float64: each layer's activation A and the gradient of the explained class's logit at it."""
+def gradients(model, x, layers, classes=None, seed=None) -> tuple[dict, dict]:
+    """Plain autograd in float64: each layer's activation A and the gradient of the explained class's logit at it,
+    or of the seed-weighted sum of the model's outputs (a detector's, a segmenter's)."""
     model = copy.deepcopy(model).double().eval()
     for module in model.modules():
         if getattr(module, "inplace", False):  # the hook must keep the layer's output as it was
@@ -453,7 +459,8 @@ def gradients(model, x, layers, classes) -> tuple[dict, dict]:
         model.get_submodule(path).register_forward_hook(
             lambda m, inputs, output, path=path: activations.__setitem__(path, output))
     logits = model(torch.as_tensor(x).double())
-    seed = F.one_hot(torch.as_tensor(classes), logits.shape[1]).double()
+    seed = F.one_hot(torch.as_tensor(classes), logits.shape[1]).double() if seed is None else \
+        torch.as_tensor(seed).double()
     grads = torch.autograd.grad(logits, [activations[path] for path in layers], seed)
     return {p: activations[p].detach() for p in layers}, dict(zip(layers, grads))
 

@@ -30,7 +30,7 @@ def test_top_k_equals_separate_targeted_runs(photos, single):
     plain = run_model(str(onnx_rcam.default_model_path()), {"input": photos})["logits"]
     np.testing.assert_array_equal(out["logits"], plain)
     np.testing.assert_array_equal(out["rcam/class"], np.argsort(-plain, axis=1)[:, :3])
-    key = "/_swish_1/Clip_output_0"
+    key = "auto"
     assert out[f"rcam/{key}/activation"].shape == (4, 1280, 7, 7)
     for k in range(3):
         separate = run_model(single, {"input": photos, "rcam/target": out["rcam/class"][:, k]})

@@ -46,10 +46,10 @@ def test_augment_writes_beside_the_model_and_reports(capsys, tiny):
     assert code == 0, err
     written = tiny.with_name("tiny.rcam.onnx")
     assert written.is_file()
-    assert "rcam/act/map" in out and str(written) in out and "rcam/target" in out
+    assert "rcam/auto/map" in out and str(written) in out and "rcam/target" in out
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
     outputs = run_model(str(written), {"x": x})
-    assert outputs["rcam/act/map"].shape == (2, 8, 8)
+    assert outputs["rcam/auto/map"].shape == (2, 8, 8)
     np.testing.assert_array_equal(outputs["probs"], run_model(str(tiny), {"x": x})["probs"])
 
 
@@ -58,17 +58,17 @@ def test_augment_adds_several_methods(capsys, tiny):
     so its gradient at act is fc[k, t] / 64 everywhere, and Grad-CAM's raw map is sum_k fc[k, t] / 64 * act_k."""
     code, out, err = cli(capsys, "augment", str(tiny), "--method", "gradcam", "--method", "rcam")
     assert code == 0, err
-    assert "gradcam/act/gradient" in out and "rcam/act/relevance" in out
+    assert "gradcam/auto/gradient" in out and "rcam/auto/relevance" in out
     x = np.random.default_rng(2).normal(size=(2, 3, 8, 8)).astype(np.float32)
     outputs = run_model(str(tiny.with_name("tiny.rcam.onnx")), {"x": x})
     fc = onnx.numpy_helper.to_array(onnx.load(tiny).graph.initializer[1])
     weights = fc[:, outputs["rcam/class"]].T  # [N, C]
-    np.testing.assert_allclose(outputs["gradcam/act/gradient"],
+    np.testing.assert_allclose(outputs["gradcam/auto/gradient"],
                                np.broadcast_to(weights[:, :, None, None] / 64, (2, 4, 8, 8)), rtol=1e-6)
-    np.testing.assert_allclose(outputs["gradcam/act/raw"],
-                               np.einsum("nc,nchw->nhw", weights / 64, outputs["gradcam/act/activation"]),
+    np.testing.assert_allclose(outputs["gradcam/auto/raw"],
+                               np.einsum("nc,nchw->nhw", weights / 64, outputs["gradcam/auto/activation"]),
                                rtol=1e-5, atol=1e-7)
-    assert {"rcam/act/map", "gradcam/act/map"} <= set(outputs)
+    assert {"rcam/auto/map", "gradcam/auto/map"} <= set(outputs)
 
 
 def test_augment_input_heatmap_with_the_preprocessing_bounds(capsys, tiny):
@@ -184,7 +184,7 @@ def test_input_shape_fixes_a_dynamic_height_and_width(capsys, tiny, tmp_path):
     code, _, _ = cli(capsys, "augment", str(path), "--input-shape", "Nx3x12x12", "-o", str(tmp_path / "out.onnx"))
     assert code == 0
     out = run_model(str(tmp_path / "out.onnx"), {"x": np.random.rand(2, 3, 12, 12).astype(np.float32)})
-    assert out["rcam/act/map"].shape == (2, 12, 12)
+    assert out["rcam/auto/map"].shape == (2, 12, 12)
 
     code, _, err = cli(capsys, "augment", str(path), "--input-shape", "3,,12")
     assert code == 2 and "write it like N,3,224,224" in err
@@ -217,5 +217,5 @@ def test_precision_fp16_keeps_the_outputs_float32(capsys, tiny):
     assert "backward  fp16" in out
     x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
     outputs = run_model(str(tiny.with_name("tiny.rcam.onnx")), {"x": x})
-    assert outputs["rcam/act/map"].dtype == np.float32 and np.all(np.isfinite(outputs["rcam/act/relevance"]))
+    assert outputs["rcam/auto/map"].dtype == np.float32 and np.all(np.isfinite(outputs["rcam/auto/relevance"]))
     np.testing.assert_array_equal(outputs["probs"], run_model(str(tiny), {"x": x})["probs"])

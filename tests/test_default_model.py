@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import onnx
@@ -56,7 +57,10 @@ def test_augmented_model_passes_the_full_check(explained):
 
 
 def test_auto_is_the_last_activation_before_pooling(explained):
-    assert explained[2][0] == "/_swish_1/Clip_output_0"
+    """Keyed `auto` (DESIGN.md section 2); the chosen tensor is in the model's metadata."""
+    assert explained[2][0] == "auto"
+    recorded = {e.key: json.loads(e.value) for e in explained[1].metadata_props}["rcam/layers"]
+    assert list(recorded) == explained[2] and recorded["auto"] == "/_swish_1/Clip_output_0"
 
 
 def test_original_logits_bit_for_bit(explained, plain_logits):

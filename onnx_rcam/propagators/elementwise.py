@@ -173,19 +173,14 @@ def batch_normalization(ctx: Context, node, relevance):
 @register("Sub")
 def add_or_sum(ctx: Context, node, relevance):
     """A sum of activations (residual joins), a - b (YOLOv8's box width x2 - x1), or an activation plus or minus a
-    constant (a bias). Under LRP the constant takes no relevance."""
+    constant (a bias). Under LRP the constant takes no relevance; c - a is a linear layer of weight -1."""
     activations = [i for i, t in enumerate(node.inputs) if is_activation(t)]
     signs = [1.0, -1.0] if node.op == "Sub" else [1.0] * len(node.inputs)
     output = node.outputs[0]
-    if len(activations) == 1:
-        i = activations[0]
-        x, result = node.inputs[i], [None] * len(node.inputs)
-        if signs[i] > 0:  # x + c: every rule passes relevance, and the gradient is g
-            result[i] = unbroadcast(ctx.builder, x, output, relevance[0])
-        else:  # c - x: LRP passes relevance (the sign is the weight's), the gradient is -g
-            negated = NonlinearOp(x.name, output.name, node.op, keeps_shape([x], output),
-                                  lambda b, g: unbroadcast(b, x, output, b.scale(g, -1.0)))
-            result[i] = ctx.rule(node).nonlinear(ctx.builder, negated, relevance[0])
+    if len(activations) == 1 and signs[activations[0]] > 0:
+        # Activation plus a constant (a bias): the constant takes no relevance, and the gradient is g.
+        result = [None] * len(node.inputs)
+        result[activations[0]] = unbroadcast(ctx.builder, node.inputs[activations[0]], output, relevance[0])
         return result
     constants = [signs[i] * constant_input(node, i) for i in range(len(node.inputs)) if i not in activations]
     bias = sum(constants) if constants else None
@@ -193,7 +188,9 @@ def add_or_sum(ctx: Context, node, relevance):
     weights = [signs[i] for i in activations]
 
     def forward(b, xs, w, offset):
-        total = b.sum(xs) if all(s > 0 for s in weights) else b.sub(xs[0], xs[1])
+        total = b.sum([x for x, sign in zip(xs, weights) if sign > 0]) if weights[0] > 0 else b.scale(xs[0], -1.0)
+        for x in (x for x, sign in zip(xs[1:], weights[1:]) if sign < 0):
+            total = b.sub(total, x)
         return b.scale(total, w.scalar())
 
     def transpose(b, g, w):
