@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -13,15 +15,17 @@ from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.boxes import read_boxes
 from onnx_rcam.builder import PRECISIONS
-from onnx_rcam.evaluate import evaluate as run_evaluation, pyplot, write_results
+from onnx_rcam.evaluate import evaluate as run_evaluation, evaluate_detections, pyplot, write_results
 from onnx_rcam.explain import explain_images
-from onnx_rcam.explainer import Explainer
+from onnx_rcam.detection import LAYOUTS
+from onnx_rcam.explainer import TASKS, Explainer
 from onnx_rcam.heads import METHODS
 from onnx_rcam.images import find_images, input_bounds
 from onnx_rcam.export import drift_note, save
 from onnx_rcam.initial import INITIAL_KINDS, SEED_INPUT, TARGET_INPUT
 from onnx_rcam.load import parse_shape
 from onnx_rcam.scorecam import ScoreCamExplainer
+from onnx_rcam.segmentation import box_region
 from onnx_rcam.rules import COMPOSITES
 
 MODEL_HELP = "ONNX image classifier. Omit it to use the bundled ImageNet EfficientNet-Lite0."
@@ -180,19 +184,67 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
 @click.option("--mask-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Score-CAM: masked images per onnxruntime run.")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
+@click.option("--task", type=click.Choice(TASKS), default="classify", show_default=True,
+              help="classify: class scores [N, K]. detect: a YOLO detector's [N, A, 5+C] (YOLOv5) or [N, 4+C, A] "
+                   "(YOLOv8/11) output: boxes decoded, NMS, the best --detections each explained, all in one run "
+                   "(use --preprocess yolo, the letterbox). segment: [N, C, H, W] class logits: the --top-k most "
+                   "frequent predicted classes (or --target) each explained over its predicted pixels (or --box).")
+@click.option("--scores", default=None, metavar="OUTPUT",
+              help="detect, segment: the output to explain [default: the first].")
+@click.option("--detections", type=click.IntRange(min=1), default=5, show_default=True,
+              help="detect: the number of detections explained per image, best first.")
+@click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="detect: the least score (class probability, times objectness for YOLOv5) of a detection.")
+@click.option("--iou", type=click.FloatRange(0, 1), default=0.45, show_default=True,
+              help="detect: boxes of one class overlapping more than this are suppressed (NMS).")
+@click.option("--detect-layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+              help="detect: the output's layout; auto takes [N, 4+C, A] (YOLOv8) where its middle axis is shorter.")
+@click.option("--box", default=None, metavar="X1,Y1,X2,Y2",
+              help="segment: explain the class over this box of each photo (its own pixels) instead of over the "
+                   "pixels predicted as it.")
 @input_shape_option
 @precision_option
 @verify_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
-            composite, input_shape, precision, verify, force):
+            composite, task, scores, detections, conf, iou, detect_layout, box, input_shape, precision, verify,
+            force):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
-    MODEL is a plain or an already augmented ONNX classifier; INPUT is image files (JPEG, PNG, WebP, BMP) or folders.
-    An unreadable image is reported and skipped; the exit status is then 1.
+    MODEL is a plain or an already augmented ONNX classifier (or detector, segmenter: --task); INPUT is image files
+    (JPEG, PNG, WebP, BMP) or folders. An unreadable image is reported and skipped; the exit status is then 1.
     """
+    if task != "classify" and method == "scorecam":
+        raise click.UsageError("--method scorecam explains classifiers only")
+    if box is not None and task != "segment":
+        raise click.UsageError("--box is for --task segment")
+    options = TaskOptions(task, scores, detections, conf, iou, detect_layout, _parse_box(box))
     _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
-             preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify)
+             preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    task: str = "classify"
+    scores: str | None = None
+    detections: int = 5
+    conf: float = 0.25
+    iou: float = 0.45
+    layout: str = "auto"
+    box: tuple[float, float, float, float] | None = None
+
+
+def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: write the box as X1,Y1,X2,Y2 in the photo's pixels",
+                                 param_hint="--box") from None
+    if x2 <= x1 or y2 <= y1:
+        raise click.BadParameter(f"{text!r}: X2 and Y2 must exceed X1 and Y1", param_hint="--box")
+    return x1, y1, x2, y2
 
 
 @main.command()
@@ -205,7 +257,8 @@ def demo(outdir, force):
 
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
-             input_shape=None, method="rcam", mask_batch=32, precision="fp32", verify=True):
+             input_shape=None, method="rcam", mask_batch=32, precision="fp32", verify=True,
+             options: TaskOptions = TaskOptions()):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
     if outdir.exists() and any(outdir.iterdir()) and not force:
@@ -221,7 +274,9 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
     else:
         explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
                               preprocessing=preprocess, input_shape=input_shape, method=method, precision=precision,
-                              verify=verify)
+                              verify=verify, task=options.task, scores=options.scores,
+                              detections=options.detections, conf=options.conf, iou=options.iou,
+                              layout=options.layout)
     click.echo(f"model     {model}\nmethod    {explainer.name}\nlayers    {', '.join(explainer.layers)}\n"
                f"provider  {explainer.provider_note}")
     started = time.perf_counter()
@@ -237,10 +292,20 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
             done += count
             bar.update(count)
         summary = explain_images(explainer, images, [Path(i) for i in inputs], outdir, batch_size, target,
-                                 max(5, top_k), Path(labels) if labels else None, advance)
+                                 max(5, top_k), Path(labels) if labels else None, advance,
+                                 None if options.box is None else partial(box_region, explainer.preprocessing,
+                                                                          options.box))
     for row in summary.rows:
-        best = row["top"][0]
-        click.echo(f"  {Path(row['image']).name:<28} {best['label'].split(',')[0]:<28} {best['score']:.3f}")
+        name = Path(row["image"]).name
+        if options.task == "detect":
+            found = ", ".join(f"{d['label']} {d['score']:.2f}" for d in row["detections"]) or "no detection"
+            click.echo(f"  {name:<28} {found}")
+        elif options.task == "segment":
+            click.echo(f"  {name:<28} " + ", ".join(f"{label} ({share:.0%})" for label, share
+                                                    in zip(row["explained_labels"], row["region_share"]) if label))
+        else:
+            best = row["top"][0]
+            click.echo(f"  {name:<28} {best['label'].split(',')[0]:<28} {best['score']:.3f}")
     click.echo(f"explained {len(summary.rows)} of {summary.images} images in {summary.seconds:.1f} s "
                f"({summary.images_per_second:.1f} img/s); wrote {outdir}")
     for failure in summary.failed:
@@ -271,16 +336,28 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @click.option("--preprocess", default=None, metavar="PRESET|FILE", help="As for explain.")
 @click.option("--relu", is_flag=True, help="Clip rcam's raw map at 0 before normalising, as the Grad-CAM family "
               "does (rcam's maps are signed by default, so they keep more of the image).")
+@click.option("--task", type=click.Choice(["classify", "detect"]), default="classify", show_default=True,
+              help="detect: a YOLO detector (see `explain --task`); the per-detection pointing game over its best "
+                   "--detections detections per image: is each map's maximum inside its own box, and what share "
+                   "of the map lies inside it.")
+@click.option("--detections", type=click.IntRange(min=1), default=5, show_default=True, help="detect: as for explain.")
+@click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="detect: as for explain.")
+@click.option("--iou", type=click.FloatRange(0, 1), default=0.45, show_default=True, help="detect: as for explain.")
+@click.option("--detect-layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+              help="detect: as for explain.")
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_size, mask_batch, device, preprocess,
-             relu, force):
+             relu, task, detections, conf, iou, detect_layout, force):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018), deletion and insertion AUC (Petsiuk et al. 2018), and with --boxes the pointing
     game and the energy-based pointing game. DATA is image files or folders. Without MODEL: the bundled model,
-    its photos and their boxes.
+    its photos and their boxes. With --task detect: the per-detection pointing games of a detector.
 
     The explained class is each image's prediction; scores are its softmax probability.
     """
+    if task == "detect" and (model is None or boxes):
+        raise click.UsageError("--task detect needs MODEL and DATA, and takes its boxes from the detections "
+                               "(leave out --boxes)")
     if model is None:
         model = default_model_path()
         inputs = [str(model.parent / "images")]
@@ -298,8 +375,12 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
     ground_truth = read_boxes(boxes) if boxes else None
     click.echo(f"model     {model}\nmethods   {', '.join(methods)}\nimages    {len(images)}")
     with click.progressbar(length=len(images), label="evaluating", file=sys.stderr) as bar:
-        result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size, steps,
-                                mask_batch, device, preprocess, bar.update, relu)
+        if task == "detect":
+            result = evaluate_detections(Path(model), images, methods, layers or ("auto",), batch_size, device,
+                                         preprocess, detections, conf, iou, detect_layout, progress=bar.update)
+        else:
+            result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size,
+                                    steps, mask_batch, device, preprocess, bar.update, relu)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from .errors import RcamError
 from .explainer import Explainer
 from .images import load_image
+from .metrics import pointing_hit
 from .models_path import models_folder
-from .overlay import overlay, side_by_side
+from .overlay import draw_boxes, outline, overlay, side_by_side
 
 SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
 PNG_OPTIONS = {"compress_level": 1}  # zlib's fastest level: PNG encoding was 70% of the run at the default 6
@@ -37,14 +39,27 @@ def imagenet_labels() -> list[str]:
     return (models_folder() / "imagenet_classes.txt").read_text().splitlines()
 
 
-def read_labels(path: Path | None, classes: int) -> list[str]:
-    """One label per line; the bundled ImageNet labels for 1000-class models; else the class numbers."""
+def read_labels(path: Path | None, classes: int, task: str = "classify") -> list[str]:
+    """One label per line; the bundled ImageNet labels for 1000-class classifiers and COCO's for 80-class
+    detectors; else the class numbers."""
     if path is not None:
         labels = Path(path).read_text().splitlines()
         if len(labels) < classes:
             raise RcamError(f"{path}: {len(labels)} labels for a model with {classes} classes")
         return labels
-    return imagenet_labels() if classes == 1000 else [str(c) for c in range(classes)]
+    if classes == 1000 and task == "classify":
+        return imagenet_labels()
+    if classes == 80 and task == "detect":
+        return (models_folder() / "coco_classes.txt").read_text().splitlines()
+    return [str(c) for c in range(classes)]
+
+
+def class_count(explainer: Explainer, explanation) -> int:
+    """The number of classes the explained output scores."""
+    if explainer.task == "detect":
+        fields = explanation.logits.shape[2] if explainer.layout == "yolov5" else explanation.logits.shape[1]
+        return fields - (5 if explainer.layout == "yolov5" else 4)
+    return explanation.logits.shape[1]
 
 
 def output_stem(image: Path, roots: list[Path]) -> Path:
@@ -57,10 +72,12 @@ def output_stem(image: Path, roots: list[Path]) -> Path:
 
 def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], outdir: Path, batch_size: int = 8,
                    target: int | None = None, top_k: int = 5, labels: Path | None = None,
-                   progress: Callable[[int], None] | None = None) -> RunSummary:
-    """Write per image an overlay per layer (and per explained class), a sheet of all of them and the raw maps;
-    per run summary.csv and summary.json. Unreadable images are recorded and skipped. Memory stays flat: one batch
-    of pictures is held at a time, and the summary keeps a few numbers per image."""
+                   progress: Callable[[int], None] | None = None,
+                   region: Callable[[Image.Image], np.ndarray] | None = None) -> RunSummary:
+    """Write per image an overlay per layer (and per explained class or detection), a sheet of all of them and the
+    raw maps; per run summary.csv and summary.json. Unreadable images are recorded and skipped. Memory stays flat:
+    one batch of pictures is held at a time, and the summary keeps a few numbers per image. region (segment):
+    the picture's region to explain, [H, W] booleans at input resolution, in place of the predicted pixels."""
     outdir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary()
     label_names: list[str] | None = None
@@ -76,12 +93,14 @@ def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], 
         if readable:
             targets = None if target is None else np.full([len(readable)] + ([explainer.top_k] if explainer.top_k
                                                                              > 1 else []), target)
-            explanation = explainer(pictures, targets=targets, extras=True)
+            explanation = explainer(pictures, targets=targets, extras=True,
+                                    regions=None if region is None else [region(p) for p in pictures])
             if label_names is None:
-                label_names = read_labels(labels, explanation.logits.shape[1])
+                label_names = read_labels(labels, class_count(explainer, explanation), explainer.task)
+            write = {"classify": _write_image, "detect": _write_detections, "segment": _write_segments}
             for i, (path, picture) in enumerate(zip(readable, pictures)):
-                summary.rows.append(_write_image(explainer, explanation, i, path, picture,
-                                                 outdir / output_stem(path, roots), label_names, top_k))
+                summary.rows.append(write[explainer.task](explainer, explanation, i, path, picture,
+                                                          outdir / output_stem(path, roots), label_names, top_k))
         summary.images += len(batch)
         if progress:
             progress(len(batch))
@@ -120,12 +139,83 @@ def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture,
             "top": [{"class": int(c), "label": labels[int(c)], "score": round(float(scores[c]), 6)} for c in best]}
 
 
+def _write_detections(explainer: Explainer, explanation, i: int, path: Path, picture, stem: Path,
+                      labels: list[str], top_k: int) -> dict:
+    """The photo with every explained detection's box, and per layer and detection its map with its box."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    found = explanation.detections[i]
+    boxes = explainer.preprocessing.to_photo(found.boxes, picture.width, picture.height)
+    captions = [f"{k + 1} {labels[int(c)]} {s:.2f}" for k, (c, s) in enumerate(zip(found.classes, found.scores))]
+    boxed = draw_boxes(picture, boxes, captions, found.classes)
+    boxed.save(stem.parent / f"{stem.name}.detections.png", **PNG_OPTIONS)
+    panels, titles = [boxed], ["detections"]
+    pointing = {}
+    for layer in explainer.layers:
+        maps = explanation.maps[layer][i]
+        pointing[layer] = [pointing_hit(maps[k], [found.boxes[k]], tolerance=0) for k in range(len(found))]
+        for k in range(len(found)):
+            heat, box = explainer.preprocessing.photo_view(maps[k], picture.width, picture.height)
+            shown = draw_boxes(overlay(picture, heat, box=box), boxes[k:k + 1], captions[k:k + 1],
+                               found.classes[k:k + 1])
+            shown.save(stem.parent / f"{stem.name}.{_safe(layer)}.det{k + 1}.png", **PNG_OPTIONS)
+            panels.append(shown)
+            titles.append(f"{layer} | {captions[k]}")
+    side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
+    np.savez_compressed(stem.parent / f"{stem.name}.npz", boxes=boxes, scores=found.scores, classes=found.classes,
+                        **{f"{_safe(layer)}.raw": explanation.raw[layer][i][:len(found)] for layer in explainer.layers},
+                        **{f"{_safe(layer)}.map": explanation.maps[layer][i][:len(found)]
+                           for layer in explainer.layers})
+    return {"image": str(path), "detections": [
+        {"class": int(c), "label": labels[int(c)], "score": round(float(s), 6),
+         "box": [round(float(v), 1) for v in box], "pointing": {layer: pointing[layer][k] for layer in pointing}}
+        for k, (c, s, box) in enumerate(zip(found.classes, found.scores, boxes))]}
+
+
+def _write_segments(explainer: Explainer, explanation, i: int, path: Path, picture, stem: Path,
+                    labels: list[str], top_k: int) -> dict:
+    """Per layer and explained class: its map over the photo with the outline of the region explained."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    classes = np.atleast_1d(explanation.classes[i])
+    size = explainer.preprocessing.size
+    panels, titles = [picture], ["photo"]
+    for layer in explainer.layers:
+        maps = explanation.maps[layer][i].reshape(len(classes), *explanation.maps[layer].shape[-2:])
+        for k, (heat, cls) in enumerate(zip(maps, classes)):
+            if cls < 0:
+                continue
+            region = np.asarray(Image.fromarray(explanation.regions[i, k].astype(np.uint8) * 255).resize(
+                (size[1], size[0]), Image.NEAREST)) > 127  # at input resolution, as the map
+            heat, box = explainer.preprocessing.photo_view(heat, picture.width, picture.height)
+            shown = overlay(picture, heat, box=box)
+            cut, _ = explainer.preprocessing.photo_view(region, picture.width, picture.height)
+            if box is None:
+                shown = outline(shown, cut)
+            else:  # the region covers the crop box only
+                left, top, right, bottom = (round(v) for v in box)
+                shown.paste(outline(shown.crop((left, top, right, bottom)), cut), (left, top))
+            suffix = "" if len(classes) == 1 else f".class{k + 1}"
+            shown.save(stem.parent / f"{stem.name}.{_safe(layer)}{suffix}.png", **PNG_OPTIONS)
+            panels.append(shown)
+            titles.append(f"{layer} | {labels[int(cls)]}")
+    side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
+    np.savez_compressed(stem.parent / f"{stem.name}.npz", classes=classes, regions=explanation.regions[i],
+                        **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
+                        **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers})
+    share = explanation.regions[i].reshape(len(classes), -1).mean(1)
+    return {"image": str(path), "explained": [int(c) for c in classes],
+            "explained_labels": [labels[int(c)] if c >= 0 else "" for c in classes],
+            "region_share": [round(float(v), 4) for v in share]}
+
+
 def _safe(layer: str) -> str:
     """A layer key as a file-name part: tensor names may hold slashes."""
     return layer.strip("/").replace("/", "_") or "layer"
 
 
 def _write_summary(outdir: Path, summary: RunSummary, explainer: Explainer) -> None:
+    if explainer.task != "classify":
+        _write_task_summary(outdir, summary, explainer)
+        return
     with open(outdir / SUMMARY_CSV, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["image", "status", "explained_class", "explained_label", "top1_class", "top1_label",
@@ -142,3 +232,29 @@ def _write_summary(outdir: Path, summary: RunSummary, explainer: Explainer) -> N
         "images": summary.images, "explained": len(summary.rows), "failed": summary.failed,
         "seconds": round(summary.seconds, 3), "images_per_second": round(summary.images_per_second, 2),
         "results": summary.rows}, indent=2) + "\n")
+
+
+def _write_task_summary(outdir: Path, summary: RunSummary, explainer: Explainer) -> None:
+    """summary.csv with one row per explained detection or class region, and summary.json."""
+    with open(outdir / SUMMARY_CSV, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        if explainer.task == "detect":
+            writer.writerow(["image", "status", "detection", "class", "label", "score", "x1", "y1", "x2", "y2",
+                             *(f"pointing {layer}" for layer in explainer.layers)])
+            for row in summary.rows:
+                for k, found in enumerate(row["detections"]):
+                    writer.writerow([row["image"], "ok", k + 1, found["class"], found["label"], found["score"],
+                                     *found["box"], *(found["pointing"][layer] for layer in explainer.layers)])
+        else:
+            writer.writerow(["image", "status", "rank", "class", "label", "region_share"])
+            for row in summary.rows:
+                for k, (cls, label, share) in enumerate(zip(row["explained"], row["explained_labels"],
+                                                            row["region_share"])):
+                    writer.writerow([row["image"], "ok", k + 1, cls, label, share])
+        for failure in summary.failed:
+            writer.writerow([failure["image"], "failed: " + failure["error"]])
+    (outdir / SUMMARY_JSON).write_text(json.dumps({
+        "task": explainer.task, "layers": explainer.layers, "provider": explainer.provider,
+        "explained_per_image": explainer.top_k, "images": summary.images, "explained": len(summary.rows),
+        "failed": summary.failed, "seconds": round(summary.seconds, 3),
+        "images_per_second": round(summary.images_per_second, 2), "results": summary.rows}, indent=2) + "\n")

@@ -21,20 +21,26 @@ from .augment import augment
 from .errors import RcamError
 from .heads import resolve_methods
 from .images import Preprocessing, input_bounds, input_layout, load_image, sidecar
-from .initial import CLASS_OUTPUT, TARGET_INPUT
+from .detection import Detections, detect, detection_seeds, output_layout
+from .initial import CLASS_OUTPUT, SEED_INPUT, TARGET_INPUT
 from .load import load
+from .segmentation import class_regions, segment_classes, segment_seeds
 
 DEVICES = ("auto", "cpu", "cuda")
+TASKS = ("classify", "detect", "segment")
 
 
 @dataclass
 class Explanation:
-    logits: np.ndarray                    # (N, classes)
-    classes: np.ndarray                   # (N,) the explained class, or (N, top_k)
+    logits: np.ndarray                    # (N, classes); a detector's or segmenter's raw output (N, ...)
+    classes: np.ndarray                   # (N,) the explained class, or (N, top_k); -1: nothing explained there
     maps: dict[str, np.ndarray]           # layer -> (N, H, W) in [0, 1], or (N, top_k, H, W)
     raw: dict[str, np.ndarray] = field(default_factory=dict)          # filled when asked for extras
     relevance: dict[str, np.ndarray] = field(default_factory=dict)   # the gradient, for the Grad-CAM family
     activations: dict[str, np.ndarray] = field(default_factory=dict)
+    detections: list[Detections] | None = None  # task detect: per image, the explained detections, best first
+    regions: np.ndarray | None = None   # task segment: (N, top_k, h, w) the pixels explained, at the output's size
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every output of the run, where asked for
 
     @property
     def scores(self) -> np.ndarray:
@@ -54,26 +60,45 @@ class Explainer:
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
                  top_k: int = 1, composite="rcam", initial: str = "contrastive",
                  preprocessing: Preprocessing | str | None = None, input_shape=None, method: str = "rcam",
-                 also=(), relu: bool = False, precision: str = "fp32", verify: bool = True):
+                 also=(), relu: bool = False, precision: str = "fp32", verify: bool = True, task: str = "classify",
+                 scores: str | None = None, detections: int = 5, conf: float = 0.25, iou: float = 0.45,
+                 layout: str = "auto"):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-        self.method = resolve_methods([method])[0]
+        if task not in TASKS:
+            raise RcamError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        self.method, self.task = resolve_methods([method])[0], task
         proto = load(model)
-        if TARGET_INPUT not in {i.name for i in proto.graph.input}:
-            proto = augment(proto, layers=layers, composite=composite, initial=initial, top_k=top_k,
-                            input_shape=input_shape, methods=[method, *also], relu=relu,
-                            input_bounds=input_bounds(model, preprocessing), precision=precision, verify=verify)
+        if task != "classify" and scores is None:
+            scores = proto.graph.output[0].name
+        if SEED_INPUT not in {i.name for i in proto.graph.input}:
+            proto = augment(proto, layers=layers, composite=composite, initial=initial,
+                            top_k=detections if task == "detect" else top_k, input_shape=input_shape,
+                            methods=[method, *also], relu=relu, input_bounds=input_bounds(model, preprocessing),
+                            precision=precision, verify=verify, scores=None if task == "classify" else scores)
         self.model = proto
         self.session, self.provider, self.cuda_wanted = _session(proto, device)
-        self.input = next(i for i in self.session.get_inputs() if i.name != TARGET_INPUT)
+        self.input = next(i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, SEED_INPUT))
         outputs = [o.name for o in self.session.get_outputs()]
         self.layers = [name[len(f"{method}/"):-len("/map")] for name in outputs
                        if name.startswith(f"{method}/") and name.endswith("/map")]
         if not self.layers:
             held = sorted({name.split("/")[0] for name in outputs if name.endswith("/map")})
             raise RcamError(f"the augmented model has no {method} maps; it holds {', '.join(held) or 'none'}")
-        class_output = self.session.get_outputs()[outputs.index(CLASS_OUTPUT)]
-        self.top_k = class_output.shape[1] if len(class_output.shape) == 2 else 1
+        if task == "classify":
+            if CLASS_OUTPUT not in outputs:
+                raise RcamError("this augmented model explains a detector's or segmenter's output: give task="
+                                "'detect' or 'segment' (--task)")
+            class_output = self.session.get_outputs()[outputs.index(CLASS_OUTPUT)]
+            self.top_k = class_output.shape[1] if len(class_output.shape) == 2 else 1
+        else:
+            self.scores = scores if scores in outputs else outputs[0]
+            self.seed_shape = [d for d in next(i for i in self.session.get_inputs() if i.name == SEED_INPUT).shape]
+            score_shape = self.session.get_outputs()[outputs.index(self.scores)].shape
+            self.top_k = self.seed_shape[1] if len(self.seed_shape) == len(score_shape) + 1 else 1
+            self.score_shape = self.seed_shape[-(len(score_shape) - 1):]
+            self.conf, self.iou = conf, iou
+            self.layout = output_layout([None, *self.score_shape], layout) if task == "detect" else None
         self.preprocessing = self._preprocessing(model, preprocessing)
 
     @property
@@ -112,23 +137,55 @@ class Explainer:
             images = [images]
         return np.stack([self.preprocessing(_picture(image)) for image in images]).astype(dtype)
 
-    def run(self, images, targets=None) -> dict[str, np.ndarray]:
-        """Every output of the augmented model, by name, for a batch."""
+    def run(self, images, targets=None, seeds=None) -> dict[str, np.ndarray]:
+        """Every output of the augmented model, by name, for a batch (seeds: rcam/seed, for detect and segment)."""
         feeds = {self.input.name: self.prepare(images)}
         if targets is not None:
             feeds[TARGET_INPUT] = np.asarray(targets, dtype=np.int64)
+        if seeds is not None:
+            feeds[SEED_INPUT] = np.asarray(seeds, dtype=np.float32)
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(None, feeds)))
 
-    def __call__(self, images, targets=None, extras: bool = False) -> Explanation:
-        """Explain a batch. targets: the class per image ([N], or [N, top_k]); default: the prediction(s)."""
-        out = self.run(images, targets)
-        logits = out[self.session.get_outputs()[0].name]
+    def _scores(self, batch: np.ndarray) -> np.ndarray:
+        """The explained output alone: onnxruntime runs only the nodes it needs, so the seed's value is unread."""
+        seeds = np.zeros([len(batch), *([self.top_k] if self.top_k > 1 else []), *self.score_shape], np.float32)
+        return self.session.run([self.scores], {self.input.name: batch, SEED_INPUT: seeds})[0]
+
+    def __call__(self, images, targets=None, extras: bool = False, regions=None,
+                 outputs: bool = False) -> Explanation:
+        """Explain a batch. Classify: targets is the class per image ([N], or [N, top_k]); default: the
+        prediction(s). Detect: the best `detections` detections of each image (after NMS), one map each.
+        Segment: targets is the class per image ([N] or [N, top_k]; default: the most frequent predicted classes);
+        the seed is each class's logits over its region, by default the pixels predicted as it, or `regions`
+        ([N, H, W] booleans at input resolution, e.g. a user's box or mask). outputs: keep every output of the
+        run in explanation.outputs."""
+        if self.task == "classify":
+            out = self.run(images, targets)
+            explanation = Explanation(out[self.session.get_outputs()[0].name], out[CLASS_OUTPUT], {})
+        else:
+            batch = self.prepare(images)
+            scores = self._scores(batch)
+            if self.task == "detect":
+                found = detect(scores, self.layout, self.conf, self.iou, self.top_k)
+                seeds = detection_seeds(found, scores.shape[1:], self.layout, self.top_k)
+                classes = np.full((len(batch), self.top_k), -1, dtype=np.int64)
+                for n, detections in enumerate(found):
+                    classes[n, :len(detections)] = detections.classes
+                explanation = Explanation(scores, classes, {}, detections=found)
+            else:
+                classes = segment_classes(scores, self.top_k, targets)
+                masks = class_regions(scores, classes, regions)
+                seeds = segment_seeds(scores, classes, masks)
+                explanation = Explanation(scores, classes if self.top_k > 1 else classes[:, 0], {}, regions=masks)
+            out = self.run(batch, seeds=seeds if self.top_k > 1 else seeds[:, 0])
 
         def part(name: str) -> dict[str, np.ndarray]:
             return {layer: out[f"{self.method.name}/{layer}/{name}"] for layer in self.layers}
 
-        explanation = Explanation(logits, out[CLASS_OUTPUT], part("map"))
+        explanation.maps = part("map")
+        if outputs:  # the other methods' maps too (`also`), for onnx-rcam evaluate
+            explanation.outputs = out
         if extras:
             explanation.raw, explanation.relevance, explanation.activations = \
                 part("raw"), part(self.method.signal), part("activation")

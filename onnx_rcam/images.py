@@ -25,15 +25,21 @@ IMAGENET_BOUNDS = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
 CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875 (256 for 224), then centre-crop: torchvision's
 
 
+LETTERBOX_GRAY = 114  # ultralytics' padding colour
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the shorter side, centre-crop to `size`, scale RGB to [0, 1], then (x - mean) / std."""
+    """Resize the shorter side, centre-crop to `size`, scale RGB to [0, 1], then (x - mean) / std. With letterbox
+    (YOLO detectors), resize the whole photo to fit `size` instead, keeping its aspect ratio, and pad both sides
+    evenly with gray 114, as ultralytics does."""
 
     size: tuple[int, int]            # (height, width) of the model input
     resize_shorter: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     layout: str = "NCHW"
+    letterbox: bool = False
 
     @staticmethod
     def preset(name: str, size: tuple[int, int], layout: str = "NCHW") -> "Preprocessing":
@@ -44,15 +50,44 @@ class Preprocessing:
             return Preprocessing(size, shorter, (0.5,) * 3, (0.5,) * 3, layout)
         if name == "unit":  # [0, 1]
             return Preprocessing(size, shorter, (0.0,) * 3, (1.0,) * 3, layout)
-        raise RcamError(f"unknown preprocessing preset {name!r}; choose imagenet, tf or unit")
+        if name == "yolo":  # letterbox to size, [0, 1]
+            return Preprocessing(size, min(size), (0.0,) * 3, (1.0,) * 3, layout, letterbox=True)
+        raise RcamError(f"unknown preprocessing preset {name!r}; choose imagenet, tf, unit or yolo")
 
     @staticmethod
     def from_file(path: Path, layout: str = "NCHW") -> "Preprocessing":
         settings = json.loads(Path(path).read_text())
         size = settings["size"]
         size = (size, size) if isinstance(size, int) else tuple(size)
-        return Preprocessing(size, settings["resize_shorter"], tuple(settings["mean"]), tuple(settings["std"]),
-                             layout)
+        letterbox = bool(settings.get("letterbox", False))
+        return Preprocessing(size, settings.get("resize_shorter", min(size)) if letterbox
+                             else settings["resize_shorter"], tuple(settings["mean"]), tuple(settings["std"]),
+                             layout, letterbox)
+
+    def _fit(self, width: int, height: int) -> tuple[float, int, int, int, int]:
+        """Letterbox: the scale, the resized photo's width and height, and the left and top padding."""
+        scale = min(self.size[0] / height, self.size[1] / width)
+        resized_w, resized_h = round(width * scale), round(height * scale)
+        return scale, resized_w, resized_h, (self.size[1] - resized_w) // 2, (self.size[0] - resized_h) // 2
+
+    def photo_view(self, heatmap: np.ndarray, width: int, height: int):
+        """(the part of a map at input resolution that shows the photo, the photo's region it covers) for overlay:
+        the whole map over the centre crop, or the letterboxed photo's window of the map over the whole photo."""
+        if not self.letterbox:
+            return heatmap, self.crop_box(width, height)
+        _, resized_w, resized_h, left, top = self._fit(width, height)
+        return heatmap[..., top:top + resized_h, left:left + resized_w], None
+
+    def to_photo(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Boxes (x1, y1, x2, y2) in model-input pixels as boxes in the photo's own pixels."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if self.letterbox:
+            scale, _, _, left, top = self._fit(width, height)
+            offset, factor = np.array([left, top, left, top]), np.full(4, scale)
+            return (boxes - offset) / factor
+        x1, y1, x2, y2 = self.crop_box(width, height)
+        factor = np.array([(x2 - x1) / self.size[1], (y2 - y1) / self.size[0]] * 2)
+        return boxes * factor + np.array([x1, y1, x1, y1])
 
     @property
     def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -69,14 +104,26 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """One image as model input (C, H, W) or (H, W, C), float32."""
-        image = image.convert("RGB")
+        return self._normalised(self.placed(image.convert("RGB")))
+
+    def placed(self, image: Image.Image, fill: int = LETTERBOX_GRAY) -> Image.Image:
+        """The picture where the model input has it, at the input's size, before scaling its values: resized and
+        centre-cropped, or letterboxed with `fill` (also for masks of the photo, with fill 0)."""
+        if self.letterbox:
+            _, resized_w, resized_h, left, top = self._fit(image.width, image.height)
+            canvas = Image.new(image.mode, (self.size[1], self.size[0]), (fill,) * len(image.getbands()))
+            canvas.paste(image.resize((resized_w, resized_h), Image.BILINEAR), (left, top))
+            return canvas
         scale = self.resize_shorter / min(image.size)
         resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
         crop_h, crop_w = self.size
         if resized.width < crop_w or resized.height < crop_h:  # a very elongated photo: fill the crop instead
             resized = image.resize((max(crop_w, resized.width), max(crop_h, resized.height)), Image.BILINEAR)
         left, top = (resized.width - crop_w) // 2, (resized.height - crop_h) // 2
-        pixels = np.asarray(resized.crop((left, top, left + crop_w, top + crop_h)), dtype=np.float32) / 255.0
+        return resized.crop((left, top, left + crop_w, top + crop_h))
+
+    def _normalised(self, picture: Image.Image) -> np.ndarray:
+        pixels = np.asarray(picture, dtype=np.float32) / 255.0
         normalised = (pixels - np.float32(self.mean)) / np.float32(self.std)
         return (normalised.transpose(2, 0, 1) if self.layout == "NCHW" else normalised).astype(np.float32)
 

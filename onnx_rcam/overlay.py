@@ -54,3 +54,41 @@ def side_by_side(panels: list[Image.Image], titles: list[str], height: int = 256
         draw.text((x + 2, 3), title, fill="black")
         x += panel.width + 4
     return sheet
+
+
+# Box and outline colours, one per class (modulo): distinct on photos and on the inferno colormap.
+PALETTE = [(0, 200, 255), (60, 220, 60), (255, 80, 200), (255, 220, 0), (140, 120, 255), (255, 140, 40),
+           (0, 255, 170), (255, 255, 255)]
+
+
+def draw_boxes(image: Image.Image, boxes, captions: list[str], classes) -> Image.Image:
+    """Boxes (x1, y1, x2, y2) in the picture's pixels with a caption each, coloured by class."""
+    picture = image.copy()
+    draw = ImageDraw.Draw(picture)
+    width = max(2, round(min(picture.size) / 200))
+    for box, caption, cls in zip(np.asarray(boxes).reshape(-1, 4), captions, classes):
+        colour = PALETTE[int(cls) % len(PALETTE)]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+        left, top, right, bottom = draw.textbbox((x1 + width, y1 + width), caption)
+        draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=colour)
+        draw.text((x1 + width, y1 + width), caption, fill="black")
+    return picture
+
+
+def outline(image: Image.Image, mask: np.ndarray, colour=PALETTE[0]) -> Image.Image:
+    """The border of a boolean mask (any resolution, stretched over the picture) drawn on the picture."""
+    picture = image.copy()
+    region = np.asarray(Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(picture.size,
+                                                                                       Image.NEAREST)) > 127
+    inner = region.copy()
+    inner[1:] &= region[:-1]
+    inner[:-1] &= region[1:]
+    inner[:, 1:] &= region[:, :-1]
+    inner[:, :-1] &= region[:, 1:]
+    border = region & ~inner
+    border[1:] |= border[:-1].copy()  # two pixels wide: still visible in a sheet scaled down
+    border[:, 1:] |= border[:, :-1].copy()
+    pixels = np.asarray(picture).copy()
+    pixels[border] = colour
+    return Image.fromarray(pixels)

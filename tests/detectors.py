@@ -1,5 +1,4 @@
-"""Tiny detectors and segmenters whose ONNX exports have the layouts users deploy (issue 14), and numpy references
-for reading detector outputs.
+"""Tiny detectors and segmenters whose ONNX exports have the layouts users deploy (issue 14).
 
 Models (random weights through `randomize`; a case runs in a second or two):
 - `YoloV5Like`: ultralytics YOLOv5 as exported: Conv-BN-SiLU backbone (SiLU written as x * sigmoid(x)) to strides 8,
@@ -13,13 +12,10 @@ Models (random weights through `randomize`; a case runs in a second or two):
 - `FCNLike` (stride 8 with dilated convs, a 1x1 classifier, bilinear back to the input: [N, C, H, W]),
   `DeepLabV3Like` (ASPP: 1x1, 3x3 at dilations 2 and 4, image pooling; [N, C, H/8, W/8], or upsampled to [N, C, H, W]),
   `UNetLike` (MaxPool encoder, ConvTranspose decoder with skip Concats: [N, C, H, W]).
-
-Helpers, as ultralytics computes them: `letterbox`, `decode_v5`, `decode_v8`, `nms`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -316,107 +312,3 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
             elif isinstance(module, DFL):
                 module.reset()
     return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# numpy references: preprocessing, decoding, NMS
-# ---------------------------------------------------------------------------------------------------------------
-
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[H, W, C] -> [height, width, C] float64, bilinear with half-pixel centres and clamped borders (OpenCV's
-    INTER_LINEAR, which ultralytics uses, up to its fixed-point rounding)."""
-    def axis(size: int, out: int):
-        position = np.clip((np.arange(out) + 0.5) * size / out - 0.5, 0, size - 1)
-        low = np.floor(position).astype(int)
-        high = np.minimum(low + 1, size - 1)
-        return low, high, position - low
-
-    image = image.astype(np.float64)
-    y0, y1, fy = axis(image.shape[0], height)
-    x0, x1, fx = axis(image.shape[1], width)
-    rows = image[y0] * (1 - fy)[:, None, None] + image[y1] * fy[:, None, None]
-    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
-
-
-def letterbox(image: np.ndarray, size, color: int = 114):
-    """ultralytics' LetterBox (auto=False, scaleup=True, center=True): resize keeping the aspect ratio so that the
-    image fits `size` (an int, or (height, width)), then pad both sides evenly with gray 114.
-
-    Returns (image [height, width, 3] float32 of values 0-255, rounded as OpenCV's uint8 result; scale r; (pad_x,
-    pad_y) the left and top padding in pixels): a box (x1, y1, x2, y2) in the padded image is
-    ((x1 - pad_x) / r, (y1 - pad_y) / r, ...) in the original one."""
-    height, width = (size, size) if np.isscalar(size) else size
-    h, w = image.shape[:2]
-    r = min(height / h, width / w)
-    new_w, new_h = int(round(w * r)), int(round(h * r))
-    dw, dh = (width - new_w) / 2, (height - new_h) / 2
-    resized = image.astype(np.float64) if (new_h, new_w) == (h, w) else resize_bilinear(image, new_h, new_w)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    out = np.full((new_h + top + bottom, new_w + left + right, image.shape[2]), float(color))
-    out[top:top + new_h, left:left + new_w] = np.clip(np.round(resized), 0, 255)
-    return out.astype(np.float32), r, (left, top)
-
-
-def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    xy, wh = boxes[..., :2], boxes[..., 2:4]
-    return np.concatenate([xy - wh / 2, xy + wh / 2], -1)
-
-
-def _one_image(output: np.ndarray, rank: int) -> np.ndarray:
-    output = np.asarray(output)
-    if output.ndim == rank + 1:
-        if output.shape[0] != 1:
-            raise ValueError(f"one image at a time: got a batch of {output.shape[0]}")
-        output = output[0]
-    if output.ndim != rank:
-        raise ValueError(f"expected a {rank}-D output (or a batch of one), got shape {output.shape}")
-    return output
-
-
-def _detections(boxes_xywh: np.ndarray, class_scores: np.ndarray, conf: float):
-    classes = class_scores.argmax(1)
-    scores = class_scores[np.arange(len(classes)), classes]
-    keep = np.flatnonzero(scores > conf)
-    return xywh_to_xyxy(boxes_xywh[keep]), scores[keep], classes[keep], keep
-
-
-def decode_v5(output: np.ndarray, conf: float):
-    """YOLOv5's [A, 5 + C] (or [1, A, 5 + C]) rows: xywh, objectness, class probabilities. The score of a row is
-    objectness * its best class probability (ultralytics' single-label NMS input); rows scoring above conf are kept.
-    Returns (boxes xyxy [M, 4], scores [M], class ids [M], anchor indices [M]: the kept rows)."""
-    rows = _one_image(output, 2)
-    return _detections(rows[:, :4], rows[:, 5:] * rows[:, 4:5], conf)
-
-
-def decode_v8(output: np.ndarray, conf: float):
-    """YOLOv8's [4 + C, A] (or [1, 4 + C, A]) columns: xywh, class probabilities. As decode_v5, without an
-    objectness: a column's score is its best class probability."""
-    columns = _one_image(output, 2)
-    return _detections(columns[:4].T, columns[4:].T, conf)
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each of `boxes`."""
-    top_left = np.maximum(box[:2], boxes[:, :2])
-    bottom_right = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / np.maximum(area + areas - inter, 1e-12)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None) -> np.ndarray:
-    """Greedy non-maximum suppression: indices of the kept boxes, highest score first; a box is dropped when its IoU
-    with a kept one exceeds `iou`. With `classes`, boxes of different classes never suppress each other."""
-    boxes, scores = np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    kept = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        kept.append(best)
-        overlap = box_iou(boxes[best], boxes[rest]) > iou
-        if classes is not None:
-            overlap &= np.asarray(classes)[rest] == classes[best]
-        order = rest[~overlap]
-    return np.array(kept, dtype=np.int64)

@@ -1,5 +1,5 @@
 """tests/detectors.py: the tiny detectors and segmenters export (both exporters) to the layouts users deploy and
-run in onnxruntime as in torch; the numpy letterbox, decoders and NMS give known answers on hand-made arrays."""
+run in onnxruntime as in torch."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 import detectors
 import zoo
+from onnx_rcam.detection import xywh_to_xyxy
 from conftest import run_model
 
 EXPORTERS = ["torchscript", "dynamo"]
@@ -87,95 +88,9 @@ def test_v8_columns_are_boxes_around_anchor_points():
     reaches at most reg_max - 1 cells to each side."""
     with torch.no_grad():
         out = model("yolov8")(torch.randn(1, 3, detectors.SIZE, detectors.SIZE)).numpy()[0]
-    boxes = detectors.xywh_to_xyxy(out[:4].T)
+    boxes = xywh_to_xyxy(out[:4].T)
     points, strides = (t.numpy() for t in detectors.make_anchors())
     centres = points * strides
     assert np.all(boxes[:, :2] <= centres + 1e-4) and np.all(boxes[:, 2:] >= centres - 1e-4)
     assert np.all(boxes[:, 2:] - centres <= 7 * strides + 1e-4)
     assert np.allclose(centres[:3], [[4, 4], [12, 4], [20, 4]]) and np.allclose(centres[-1], [48, 48])
-
-
-# -- numpy helpers -------------------------------------------------------------------------------------------
-
-def test_letterbox_pads_evenly_with_gray():
-    image = np.full((40, 80, 3), 200, np.uint8)
-    padded, scale, pad = detectors.letterbox(image, 64)
-    assert padded.dtype == np.float32 and padded.shape == (64, 64, 3)
-    assert scale == 0.8 and pad == (0, 16)
-    assert np.all(padded[:16] == 114) and np.all(padded[48:] == 114) and np.all(padded[16:48] == 200)
-
-
-def test_letterbox_odd_padding_goes_to_the_bottom():
-    image = np.arange(3 * 8 * 3, dtype=np.uint8).reshape(3, 8, 3)
-    padded, scale, pad = detectors.letterbox(image, 8)
-    assert scale == 1.0 and pad == (0, 2) and padded.shape == (8, 8, 3)
-    assert np.array_equal(padded[2:5], image) and np.all(padded[:2] == 114) and np.all(padded[5:] == 114)
-
-
-def test_letterbox_resizes_bilinearly_with_half_pixel_centres():
-    image = np.array([[[0], [100]]], np.uint8)  # 1 x 2, one channel
-    padded, scale, pad = detectors.letterbox(image, (4, 4))
-    assert scale == 2.0 and pad == (0, 1)
-    np.testing.assert_array_equal(padded[..., 0], [[114] * 4, [0, 25, 75, 100], [0, 25, 75, 100], [114] * 4])
-
-
-def test_letterbox_box_maps_back():
-    """A box in the padded image maps back to the original by (x - pad_x) / r, (y - pad_y) / r."""
-    _, r, (pad_x, pad_y) = detectors.letterbox(np.zeros((30, 60, 3), np.uint8), 64)
-    box = np.array([10.0, 20.0, 40.0, 44.0])  # in the padded image
-    original = (box - [pad_x, pad_y, pad_x, pad_y]) / r
-    assert (r, pad_x, pad_y) == (64 / 60, 0, 16)
-    np.testing.assert_allclose(original, [9.375, 3.75, 37.5, 26.25])
-
-
-V5_OUTPUT = np.array([[[10, 10, 4, 4, 0.9, 0.1, 0.8, 0.1],     # 0.9 * 0.8 = 0.72, class 1
-                       [50, 50, 8, 8, 0.2, 1.0, 0.0, 0.0],     # 0.2: below conf
-                       [30, 20, 10, 6, 0.5, 0.2, 0.3, 0.9],    # 0.45, class 2
-                       [5, 5, 2, 2, 0.99, 0.1, 0.1, 0.1]]],    # 0.099: objectness alone is not the score
-                     np.float32)
-
-
-def test_decode_v5():
-    boxes, scores, classes, anchors = detectors.decode_v5(V5_OUTPUT, conf=0.25)
-    np.testing.assert_allclose(boxes, [[8, 8, 12, 12], [25, 17, 35, 23]])
-    np.testing.assert_allclose(scores, [0.72, 0.45], rtol=1e-6)
-    np.testing.assert_array_equal(classes, [1, 2])
-    np.testing.assert_array_equal(anchors, [0, 2])
-    assert len(detectors.decode_v5(V5_OUTPUT[0], conf=0.8)[0]) == 0
-
-
-def test_decode_v8():
-    output = np.array([[10, 5, 20], [10, 5, 30], [4, 2, 8], [4, 2, 4],      # x, y, w, h per column
-                       [0.1, 0.1, 0.6], [0.9, 0.1, 0.1], [0.2, 0.2, 0.1]],  # class probabilities
-                      np.float32)[None]
-    boxes, scores, classes, anchors = detectors.decode_v8(output, conf=0.25)
-    np.testing.assert_allclose(boxes, [[8, 8, 12, 12], [16, 28, 24, 32]])
-    np.testing.assert_allclose(scores, [0.9, 0.6], rtol=1e-6)
-    np.testing.assert_array_equal(classes, [1, 0])
-    np.testing.assert_array_equal(anchors, [0, 2])
-
-
-def test_decoders_take_one_image():
-    with pytest.raises(ValueError, match="one image at a time"):
-        detectors.decode_v5(np.repeat(V5_OUTPUT, 2, axis=0), conf=0.25)
-    with pytest.raises(ValueError, match="expected a 2-D output"):
-        detectors.decode_v8(np.zeros(5), conf=0.25)
-
-
-NMS_BOXES = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 5]], np.float32)
-NMS_SCORES = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
-
-
-@pytest.mark.parametrize("iou, classes, expected", [
-    (0.5, None, [3, 0, 2]),           # IoU(0, 1) = 81 / 119: 1 dropped; IoU(3, 0) = 0.5 is not above 0.5
-    (0.45, None, [3, 1, 2]),          # now 3 drops 0, and 1 (IoU 36 / 114 with 3) stays
-    (0.5, [0, 1, 0, 0], [3, 0, 1, 2]),  # 1 is another class than 0: never suppressed by it
-    (0.9, None, [3, 0, 1, 2]),
-])
-def test_nms(iou, classes, expected):
-    kept = detectors.nms(NMS_BOXES, NMS_SCORES, iou, None if classes is None else np.array(classes))
-    np.testing.assert_array_equal(kept, expected)
-
-
-def test_nms_of_nothing():
-    assert detectors.nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)

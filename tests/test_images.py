@@ -57,3 +57,38 @@ def test_layout_is_read_from_the_input_shape():
     assert input_layout(["n", 224, 224, 3]) == "NHWC"
     with pytest.raises(RcamError, match="channel axis"):
         input_layout(["n", 8, 224, 224])
+
+
+def test_letterbox_pads_evenly_with_gray():
+    """yolo: a 80 x 40 photo in a 64 x 64 input is resized by 0.8 to 64 x 32 and padded 16 rows above and below
+    with gray 114 (ultralytics' LetterBox); values in [0, 1]."""
+    preprocessing = Preprocessing.preset("yolo", (64, 64))
+    x = preprocessing(Image.new("RGB", (80, 40), (200, 200, 200)))
+    assert x.shape == (3, 64, 64)
+    np.testing.assert_allclose(x[:, :16], 114 / 255)
+    np.testing.assert_allclose(x[:, 48:], 114 / 255)
+    np.testing.assert_allclose(x[:, 16:48], 200 / 255)
+
+
+def test_letterbox_odd_padding_goes_to_the_bottom():
+    preprocessing = Preprocessing.preset("yolo", (8, 8))
+    x = preprocessing(Image.new("RGB", (8, 3), (0, 0, 0)))
+    assert np.all(x[:, :2] > 0.4) and np.all(x[:, 2:5] == 0) and np.all(x[:, 5:] > 0.4)
+
+
+@pytest.mark.parametrize("preset", ["yolo", "imagenet"])
+def test_boxes_and_maps_map_back_to_the_photo(preset):
+    """A box in input pixels maps to the photo (letterbox: (x - pad) / scale; centre crop: scaled and offset by the
+    crop), and the part of a map that shows the photo is what overlay stretches over it."""
+    preprocessing = Preprocessing.preset(preset, (64, 64))
+    photo_box = preprocessing.to_photo(np.array([[10.0, 20.0, 40.0, 44.0]]), 60, 30)[0]
+    heat = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    shown, box = preprocessing.photo_view(heat, 60, 30)
+    if preset == "yolo":  # scale 64 / 60, 32 rows of photo from row 16
+        np.testing.assert_allclose(photo_box, [9.375, 3.75, 37.5, 26.25])
+        assert box is None and shown.shape == (32, 64) and shown[0, 0] == heat[16, 0]
+    else:  # shorter side 30 -> 73, crop 64 x 64 from the 146 x 73 resize: the photo's x 18.5 ... 44.9, y 2.5 ...
+        x1, y1, x2, y2 = preprocessing.crop_box(60, 30)
+        np.testing.assert_allclose(photo_box, [x1 + 10 * (x2 - x1) / 64, y1 + 20 * (y2 - y1) / 64,
+                                               x1 + 40 * (x2 - x1) / 64, y1 + 44 * (y2 - y1) / 64])
+        assert box == (x1, y1, x2, y2) and shown is heat

@@ -16,7 +16,6 @@ import pytest
 import torch
 from torch import nn
 
-import detectors
 import onnx_rcam
 import reference
 import zoo
