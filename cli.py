@@ -20,12 +20,12 @@ from onnx_rcam.explain import explain_images
 from onnx_rcam.detection import LAYOUTS
 from onnx_rcam.explainer import TASKS, Explainer
 from onnx_rcam.heads import METHODS
-from onnx_rcam.images import find_images, input_bounds
+from onnx_rcam.images import find_images, input_bounds, load_image
 from onnx_rcam.export import drift_note, save
 from onnx_rcam.initial import INITIAL_KINDS, SEED_INPUT, TARGET_INPUT
 from onnx_rcam.load import parse_shape
 from onnx_rcam.scorecam import ScoreCamExplainer
-from onnx_rcam.segmentation import box_region
+from onnx_rcam.segmentation import box_region, mask_region
 from onnx_rcam.rules import COMPOSITES
 
 MODEL_HELP = "ONNX image classifier. Omit it to use the bundled ImageNet EfficientNet-Lite0."
@@ -202,13 +202,16 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
 @click.option("--box", default=None, metavar="X1,Y1,X2,Y2",
               help="segment: explain the class over this box of each photo (its own pixels) instead of over the "
                    "pixels predicted as it.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="segment: explain the class over this mask instead (an image, non-zero pixels the region, "
+                   "stretched over each photo).")
 @input_shape_option
 @precision_option
 @verify_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
-            composite, task, scores, detections, conf, iou, detect_layout, box, input_shape, precision, verify,
-            force):
+            composite, task, scores, detections, conf, iou, detect_layout, box, mask_path, input_shape, precision,
+            verify, force):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
     MODEL is a plain or an already augmented ONNX classifier (or detector, segmenter: --task); INPUT is image files
@@ -216,9 +219,12 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
     """
     if task != "classify" and method == "scorecam":
         raise click.UsageError("--method scorecam explains classifiers only")
-    if box is not None and task != "segment":
-        raise click.UsageError("--box is for --task segment")
-    options = TaskOptions(task, scores, detections, conf, iou, detect_layout, _parse_box(box))
+    if (box is not None or mask_path is not None) and task != "segment":
+        raise click.UsageError("--box and --mask are for --task segment")
+    if box is not None and mask_path is not None:
+        raise click.UsageError("--box and --mask exclude each other")
+    options = TaskOptions(task, scores, detections, conf, iou, detect_layout, _parse_box(box),
+                          Path(mask_path) if mask_path else None)
     _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
              preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options)
 
@@ -232,6 +238,15 @@ class TaskOptions:
     iou: float = 0.45
     layout: str = "auto"
     box: tuple[float, float, float, float] | None = None
+    mask: Path | None = None
+
+    def region(self, preprocessing):
+        """The segment region of a picture at input resolution, from --box or --mask; None for neither."""
+        if self.box is not None:
+            return partial(box_region, preprocessing, self.box)
+        if self.mask is not None:
+            return partial(mask_region, preprocessing, load_image(self.mask))
+        return None
 
 
 def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
@@ -293,8 +308,7 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
             bar.update(count)
         summary = explain_images(explainer, images, [Path(i) for i in inputs], outdir, batch_size, target,
                                  max(5, top_k), Path(labels) if labels else None, advance,
-                                 None if options.box is None else partial(box_region, explainer.preprocessing,
-                                                                          options.box))
+                                 options.region(explainer.preprocessing))
     for row in summary.rows:
         name = Path(row["image"]).name
         if options.task == "detect":

@@ -422,6 +422,10 @@ def _find_logits(graph: gs.Graph, index: int = 0, name: str | None = None) -> gs
     if name is not None and not _is_class_scores(output):
         if output.shape is None or len(output.shape) < 2:
             raise ModelError(f"scores {name!r} have shape {output.shape}: expected [N, ...]")
+        # Scores normalised at the end (a segmenter's softmax over its classes) are explained at their logits, as
+        # class scores are: LRP holds a Softmax inside the network constant.
+        while output.inputs and output.inputs[0].op in OUTPUT_NORMALIZERS and output.inputs[0].inputs[0].inputs:
+            output = output.inputs[0].inputs[0]
         if not output.inputs:
             raise ModelError(f"output {name!r} is not computed from the input")
         return output

@@ -1,7 +1,8 @@
 """The seeds that explain a segmenter's [N, C, h, w] class logits (DESIGN.md section 6).
 
 The seed for class c is c's logits over a region, 0 elsewhere and in every other class: by default the pixels the
-model labels c (its argmax), or a region the user gives (a box or a mask). Several classes per image are explained
+model labels c (its argmax; for a single-channel probability map, where it exceeds 0.5), or a region the user gives
+(a box or a mask). Several classes per image are explained
 in one run (top_k): by default the most frequent predicted classes.
 """
 
@@ -22,10 +23,10 @@ def segment_classes(logits: np.ndarray, top_k: int, targets=None) -> np.ndarray:
         if ((chosen < -1) | (chosen >= classes)).any():
             raise RcamError(f"segment targets must be classes 0..{classes - 1}, got {np.unique(chosen).tolist()}")
         return chosen
-    predicted = logits.argmax(1).reshape(n, -1)
+    predicted = predicted_classes(logits).reshape(n, -1)
     chosen = np.full((n, top_k), -1, dtype=np.int64)
     for i, labels in enumerate(predicted):
-        counts = np.bincount(labels, minlength=classes)
+        counts = np.bincount(labels[labels >= 0], minlength=classes)
         present = [c for c in np.argsort(-counts, kind="stable") if counts[c]][:top_k]
         chosen[i, :len(present)] = present
     return chosen
@@ -43,8 +44,17 @@ def class_regions(logits: np.ndarray, classes: np.ndarray, regions=None) -> np.n
         columns = ((np.arange(w) + 0.5) * regions.shape[2] / w).astype(int)
         sampled = regions[:, rows][:, :, columns]
         return np.repeat(sampled[:, None], classes.shape[1], axis=1) & (classes >= 0)[:, :, None, None]
-    predicted = logits.argmax(1)
+    predicted = predicted_classes(logits)
     return (predicted[:, None] == classes[:, :, None, None]) & (classes >= 0)[:, :, None, None]
+
+
+def predicted_classes(logits: np.ndarray) -> np.ndarray:
+    """[N, h, w] the class each pixel is labelled: the argmax over the classes; for a single channel (a text or
+    foreground probability map), 0 where it exceeds 0.5 (values in [0, 1]) or 0 (logits), else -1 (none)."""
+    if logits.shape[1] > 1:
+        return logits.argmax(1)
+    threshold = 0.5 if logits.min() >= 0 and logits.max() <= 1 else 0.0
+    return np.where(logits[:, 0] > threshold, 0, -1)
 
 
 def segment_seeds(logits: np.ndarray, classes: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -54,6 +64,13 @@ def segment_seeds(logits: np.ndarray, classes: np.ndarray, masks: np.ndarray) ->
         c = classes[n, k]
         seeds[n, k, c] = np.where(masks[n, k], logits[n, c], 0.0)
     return seeds
+
+
+def mask_region(preprocessing, mask: Image.Image, picture) -> np.ndarray:
+    """[H, W] booleans at input resolution: a mask picture of the photo (non-zero: the region; stretched to the
+    photo's size), placed as the preprocessing places the photo."""
+    grey = mask.convert("L").point(lambda v: 255 if v else 0).resize(picture.size, Image.NEAREST)
+    return np.asarray(preprocessing.placed(grey, fill=0)) > 127
 
 
 def box_region(preprocessing, box, picture) -> np.ndarray:

@@ -122,7 +122,7 @@ def test_explain_segment_over_a_box(capsys, tmp_path, photos, exported):
     assert (tmp_path / "out" / "square.auto.png").is_file()
 
 
-@pytest.mark.parametrize("args, message", [(["--box", "0,0,5,5"], "--box is for --task segment"),
+@pytest.mark.parametrize("args, message", [(["--box", "0,0,5,5"], "--box and --mask are for --task segment"),
                                            (["--task", "segment", "--box", "5,5,1,1"], "must exceed"),
                                            (["--task", "detect", "--method", "scorecam"], "classifiers only")])
 def test_explain_task_options_are_checked(capsys, tmp_path, photos, exported, args, message):

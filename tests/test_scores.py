@@ -80,6 +80,30 @@ def test_segmenter_relevance_from_a_seed_matches_the_reference(exporter, export_
         assert_close(out[f"rcam/{layer}/map"], ref.maps[layer], f"{layer} map")
 
 
+class SoftmaxSegmenter(TinySegmenter):
+    """The same, ending in a softmax over the classes, as deployed segmenters often do."""
+
+    def forward(self, x):
+        return torch.softmax(super().forward(x), 1)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_scores_after_a_final_softmax_are_explained_at_the_logits(exporter, export_dir):
+    """LRP holds a Softmax inside the network constant, so a segmenter's probabilities are explained where class
+    scores are: at the logits. The maps equal those of the same network without the softmax, for the same seed."""
+    net = zoo.randomize(TinySegmenter(), seed=33)
+    normalised = SoftmaxSegmenter()
+    normalised.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(34)).numpy()
+    seed = np.random.default_rng(35).random((2, 4, 16, 16)).astype(np.float32)
+    maps = []
+    for name, model_ in (("plain", net), ("softmax", normalised.eval())):
+        augmented = onnx_rcam.augment(exported(model_, f"segmenter-{name}", exporter, 16, export_dir),
+                                      layers=["features.3"], scores="logits")
+        maps.append(run_model(augmented, {"input": x, "rcam/seed": seed})["rcam/features.3/relevance"])
+    np.testing.assert_allclose(maps[1], maps[0], rtol=1e-5, atol=1e-7)
+
+
 @functools.cache
 def seeds(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Two images and two random non-negative seeds per image, shaped like the model's output."""
