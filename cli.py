@@ -209,9 +209,11 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
 @precision_option
 @verify_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
+@click.option("--resume", is_flag=True, help="Continue a run that stopped part-way in the same output folder: the "
+              "images whose maps (NAME.npz) it holds are skipped, and their rows kept in the summary.")
 def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
             composite, task, scores, detections, conf, iou, detect_layout, box, mask_path, input_shape, precision,
-            verify, force):
+            verify, force, resume):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
     MODEL is a plain or an already augmented ONNX classifier (or detector, segmenter: --task); INPUT is image files
@@ -226,7 +228,8 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
     options = TaskOptions(task, scores, detections, conf, iou, detect_layout, _parse_box(box),
                           Path(mask_path) if mask_path else None)
     _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
-             preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options)
+             preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options,
+             resume)
 
 
 @dataclass(frozen=True)
@@ -273,11 +276,12 @@ def demo(outdir, force):
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
              input_shape=None, method="rcam", mask_batch=32, precision="fp32", verify=True,
-             options: TaskOptions = TaskOptions()):
+             options: TaskOptions = TaskOptions(), resume: bool = False):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
-    if outdir.exists() and any(outdir.iterdir()) and not force:
-        raise click.ClickException(f"{outdir} already holds files; pass --force to write into it")
+    if outdir.exists() and any(outdir.iterdir()) and not (force or resume):
+        raise click.ClickException(f"{outdir} already holds files; pass --force to write into it, or --resume to "
+                                   f"continue the run that wrote them")
     images = find_images(inputs)
     if not images:
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
@@ -306,9 +310,14 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
             nonlocal done
             done += count
             bar.update(count)
-        summary = explain_images(explainer, images, [Path(i) for i in inputs], outdir, batch_size, target,
-                                 max(5, top_k), Path(labels) if labels else None, advance,
-                                 options.region(explainer.preprocessing))
+        try:
+            summary = explain_images(explainer, images, [Path(i) for i in inputs], outdir, batch_size, target,
+                                     max(5, top_k), Path(labels) if labels else None, advance,
+                                     options.region(explainer.preprocessing), resume)
+        except BaseException:
+            click.echo(f"\nstopped part-way: {outdir / 'summary.json'} records what was done; run the same command "
+                       f"again with --resume to explain the rest", err=True)
+            raise
     for row in summary.rows:
         name = Path(row["image"]).name
         if options.task == "detect":
@@ -320,8 +329,9 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
         else:
             best = row["top"][0]
             click.echo(f"  {name:<28} {best['label'].split(',')[0]:<28} {best['score']:.3f}")
-    click.echo(f"explained {len(summary.rows)} of {summary.images} images in {summary.seconds:.1f} s "
-               f"({summary.images_per_second:.1f} img/s); wrote {outdir}")
+    resumed = f" ({summary.resumed} from the earlier run)" if summary.resumed else ""
+    click.echo(f"explained {len(summary.rows)} of {summary.images + summary.resumed} images{resumed} in "
+               f"{summary.seconds:.1f} s ({summary.images_per_second:.1f} img/s); wrote {outdir}")
     for failure in summary.failed:
         click.echo(f"failed    {failure['error']}", err=True)
     if summary.failed:

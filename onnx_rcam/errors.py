@@ -16,7 +16,7 @@ class LayerSelectionError(RcamError):
 class UnsupportedOpError(RcamError):
     """An op on the relevance path has no propagator."""
 
-    exit_code = 2
+    exit_code = 4  # 2 is click's usage error
 
 
 class CompositeError(RcamError):

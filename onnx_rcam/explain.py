@@ -29,6 +29,9 @@ class RunSummary:
     failed: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    resumed: int = 0                 # images explained by an earlier run, skipped (resume)
+    interrupted: str | None = None   # the error that stopped the run part-way, if one did
+    remaining: int = 0               # images not reached then
 
     @property
     def images_per_second(self) -> float:
@@ -73,15 +76,48 @@ def output_stem(image: Path, roots: list[Path]) -> Path:
 def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], outdir: Path, batch_size: int = 8,
                    target: int | None = None, top_k: int = 5, labels: Path | None = None,
                    progress: Callable[[int], None] | None = None,
-                   region: Callable[[Image.Image], np.ndarray] | None = None) -> RunSummary:
+                   region: Callable[[Image.Image], np.ndarray] | None = None, resume: bool = False) -> RunSummary:
     """Write per image an overlay per layer (and per explained class or detection), a sheet of all of them and the
     raw maps; per run summary.csv and summary.json. Unreadable images are recorded and skipped. Memory stays flat:
     one batch of pictures is held at a time, and the summary keeps a few numbers per image. region (segment):
-    the picture's region to explain, [H, W] booleans at input resolution, in place of the predicted pixels."""
+    the picture's region to explain, [H, W] booleans at input resolution, in place of the predicted pixels.
+
+    A run that stops part-way (an error, Ctrl-C) still writes the summary of what it did, with the error and the
+    number of images left, before the error propagates. resume: skip the images whose maps (NAME.npz) an earlier
+    run wrote, keeping their rows from its summary.json."""
     outdir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary()
-    label_names: list[str] | None = None
+    if resume:
+        earlier = _earlier_rows(outdir)
+        done = [path for path in images if (outdir / f"{output_stem(path, roots)}.npz").is_file()]
+        summary.rows = [earlier[str(path)] for path in done if str(path) in earlier]
+        summary.resumed = len(done)
+        images = [path for path in images if path not in set(done)]
     started = time.perf_counter()
+    try:
+        _explain_batches(explainer, images, roots, outdir, batch_size, target, top_k, labels, progress, region,
+                         summary)
+    except BaseException as exc:
+        summary.interrupted = f"{type(exc).__name__}: {exc}"
+        summary.remaining = len(images) - summary.images
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - started
+        _write_summary(outdir, summary, explainer)
+    return summary
+
+
+def _earlier_rows(outdir: Path) -> dict[str, dict]:
+    """An earlier run's summary rows by image path (none where it wrote no summary.json)."""
+    try:
+        return {row["image"]: row for row in json.loads((outdir / SUMMARY_JSON).read_text())["results"]}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _explain_batches(explainer, images, roots, outdir, batch_size, target, top_k, labels, progress, region,
+                     summary: RunSummary) -> None:
+    label_names: list[str] | None = None
     for batch in _batches(images, batch_size):
         pictures, readable = [], []
         for path in batch:
@@ -104,9 +140,6 @@ def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], 
         summary.images += len(batch)
         if progress:
             progress(len(batch))
-    summary.seconds = time.perf_counter() - started
-    _write_summary(outdir, summary, explainer)
-    return summary
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -229,9 +262,19 @@ def _write_summary(outdir: Path, summary: RunSummary, explainer: Explainer) -> N
             writer.writerow([failure["image"], "failed: " + failure["error"]] + [""] * 7)
     (outdir / SUMMARY_JSON).write_text(json.dumps({
         "layers": explainer.layers, "provider": explainer.provider, "top_k_explained": explainer.top_k,
-        "images": summary.images, "explained": len(summary.rows), "failed": summary.failed,
+        "images": summary.images, **_progress(summary), "explained": len(summary.rows), "failed": summary.failed,
         "seconds": round(summary.seconds, 3), "images_per_second": round(summary.images_per_second, 2),
         "results": summary.rows}, indent=2) + "\n")
+
+
+def _progress(summary: RunSummary) -> dict:
+    """How far the run got: images resumed from an earlier run, and, where it stopped part-way, why and what is
+    left."""
+    found = {"resumed": summary.resumed} if summary.resumed else {}
+    if summary.interrupted:
+        found.update(interrupted=summary.interrupted, remaining=summary.remaining,
+                     resume="run the same command again with --resume: it skips the images explained here")
+    return found
 
 
 def _write_task_summary(outdir: Path, summary: RunSummary, explainer: Explainer) -> None:
@@ -255,6 +298,7 @@ def _write_task_summary(outdir: Path, summary: RunSummary, explainer: Explainer)
             writer.writerow([failure["image"], "failed: " + failure["error"]])
     (outdir / SUMMARY_JSON).write_text(json.dumps({
         "task": explainer.task, "layers": explainer.layers, "provider": explainer.provider,
-        "explained_per_image": explainer.top_k, "images": summary.images, "explained": len(summary.rows),
+        "explained_per_image": explainer.top_k, "images": summary.images, **_progress(summary),
+        "explained": len(summary.rows),
         "failed": summary.failed, "seconds": round(summary.seconds, 3),
         "images_per_second": round(summary.images_per_second, 2), "results": summary.rows}, indent=2) + "\n")

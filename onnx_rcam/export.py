@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -125,13 +125,13 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, force: bool = False) -
         raise RcamError(f"cannot write {path}: folder {path.parent} does not exist")
     if model.ByteSize() > 2**31 - 1:
         raise ModelError("the augmented model is over 2 GiB; saving with external data is not supported yet")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
+    # Created with mode 0666, which the process's umask narrows as for any file it writes (mkstemp's 0600 would
+    # hide the model from its other users; reading the umask would mean setting it, process-wide).
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(model.SerializeToString())
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from its other users
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

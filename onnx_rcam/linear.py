@@ -35,10 +35,6 @@ class WeightRef:
     def is_zero(self) -> bool:
         return not np.any(self.array)
 
-    @property
-    def is_scalar(self) -> bool:
-        return self.array.ndim == 0
-
     def scalar(self) -> float:
         return float(self.array)
 

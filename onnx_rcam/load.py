@@ -9,7 +9,8 @@ import onnx
 
 from .errors import ModelError
 
-# The generated subgraph uses ScatterElements(reduction="add"), which needs opset 16; older models are upgraded.
+# The generated subgraph is written in opset 17's semantics (ReduceSum's axes as an input, ScatterElements'
+# reduction, Shape's start and end); older models are upgraded to it.
 MIN_OPSET = 17
 
 

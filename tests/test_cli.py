@@ -130,14 +130,14 @@ def test_broken_and_missing_files(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]
 
 
-def test_unsupported_op_exits_2_and_writes_nothing(capsys, tiny, tmp_path):
+def test_unsupported_op_exits_4_and_writes_nothing(capsys, tiny, tmp_path):
     model = onnx.load(tiny)
     relu = next(n for n in model.graph.node if n.op_type == "Relu")
     relu.op_type, relu.name = "Sin", "the_sine"
     odd = tmp_path / "odd.onnx"
     onnx.save(model, odd)
     code, _, err = cli(capsys, "augment", str(odd), "--layer", "conv")
-    assert code == 2
+    assert code == 4  # not 2, click's usage error
     assert "Sin" in err and "the_sine" in err and "Supported ops:" in err and "Conv" in err
     assert not odd.with_name("odd.rcam.onnx").exists()
 

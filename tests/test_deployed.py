@@ -16,7 +16,7 @@ deployed form differently once its activations are read (fp16 on the CPU; the IN
 kernels), which augment reports. Also: `precision="fp16"` against the fp32
 backward, an all-zero image, the forms augment must refuse (QOperator, ORT_ENABLE_ALL) through the API and the
 CLI, and the bundled model re-exported by both torch exporters at several opsets, every candidate layer against
-the bundled file's. The measured numbers are printed at the end (test_report).
+the bundled file's. The measured numbers are printed after the run (conftest.report).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import families
 import onnx_rcam
 import reference
 import zoo
-from conftest import run_model
+from conftest import report, run_model
 from deployed import FORMS, Forms, bundled_reexport, domains, op_types
 from families import FAMILIES
 from onnx_rcam.console.cli import run as cli_run
@@ -44,9 +44,11 @@ from onnx_rcam.images import Preprocessing, load_image
 from onnx_rcam.models_path import models_folder, sample_images
 
 BATCH = 4
-# (form, model, layer) -> (max |map - fp32 map|, least raw-map correlation), printed by test_report.
-MEASURED: dict[tuple[str, str, str], tuple[float, float]] = {}
-NOTES: list[str] = []
+MEASURED = "deployed forms: max |map - fp32 map|, least raw-map correlation (form, model, layer)"
+
+
+def measured(form: str, name: str, layer: str, difference: float, agreement: float) -> None:
+    report(MEASURED, f"{form} {name} {layer}", f"{form:24s} {name:13s} {layer:28s} {difference:9.3g}  {agreement:.5f}")
 
 # What each form's maps must satisfy against the fp32 model's: (max map difference, least raw-map correlation).
 # None: only finite and in [0, 1] (INT8 changes the function the model computes; its agreement is reported).
@@ -193,7 +195,7 @@ def test_deployed_maps_match_fp32(cases, name, form):
         assert heat.min() >= 0 and heat.max() <= 1, f"{layer}: map outside [0, 1]"
         difference = float(np.abs(heat - ref[f"rcam/{ref_key}/map"]).max())
         agreement = float(correlation(raw, ref[f"rcam/{ref_key}/raw"]).min())
-        MEASURED[(form, name, layer)] = (difference, agreement)
+        measured(form, name, layer, difference, agreement)
         if TOLERANCES[form] is None:
             continue
         tolerance, least_correlation = TOLERANCES[form]
@@ -218,7 +220,8 @@ def test_original_outputs_unchanged(cases, name, form):
     assert all(i in case.augmented.graph.input for i in plain_model.graph.input)
     deviation = float(np.abs(original.astype(np.float64) - plain).max())
     if deviation:
-        NOTES.append(f"{name}-{form}: original output vs plain {deviation:.3g}")
+        report("deployed forms: original output vs the plain model's", f"{name}-{form}",
+               f"{name}-{form}: {deviation:.3g}")
     if form.startswith("fp16"):
         # onnxruntime's CPU provider computes several fp16 ops in fp32 behind Casts it inserts, and drops the
         # Cast pairs between two of them unless the fp16 tensor in between is read elsewhere: reading a tensor
@@ -260,7 +263,7 @@ def test_fp16_backward_agrees_with_fp32(cases, precisions):
         assert heat.dtype == np.float32 and np.all(np.isfinite(heat)) and 0 <= heat.min() and heat.max() <= 1
         difference = float(np.abs(heat - exact[f"rcam/{key}/map"]).max())
         agreement = float(correlation(rounded[f"rcam/{key}/raw"], exact[f"rcam/{key}/raw"]).min())
-        MEASURED[("precision=fp16", "bundled", layer)] = (difference, agreement)
+        measured("precision=fp16", "bundled", layer, difference, agreement)
         # Measured: up to 0.026 and correlation >= 0.9977 (at _blocks.4); bounds with room, that still catch a
         # broken fp16 backward.
         assert difference <= 0.05 and agreement >= 0.99, f"{layer}: {difference:.3g}, correlation {agreement:.5f}"
@@ -357,16 +360,6 @@ def test_reexported_bundled_model_explains_every_layer_alike(cases, bundled_laye
         difference = float(np.abs(heat - ref).max())
         assert difference <= 1e-3, f"layer {layer.index} ({reference_layer.tensor}): map differs by {difference:.3g}"
         worst = max(worst, difference)
-    MEASURED[(f"{exporter} opset {opset}{'' if custom_pad else ' stock pad'}", "bundled",
-              f"all {len(layers)} layers")] = (worst, float("nan"))
+    measured(f"{exporter} opset {opset}{'' if custom_pad else ' stock pad'}", "bundled", f"all {len(layers)} layers",
+             worst, float("nan"))
 
-
-def test_report(capsys):
-    """The measured numbers, for the issue notes."""
-    with capsys.disabled():
-        print("\n  form / model / layer: max |map - fp32 map|, least raw-map correlation")
-        for (form, name, layer), (difference, agreement) in sorted(MEASURED.items()):
-            print(f"  {form:24s} {name:13s} {layer:28s} {difference:9.3g}  {agreement:.5f}")
-        for note in NOTES:
-            print("  " + note)
-    assert MEASURED

@@ -13,6 +13,8 @@ from PIL import Image
 import onnx_rcam
 import zoo
 from conftest import run_model
+from onnx_rcam import metrics
+from onnx_rcam.boxes import read_boxes, to_input_frame
 from onnx_rcam.console.cli import run
 from onnx_rcam.evaluate import evaluate as run_evaluation
 from onnx_rcam.explainer import Explainer
@@ -104,6 +106,55 @@ def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
             curve.append(probability(erased.reshape(1, 3, SIZE, SIZE), [target])[0])
         aucs.append(np.trapezoid(curve, dx=0.25))
     assert float(row["deletion_auc"]) == pytest.approx(np.mean(aucs), rel=1e-4)
+
+
+def test_insertion_and_pointing_games_recomputed_directly(capsys, setup, tmp_path):
+    """Insertion: the most salient pixels of the image inserted into its blurred copy (11 x 11, sigma 5) in 4
+    steps; the pointing games from the boxes brought into the model's frame. Each value, not its range: a swap of
+    insertion's start and end, or of a box's frame, changes them."""
+    path, photos, boxes = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam")
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        row = next(r for r in csv.DictReader(handle) if r["layer"] == "layer3")
+
+    explainer = Explainer(path, layers=["layer3"], device="cpu")
+    names = sorted(p.name for p in photos.glob("*.png"))
+    pictures = [Image.open(photos / name).convert("RGB") for name in names]
+    x = explainer.prepare(pictures)
+    explanation = explainer(x)
+    heat, classes = explanation.maps["layer3"], explanation.classes
+
+    def probability(batch, target):
+        logits = run_model(str(path), {"input": batch.astype(np.float32)})["logits"].astype(np.float64)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True))[:, target]
+
+    aucs = []
+    for image, saliency, target in zip(x, heat, classes):
+        blurred = metrics.gaussian_blur(image)
+        order = np.argsort(-saliency.ravel(), kind="stable")
+        curve = []
+        for k in range(5):
+            inserted = blurred.reshape(3, -1).copy()
+            chosen = order[: k * SIZE * SIZE // 4]
+            inserted[:, chosen] = image.reshape(3, -1)[:, chosen]
+            curve.append(probability(inserted.reshape(1, 3, SIZE, SIZE), target)[0])
+        aucs.append(np.trapezoid(curve, dx=0.25))
+    assert float(row["insertion_auc"]) == pytest.approx(np.mean(aucs), rel=1e-4)
+
+    ground_truth = read_boxes(boxes)
+    hits, energy = [], []
+    for name, picture, saliency in zip(names, pictures, heat):
+        if name in ground_truth:
+            framed = to_input_frame(ground_truth[name], explainer.preprocessing.crop_box(*picture.size),
+                                    (SIZE, SIZE))
+            hits.append(metrics.pointing_hit(saliency, framed))
+            energy.append(metrics.energy_in_boxes(saliency, framed))
+    assert len(hits) == int(row["boxed_images"]) == 2
+    assert float(row["pointing_game"]) == pytest.approx(np.mean(hits) * 100)
+    assert float(row["energy_pointing_game"]) == pytest.approx(np.mean(energy) * 100, rel=1e-5)
+    assert 0 < np.mean(energy) < 1  # b's corner box holds part of its map, not all and not none
 
 
 def test_relu_clips_the_rcam_maps():

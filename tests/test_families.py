@@ -16,13 +16,11 @@ import families
 import onnx_rcam
 import reference
 import zoo
-from conftest import assert_close, run_model
+from conftest import assert_close, record_deviation, run_model
 from families import FAMILIES
 
 EXPORTERS = ["torchscript", "dynamo"]
 BATCH = 4
-# Largest deviation per case, relative to max|ref|, printed at the end of the session for the issue notes.
-DEVIATIONS: dict[str, float] = {}
 
 
 CASES = [pytest.param(name, exporter, id=f"{name}-{exporter}") for name in FAMILIES for exporter in EXPORTERS]
@@ -58,11 +56,5 @@ def test_family_matches_reference(name, exporter, export_dir):
                     assert_close(out[f"rcam/{layer}/raw"], ref.raw[layer], f"{layer} raw"),
                     assert_close(out[f"rcam/{layer}/map"], ref.maps[layer], f"{layer} map"))
         assert out[f"rcam/{layer}/map"].shape == (BATCH, family.size, family.size)
-    DEVIATIONS[f"{name}-{exporter}"] = worst
+    record_deviation("families", f"{name}-{exporter}", worst)
 
-
-def test_report_deviations(capsys):
-    with capsys.disabled():
-        for case, deviation in sorted(DEVIATIONS.items()):
-            print(f"\n  largest deviation {case}: {deviation:.2e} of max|ref|", end="")
-    assert DEVIATIONS or not CASES

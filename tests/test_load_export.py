@@ -142,6 +142,16 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
 
+def test_saving_leaves_the_process_umask_alone(tmp_path, monkeypatch):
+    """Reading the umask means setting it, for the whole process (racy in a threaded host): save never does."""
+    def refuse(*_):
+        raise AssertionError("save set the process-wide umask")
+
+    monkeypatch.setattr(os, "umask", refuse)
+    save(onnx_rcam.augment(classifier(), layers=["act"]), tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+
+
 def test_seed_is_the_initial_relevance_where_fed(tmp_path):
     """rcam/seed, shaped like the class scores: a one-hot seed gives exactly `initial="onehot"` with that target,
     for rcam and for the gradient methods (the weights of the explained scores); NaN entries (the stored default)

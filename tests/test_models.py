@@ -17,7 +17,7 @@ import families
 import onnx_rcam
 import reference
 import zoo
-from conftest import FULL_SIZE, assert_close, run_model
+from conftest import FULL_SIZE, assert_close, record_deviation, run_model
 
 SMALL = 0.125
 SIZE = 224
@@ -40,8 +40,6 @@ WIDTHS = [(name, SMALL, "contrastive" if name == "resnet18" else "onehot") for n
 WIDTHS += [(name, 1.0, "onehot") for name in ARCHITECTURES if FULL_SIZE]
 CASES = [(name, width, initial, exporter) for name, width, initial in WIDTHS for exporter in EXPORTERS]
 IDS = [f"{name}-{width:g}-{exporter}" for name, width, _, exporter in CASES]
-# Largest deviation seen per case, relative to max|ref|, printed at the end of the session for the issue notes.
-DEVIATIONS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +73,7 @@ def test_matches_reference(case):
                     assert_close(out[f"rcam/{layer}/raw"], ref.raw[layer], f"{layer} raw"),
                     assert_close(out[f"rcam/{layer}/map"], ref.maps[layer], f"{layer} map"))
         assert out[f"rcam/{layer}/map"].shape == (4, SIZE, SIZE)
-    DEVIATIONS[f"{name} ({initial})"] = worst
+    record_deviation("models", f"{name} ({initial})", worst)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[1] == SMALL and c[3] == "torchscript"], indirect=True,
@@ -143,9 +141,3 @@ def test_input_level_heatmaps(name, preset, export_dir):
     rcam_raw, rcam_map = reference.rcam_maps(ref.activations[deeper], ref.relevance[deeper], x.shape[2:])
     assert_close(out[f"rcam/{deeper}/map"], rcam_map.numpy(), f"{deeper} map")
 
-
-def test_report_deviations(capsys):
-    with capsys.disabled():
-        for case_name, deviation in sorted(DEVIATIONS.items()):
-            print(f"\n  largest deviation {case_name}: {deviation:.2e} of max|ref|", end="")
-    assert DEVIATIONS or not CASES

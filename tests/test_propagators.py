@@ -1118,7 +1118,7 @@ def test_unsupported_op_names_op_node_and_supported_ops():
     assert "Supported ops:" in message
     for op in ("Conv", "Gemm", "MaxPool", "Add", "Concat"):
         assert op in message.split("Supported ops:")[1]
-    assert error.value.exit_code == 2
+    assert error.value.exit_code == 4
 
 
 def small_residual_net(with_bias: bool):

@@ -15,11 +15,9 @@ import onnx_rcam
 import reference
 import styles
 import zoo
-from conftest import assert_close, run_model
+from conftest import assert_close, record_deviation, run_model
 
 BATCH = 3
-# Largest deviation per style, relative to max|ref|, printed at the end of the session for the issue notes.
-DEVIATIONS: dict[str, float] = {}
 
 
 @functools.cache
@@ -70,7 +68,7 @@ def check(path_or_model, cls, layer_names=None, channels_last=False, reference_m
                     assert_close(out[f"rcam/{selector}/raw"], ref.raw[layer], f"{layer} raw"),
                     assert_close(out[f"rcam/{selector}/map"], ref.maps[layer], f"{layer} map"))
     style = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
-    DEVIATIONS[style] = worst
+    record_deviation("graph styles", style, worst)
     return augmented
 
 
@@ -206,12 +204,6 @@ def test_input_shape_must_fit_the_model(tmp_path):
     with pytest.raises(onnx_rcam.ModelError, match="3 dimensions"):
         onnx_rcam.augment(path, input_shape=(3, 32, 32))
 
-
-def test_report_deviations(capsys):
-    with capsys.disabled():
-        for style, deviation in sorted(DEVIATIONS.items()):
-            print(f"\n  largest deviation {style}: {deviation:.2e} of max|ref|", end="")
-    assert DEVIATIONS
 
 
 def test_explainer_feeds_nhwc_models(tmp_path):

@@ -1,0 +1,51 @@
+"""A run of `explain` that stops part-way writes the summary of what it did, and --resume finishes it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import onnx_rcam
+from onnx_rcam.console.cli import run
+from onnx_rcam.explainer import Explainer
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_a_stopped_run_keeps_its_summary_and_resumes(capsys, tmp_path, monkeypatch):
+    photos = str(onnx_rcam.default_model_path().parent / "images")
+    out = tmp_path / "out"
+    calls = []
+    real_call = Explainer.__call__
+
+    def failing_second_batch(self, images, *args, **kwargs):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("the GPU fell off the bus")
+        return real_call(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "__call__", failing_second_batch)
+    with pytest.raises(RuntimeError, match="fell off"):
+        run(["explain", str(onnx_rcam.default_model_path()), photos, "--batch-size", "2", "-o", str(out)])
+    assert "--resume" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] == "RuntimeError: the GPU fell off the bus" and summary["remaining"] == 2
+    assert len(summary["results"]) == 2 and len(list(out.glob("*.npz"))) == 2 and "--resume" in summary["resume"]
+
+    code, _, err = cli(capsys, "explain", str(onnx_rcam.default_model_path()), photos, "-o", str(out))
+    assert code == 1 and "--resume" in err  # a folder with files is not written into by accident
+    calls.clear()
+    monkeypatch.setattr(Explainer, "__call__", real_call)
+    code, printed, err = cli(capsys, "explain", str(onnx_rcam.default_model_path()), photos, "--batch-size", "2",
+                             "-o", str(out), "--resume")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] == 2 and summary["images"] == 2 and "interrupted" not in summary
+    assert len(summary["results"]) == 4 and len({r["image"] for r in summary["results"]}) == 4
+    assert "explained 4 of 4 images (2 from the earlier run)" in printed
