@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import RcamError
 
@@ -151,10 +151,11 @@ def input_bounds(model, preprocessing=None) -> tuple[tuple[float, ...], tuple[fl
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB picture; an unreadable file raises RcamError naming it."""
+    """An RGB picture, upright as viewers show it (a phone photo's EXIF orientation applied); an unreadable file
+    raises RcamError naming it."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise RcamError(f"{path}: cannot read the image ({exc})") from None
 

@@ -92,3 +92,16 @@ def test_boxes_and_maps_map_back_to_the_photo(preset):
         np.testing.assert_allclose(photo_box, [x1 + 10 * (x2 - x1) / 64, y1 + 20 * (y2 - y1) / 64,
                                                x1 + 40 * (x2 - x1) / 64, y1 + 44 * (y2 - y1) / 64])
         assert box == (x1, y1, x2, y2) and shown is heat
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored sideways with orientation 6 (rotate 90 degrees clockwise to view) is read upright: its
+    left column (red) becomes the top row."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :5] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = np.asarray(load_image(tmp_path / "phone.jpg"))
+    assert upright.shape == (40, 20, 3)
+    assert upright[:4, :, 0].mean() > 200 and upright[-4:, :, 0].mean() < 50
