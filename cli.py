@@ -20,7 +20,7 @@ from onnx_rcam.explain import explain_images
 from onnx_rcam.detection import LAYOUTS
 from onnx_rcam.explainer import TASKS, Explainer
 from onnx_rcam.heads import METHODS
-from onnx_rcam.images import find_images, input_bounds, load_image
+from onnx_rcam.images import IMAGE_SUFFIXES, find_images, input_bounds, load_image
 from onnx_rcam.export import drift_note, save
 from onnx_rcam.initial import INITIAL_KINDS, SEED_INPUT, TARGET_INPUT
 from onnx_rcam.load import parse_shape
@@ -33,6 +33,13 @@ MODEL_HELP = "ONNX image classifier. Omit it to use the bundled ImageNet Efficie
 
 def _model_argument(model: str | None) -> Path:
     return Path(model) if model else default_model_path()
+
+
+def _model_and_data(model: str | None, inputs) -> tuple[str | None, tuple]:
+    """[MODEL] DATA...: a first argument that is an image or a folder, not a model, is data for the bundled model."""
+    if model is not None and (Path(model).is_dir() or Path(model).suffix.lower() in IMAGE_SUFFIXES):
+        return None, (model, *inputs)
+    return model, tuple(inputs)
 
 
 def _parse_shape(ctx, param, value):
@@ -161,8 +168,8 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
 
 
 @main.command()
-@click.argument("model", metavar="MODEL")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("model", metavar="[MODEL]")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-explanations",
               show_default=True, help="Folder for the overlays, maps and summary.")
 @click.option("--layer", "layers", multiple=True, metavar="SEL", help="Layer to explain (as for augment); repeat "
@@ -216,9 +223,13 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
             verify, force, resume):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
-    MODEL is a plain or an already augmented ONNX classifier (or detector, segmenter: --task); INPUT is image files
-    (JPEG, PNG, WebP, BMP) or folders. An unreadable image is reported and skipped; the exit status is then 1.
+    MODEL is a plain or an already augmented ONNX classifier (or detector, segmenter: --task); without it, the
+    bundled model. INPUT is image files (JPEG, PNG, WebP, BMP) or folders. An unreadable image is reported and
+    skipped; the exit status is then 1.
     """
+    model, inputs = _model_and_data(model, inputs)
+    if not inputs:
+        raise click.UsageError("give the images to explain (INPUT...), after the model if any")
     if task != "classify" and method == "scorecam":
         raise click.UsageError("--method scorecam explains classifiers only")
     if (box is not None or mask_path is not None) and task != "segment":
@@ -227,8 +238,8 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
         raise click.UsageError("--box and --mask exclude each other")
     options = TaskOptions(task, scores, detections, conf, iou, detect_layout, _parse_box(box),
                           Path(mask_path) if mask_path else None)
-    _explain(Path(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size, device,
-             preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options,
+    _explain(_model_argument(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size,
+             device, preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options,
              resume)
 
 
@@ -379,13 +390,15 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
 
     The explained class is each image's prediction; scores are its softmax probability.
     """
+    model, inputs = _model_and_data(model, inputs)
     if task == "detect" and (model is None or boxes):
         raise click.UsageError("--task detect needs MODEL and DATA, and takes its boxes from the detections "
                                "(leave out --boxes)")
     if model is None:
         model = default_model_path()
-        inputs = [str(model.parent / "images")]
-        boxes = boxes or str(model.parent / "images" / "boxes.csv")
+        if not inputs:  # neither MODEL nor DATA: the bundled photos and their boxes
+            inputs = [str(model.parent / "images")]
+            boxes = boxes or str(model.parent / "images" / "boxes.csv")
     elif not inputs:
         raise click.UsageError("give the photos to evaluate on (DATA), or neither MODEL nor DATA for the bundled ones")
     outdir = Path(outdir)

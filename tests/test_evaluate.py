@@ -194,6 +194,22 @@ def test_evaluate_without_a_model_takes_the_bundled_one(capsys, tmp_path):
     assert exit_info.value.code == 2 and "give the photos" in capsys.readouterr().err
 
 
+def test_evaluate_data_without_a_model_takes_the_bundled_one(capsys, tmp_path):
+    """DATA alone (a folder or images, with boxes of its own): the bundled model explains it."""
+    photo = sorted((onnx_rcam.default_model_path().parent / "images").glob("*.jpg"))[0]
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(f"image,xmin,ymin,xmax,ymax\n{photo.name},0,0,10,10\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run(["evaluate", str(photo), "--boxes", str(boxes), "-o", str(tmp_path / "out"), "--steps", "2",
+             "--method", "rcam", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    assert "efficientnet_lite0.onnx" in captured.out
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    assert row["images"] == "1" and row["boxed_images"] == "1"
+
+
 def test_missing_matplotlib_is_reported_before_measuring(capsys, setup, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the [evaluate] extra sees
     code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam")

@@ -49,3 +49,13 @@ def test_a_stopped_run_keeps_its_summary_and_resumes(capsys, tmp_path, monkeypat
     assert summary["resumed"] == 2 and summary["images"] == 2 and "interrupted" not in summary
     assert len(summary["results"]) == 4 and len({r["image"] for r in summary["results"]}) == 4
     assert "explained 4 of 4 images (2 from the earlier run)" in printed
+
+
+def test_images_alone_are_explained_by_the_bundled_model(capsys, tmp_path):
+    """`onnx-rcam explain photo.jpg`: an image (or folder) as the first argument is data for the bundled model."""
+    photo = sorted((onnx_rcam.default_model_path().parent / "images").glob("*.jpg"))[0]
+    code, printed, err = cli(capsys, "explain", str(photo), "-o", str(tmp_path / "out"), "--method", "gradcam")
+    assert code == 0, err
+    assert "efficientnet_lite0.onnx" in printed and (tmp_path / "out" / f"{photo.stem}.auto.png").is_file()
+    code, _, err = cli(capsys, "explain", str(onnx_rcam.default_model_path()), "-o", str(tmp_path / "o2"))
+    assert code == 2 and "give the images to explain" in err
