@@ -119,7 +119,8 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
             precision, verify, force):
     """Add Relevance-CAM outputs (or other CAMs, --method) to MODEL and write the augmented model.
 
-    The augmented model keeps the original inputs and outputs (same values, bit for bit) and adds, per layer L,
+    The augmented model keeps the original inputs and outputs (same values, bit for bit, but for the rounding of
+    fp16 and INT8 models that the README's 'Deployed models' describes) and adds, per layer L,
     rcam/L/map (N, H, W in [0, 1]), rcam/L/raw, rcam/L/relevance and rcam/L/activation, plus rcam/class and the
     optional input rcam/target (class per sample; -1 or omitted: the predicted class). With --scores of a detector
     or segmenter, the required input rcam/seed says what is explained instead.

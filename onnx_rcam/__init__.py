@@ -1,7 +1,9 @@
 """onnx-rcam: Relevance-CAM generated into ONNX graphs (Lee et al., CVPR 2021).
 
-`augment(model, layers=("auto",))` returns the model with, per layer L, the outputs rcam/L/map, rcam/L/raw,
-rcam/L/relevance and rcam/L/activation, plus rcam/class and an optional rcam/target input. See DESIGN.md.
+`augment(model, layers=("auto",))` returns the model with, per method M (rcam by default, the Grad-CAM family, lrp)
+and layer L, the outputs M/L/map, M/L/raw, M/L/relevance (M/L/gradient) and M/L/activation, plus rcam/class and the
+optional inputs rcam/target and rcam/seed (required instead, for a detector's or segmenter's scores). See
+docs/design.md.
 """
 
 from .augment import augment, candidate_layers

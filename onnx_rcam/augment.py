@@ -40,7 +40,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
             initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None,
             methods=("rcam",), input_bounds=IMAGENET_BOUNDS, precision: str = "fp32",
             verify: bool = True, scores: str | None = None) -> onnx.ModelProto:
-    """Return `model` with Relevance-CAM outputs for `layers` added (DESIGN.md section 2); `model` is not changed.
+    """Return `model` with Relevance-CAM outputs for `layers` added (docs/design.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
     into the candidates that `onnx-rcam layers` lists. composite: `rcam` (the paper's rules), `epsilon_plus`, a

@@ -243,7 +243,7 @@ class Builder:
         """Zeros of the backward's float type, of the shape held in the int64 tensor `shape`."""
         return self.node("ConstantOfShape", [shape], value=helper.make_tensor("zero", self.float_type, [1], [0.0]))
 
-    # -- guarded division: no input may produce NaN or Inf (DESIGN.md section 1) --------------------------
+    # -- guarded division: no input may produce NaN or Inf (docs/design.md section 1) --------------------------
     def div_or_zero(self, numerator: str, denominator: str) -> str:
         """numerator / denominator, and 0 where the denominator is exactly 0 (rules/base.py's one_sign_sum is the
         cheaper guard where the denominator's terms share a sign)."""

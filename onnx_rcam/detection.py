@@ -1,4 +1,4 @@
-"""Detections of a YOLO-style detector's output, and the seeds that explain them (DESIGN.md section 6).
+"""Detections of a YOLO-style detector's output, and the seeds that explain them (docs/design.md section 6).
 
 ultralytics exports two layouts, both decoded in the graph to boxes in input pixels:
 - YOLOv5: [N, A, 5 + C], a row per anchor: x, y, w, h, objectness, class probabilities;

@@ -6,11 +6,12 @@ class RcamError(Exception):
 
 
 class ModelError(RcamError):
-    """The model file cannot be read, is not a valid ONNX model, or is not an image classifier we can explain."""
+    """The model file cannot be read, is not a valid ONNX model, or has no image input or scores we can explain."""
 
 
 class LayerSelectionError(RcamError):
-    """A layer selector matches nothing, or something that is not a 4-D activation on the path to the logits."""
+    """A layer selector matches nothing, or something that is not a layer (a 4-D activation on the image's grid, or
+    a transformer's token layer) on the path to the explained scores."""
 
 
 class UnsupportedOpError(RcamError):

@@ -22,7 +22,7 @@ LAYERS_METADATA = "rcam/layers"
 
 def record_layers(model: onnx.ModelProto, layers: dict[str, str]) -> None:
     """Write which tensor each layer key L explains (`auto`'s choice among them) into the model's metadata, as a
-    JSON object under rcam/layers (DESIGN.md section 2)."""
+    JSON object under rcam/layers (docs/design.md section 2)."""
     for entry in [e for e in model.metadata_props if e.key == LAYERS_METADATA]:
         model.metadata_props.remove(entry)
     model.metadata_props.add(key=LAYERS_METADATA, value=json.dumps(layers))

@@ -1,5 +1,5 @@
 """Stage 5: the CAMs computed from a layer's activation A and the signal the sweep brought there: the relevance R
-(Relevance-CAM, DESIGN.md section 1) or the gradient G of the class score (the Grad-CAM family).
+(Relevance-CAM, docs/design.md section 1) or the gradient G of the class score (the Grad-CAM family).
 
 Each method is a raw map, signed, [rows, h, w]; the map is its per-sample min-max normalisation (after a ReLU where
 the method asks for one), resized to the image. Sums over h, w are per channel k; the formulas' sources:
@@ -32,7 +32,7 @@ from .errors import RcamError
 @dataclass(frozen=True)
 class Method:
     name: str
-    signal: str            # "relevance": the LRP sweep's; "gradient": the chain rule's, from the one-hot class score
+    signal: str            # "relevance": the LRP sweep's; "gradient": the chain rule's, from the explained score(s)
     raw: Callable[[Builder, str, str, int], str]  # (b, A, signal, h * w) -> the raw map [rows, h, w]
     relu: bool             # ReLU before normalising (rcam leaves it to the caller)
 
@@ -101,7 +101,7 @@ def resolve_methods(names) -> list[Method]:
 def grid_view(b: Builder, tensor: str, grid) -> str:
     """A token or channels-last layer (select.TokenGrid) as the [N, D, h, w] image of its grid: [N, h, w, D]
     transposed; of [N, T, D] tokens, the first `prefix` (class, distillation, register) dropped and the rest laid
-    out row by row (DESIGN.md section 6)."""
+    out row by row (docs/design.md section 6)."""
     if grid.channels_last:
         return b.transpose(tensor, [0, 3, 1, 2])
     patches = b.slice(tensor, [grid.prefix], [np.iinfo(np.int64).max], [1])

@@ -1,4 +1,4 @@
-"""The explained class per sample, the initial relevance at the logits (DESIGN.md section 1), and the seed."""
+"""The explained class per sample, the initial relevance at the logits (docs/design.md section 1), and the seed."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def initial_relevance(b: Builder, hot: str, logits: str, classes: int, kind: str
 
 def seeded(b: Builder, default: str | None, scores: list[int], batch, top_k: int = 1) -> str:
     """The input rcam/seed: the initial relevance itself, and the weights of the explained sum of scores for the
-    gradient methods (DESIGN.md section 6), as rows [N * top_k, *scores]. It is shaped like the explained scores
+    gradient methods (docs/design.md section 6), as rows [N * top_k, *scores]. It is shaped like the explained scores
     [N, *scores] ([N, top_k, *scores] with top_k). With class scores it may be omitted: its stored default is NaN,
     and a NaN entry keeps `default`'s (the rows of one explained class each), so one file serves both uses. Other
     scores (a detector's, a segmenter's) have no default: the seed must be fed."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import RcamError
 from .explainer import Explainer, Explanation, _session
-from .initial import TARGET_INPUT
+from .initial import SEED_INPUT, TARGET_INPUT
 from .load import load
 
 
@@ -55,7 +55,7 @@ class ScoreCamExplainer(Explainer):
     def __init__(self, model, layers=("auto",), device: str = "auto", batch_size: int = 32,
                  preprocessing=None, input_shape=None, progress: Callable[[int], None] | None = None):
         proto = load(model)
-        if TARGET_INPUT in {i.name for i in proto.graph.input}:
+        if {TARGET_INPUT, SEED_INPUT} & {i.name for i in proto.graph.input}:
             raise RcamError("Score-CAM runs the plain model: pass the model before augmentation")
         if batch_size < 1:
             raise RcamError(f"batch_size must be at least 1, got {batch_size}")

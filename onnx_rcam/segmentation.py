@@ -1,4 +1,4 @@
-"""The seeds that explain a segmenter's [N, C, h, w] class logits (DESIGN.md section 6).
+"""The seeds that explain a segmenter's [N, C, h, w] class logits (docs/design.md section 6).
 
 The seed for class c is c's logits over a region, 0 elsewhere and in every other class: by default the pixels the
 model labels c (its argmax; for a single-channel probability map, where it exceeds 0.5), or a region the user gives

@@ -25,7 +25,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class TokenGrid:
-    """Where a layer's image grid lies when its activation is not [N, C, h, w] (DESIGN.md section 6, token layers):
+    """Where a layer's image grid lies when its activation is not [N, C, h, w] (docs/design.md section 6, token layers):
     in [N, T, D] tokens, the last height * width are the patches, row by row, after `prefix` class, distillation or
     register tokens; with channels_last, the activation is [N, h, w, D] (Swin, ConvNeXt's blocks in timm)."""
     prefix: int
@@ -41,7 +41,7 @@ class TokenGrid:
 
 @dataclass(frozen=True)
 class Target:
-    key: str     # the selector as given (DESIGN.md section 2), `auto` included
+    key: str     # the selector as given (docs/design.md section 2), `auto` included
     tensor: str
     tokens: TokenGrid | None = None
 

@@ -27,7 +27,7 @@ RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, N
 INPUT = "input"  # the composite key for the layers that read the image
 ATTENTION = "attention"  # the composite key for attention's A V, the weights A = softmax(...) held constant
 
-# Pools and resizing divide exactly (guarded); residual joins of signed values are stabilised (DESIGN.md
+# Pools and resizing divide exactly (guarded); residual joins of signed values are stabilised (docs/design.md
 # section 1).
 _POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool", "GlobalAveragePool", "ReduceMean",
                                                                    "ReduceSum", "Resize")},
@@ -39,7 +39,7 @@ _POOLS_AND_JOINS = {**{op: {"rule": "norm", "eps": 0.0} for op in ("AveragePool"
 _WINNER_TAKES_ALL = {"MaxPool": "gradient", "GlobalMaxPool": "gradient"}
 
 COMPOSITES: dict[str, dict] = {
-    # The paper's rules (DESIGN.md section 1).
+    # The paper's rules (docs/design.md section 1).
     "rcam": {"Conv": "zplus", "ConvTranspose": "zplus", "Gemm": "zplus", "MatMul": "zplus", "Einsum": "zplus",
              **_POOLS_AND_JOINS, **_WINNER_TAKES_ALL, "*": "pass"},
     # zennit's EpsilonPlus: z+ for convolutions, epsilon for dense layers.

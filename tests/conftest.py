@@ -34,7 +34,8 @@ def run_model(model: onnx.ModelProto | str, feeds: dict, providers=("CPUExecutio
 
 
 def assert_close(ours: np.ndarray, ref: np.ndarray, what: str = "") -> float:
-    """DESIGN.md section 4: max|ours - ref| <= 1e-4 * max|ref| + 1e-7; returns the deviation relative to max|ref|."""
+    """docs/design.md section 4: max|ours - ref| <= 1e-4 * max|ref| + 1e-7; returns the deviation relative to
+    max|ref|."""
     assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != {ref.shape}"
     assert np.all(np.isfinite(ours)), f"{what}: non-finite values"
     deviation = float(np.max(np.abs(ours.astype(np.float64) - ref)))

@@ -163,7 +163,7 @@ def f64(array) -> torch.Tensor:
 
 
 def assert_matches(ours: np.ndarray, ref, what: str = "relevance") -> None:
-    """DESIGN.md section 4, per sample: max|ours - ref| <= 1e-4 * max|ref| + 1e-7."""
+    """docs/design.md section 4, per sample: max|ours - ref| <= 1e-4 * max|ref| + 1e-7."""
     ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref, dtype=np.float64)
     assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != reference {ref.shape}"
     assert np.all(np.isfinite(ours)), f"{what}: non-finite values"

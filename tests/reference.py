@@ -1,4 +1,4 @@
-"""Independent Relevance-CAM reference: the LRP rules of DESIGN.md section 1, computed with torch autograd.
+"""Independent Relevance-CAM reference: the LRP rules of docs/design.md section 1, computed with torch autograd.
 
 Modified-gradient trick (as zennit does it): every leaf module with a rule gets a forward hook that routes its output
 through a custom autograd Function; the forward value is unchanged, the backward returns the module's LRP relevance

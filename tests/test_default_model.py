@@ -57,7 +57,7 @@ def test_augmented_model_passes_the_full_check(explained):
 
 
 def test_auto_is_the_last_activation_before_pooling(explained):
-    """Keyed `auto` (DESIGN.md section 2); the chosen tensor is in the model's metadata."""
+    """Keyed `auto` (docs/design.md section 2); the chosen tensor is in the model's metadata."""
     assert explained[2][0] == "auto"
     recorded = {e.key: json.loads(e.value) for e in explained[1].metadata_props}["rcam/layers"]
     assert list(recorded) == explained[2] and recorded["auto"] == "/_swish_1/Clip_output_0"
@@ -97,7 +97,7 @@ def test_relevance_is_conserved_above_the_depthwise_convs(explained):
 
 def test_relevance_leaks_below_the_depthwise_convs(photos):
     """z+ ignores biases: a depthwise 3x3 window of ReLU6 zeros has z+ = 0 while its bias makes the neuron fire,
-    and the relevance it receives is dropped. This pins the measured effect (DESIGN.md's rule, not a bug)."""
+    and the relevance it receives is dropped. This pins the measured effect (docs/design.md's rule, not a bug)."""
     model = onnx_rcam.augment(onnx_rcam.default_model_path(), layers=["_blocks.10"], initial="onehot")
     sums = run_model(model, {"input": photos})["rcam/_blocks.10/relevance"].astype(np.float64).reshape(4, -1).sum(1)
     assert np.all((0.05 < sums) & (sums < 0.5)), sums

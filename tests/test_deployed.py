@@ -1,4 +1,4 @@
-"""Deployed model forms (issue 12; DESIGN.md section 6): what the real tools make of a float32 model, explained.
+"""Deployed model forms (issue 12; docs/design.md section 6): what the real tools make of a float32 model, explained.
 
 Each model (the bundled EfficientNet-Lite0 on the bundled photos; ResNet18, MobileNetV2, EfficientNet and DenseNet
 with random weights on well-conditioned random batches) is turned into every form of deployed.FORMS by the tool

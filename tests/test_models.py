@@ -1,4 +1,4 @@
-"""Whole networks against the independent torch-autograd reference (DESIGN.md section 4), both torch exporters.
+"""Whole networks against the independent torch-autograd reference (docs/design.md section 4), both torch exporters.
 
 Relevance and raw maps at several layers, maps at input resolution, a batch of 4 with a different class per sample
 through rcam/target, conservation under the rcam rules, and the original logits bit for bit.

@@ -1,7 +1,7 @@
 """Random CNNs assembled from the supported ops, against the independent reference (property-based, hypothesis).
 
 Every drawn network either augments, loads in onnxruntime, passes onnx.checker's full check and matches the
-reference (DESIGN.md section 4: the original logits bit for bit, activation, relevance, raw map and map of each
+reference (docs/design.md section 4: the original logits bit for bit, activation, relevance, raw map and map of each
 chosen layer), or fails with the clear error: an UnsupportedOpError naming the op, when an activation with no
 propagator lies on the relevance path. Any other exception is a bug and propagates.
 

@@ -1,4 +1,4 @@
-"""--scores (scores= in Python): a detector's or a segmenter's output explained by the seed (DESIGN.md section 6).
+"""--scores (scores= in Python): a detector's or a segmenter's output explained by the seed (docs/design.md section 6).
 
 The seed is the initial relevance at the named output and, for the gradient methods, the weights of the explained
 sum of scores; with top_k it gains a K axis (several explained targets per image in one run). Relevance is held to

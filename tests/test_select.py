@@ -45,7 +45,7 @@ def test_auto_is_the_last_grid_before_global_pooling(resnet):
     _, canonical = resnet
     assert tensor_of(canonical, "auto") == tensor_of(canonical, "layer4")
     chosen = resolve(canonical, ["auto"])[0]
-    assert chosen.key == "auto" and chosen.tensor == tensor_of(canonical, "layer4")  # DESIGN.md section 2
+    assert chosen.key == "auto" and chosen.tensor == tensor_of(canonical, "layer4")  # docs/design.md section 2
 
 
 def test_candidates_list_shapes_and_downsampling(resnet):
