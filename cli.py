@@ -79,6 +79,15 @@ verify_option = click.option(
          "fails is not written (exit status 3). --no-verify skips the run, for models too big to run here.")
 
 
+PREPROCESS_HELP = (
+    "How photos become model input. Presets: imagenet (resize the shorter side, centre-crop, ImageNet mean/std), "
+    "imagenet-squash (resize to the input size without a crop), tf ([-1, 1] after Inception's 0.875 centre crop), "
+    "tf-squash ([-1, 1], Keras applications), unit ([0, 1]), caffe (BGR, 0-255, less the ImageNet mean), yolo "
+    "(ultralytics' letterbox, [0, 1]). Or a JSON file with size, and optionally resize (crop, squash, letterbox), "
+    "resize_shorter, mean, std, channels (RGB, BGR), pixel_range (1 or 255) [default: MODEL's sidecar "
+    "MODEL.preprocess.json if there is one, else imagenet].")
+
+
 @main.command()
 @click.argument("model", required=False, metavar="[MODEL]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the augmented model "
@@ -181,9 +190,7 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when onnxruntime can use it, else the CPU. The provider that ran is reported.")
-@click.option("--preprocess", default=None, metavar="PRESET|FILE", help="imagenet (resize, centre-crop, ImageNet "
-              "mean/std), tf ([-1, 1]), unit ([0, 1]), or a JSON file with size, resize_shorter, mean, std "
-              "[default: MODEL's sidecar MODEL.preprocess.json if there is one, else imagenet].")
+@click.option("--preprocess", default=None, metavar="PRESET|FILE", help=PREPROCESS_HELP)
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Class names, one per line "
               "[default: ImageNet's for 1000-class models].")
 @click.option("--method", type=click.Choice([*METHODS, "scorecam"]), default="rcam", show_default=True,

@@ -16,9 +16,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def pixel_bounds(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The least and greatest value per channel that (x - mean) / std makes of pixels x in [0, 1]."""
-    return tuple(-m / s for m, s in zip(mean, std)), tuple((1 - m) / s for m, s in zip(mean, std))
+def pixel_bounds(mean, std, pixel_range: float = 1.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The least and greatest value per channel that (x - mean) / std makes of pixels x in [0, pixel_range]."""
+    return tuple(-m / s for m, s in zip(mean, std)), tuple((pixel_range - m) / s for m, s in zip(mean, std))
 
 
 IMAGENET_BOUNDS = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
@@ -26,43 +26,68 @@ CROP_FRACTION = 0.875  # resize the shorter side to size / 0.875 (256 for 224), 
 
 
 LETTERBOX_GRAY = 114  # ultralytics' padding colour
+RESIZE_MODES = ("crop", "squash", "letterbox")
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # the classic Caffe models' (VGG, ResNet, open_nsfw), pixels 0-255
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the shorter side, centre-crop to `size`, scale RGB to [0, 1], then (x - mean) / std. With letterbox
-    (YOLO detectors), resize the whole photo to fit `size` instead, keeping its aspect ratio, and pad both sides
-    evenly with gray 114, as ultralytics does."""
+    """Place the photo in the model input (resize), order its channels, scale pixels to [0, pixel_range], then
+    (x - mean) / std per channel (in the model's channel order).
+
+    resize: `crop` resizes the shorter side to resize_shorter and centre-crops `size` (torchvision's ImageNet
+    evaluation); `squash` resizes to `size` whatever the aspect ratio (Keras applications, the official
+    Relevance-CAM code); `letterbox` fits the whole photo in `size` keeping its aspect ratio and pads both sides
+    evenly with gray 114 (ultralytics' YOLO)."""
 
     size: tuple[int, int]            # (height, width) of the model input
     resize_shorter: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     layout: str = "NCHW"
-    letterbox: bool = False
+    resize: str = "crop"
+    channels: str = "RGB"
+    pixel_range: float = 1.0
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise RcamError(f"unknown resize {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+        if self.channels not in ("RGB", "BGR"):
+            raise RcamError(f"unknown channel order {self.channels!r}; choose RGB or BGR")
+
+    @property
+    def letterbox(self) -> bool:
+        return self.resize == "letterbox"
 
     @staticmethod
     def preset(name: str, size: tuple[int, int], layout: str = "NCHW") -> "Preprocessing":
         shorter = round(min(size) / CROP_FRACTION)
-        if name == "imagenet":
-            return Preprocessing(size, shorter, IMAGENET_MEAN, IMAGENET_STD, layout)
-        if name == "tf":  # scale to [-1, 1]
-            return Preprocessing(size, shorter, (0.5,) * 3, (0.5,) * 3, layout)
-        if name == "unit":  # [0, 1]
-            return Preprocessing(size, shorter, (0.0,) * 3, (1.0,) * 3, layout)
-        if name == "yolo":  # letterbox to size, [0, 1]
-            return Preprocessing(size, min(size), (0.0,) * 3, (1.0,) * 3, layout, letterbox=True)
-        raise RcamError(f"unknown preprocessing preset {name!r}; choose imagenet, tf, unit or yolo")
+        presets = {
+            "imagenet": (IMAGENET_MEAN, IMAGENET_STD, {}),
+            "imagenet-squash": (IMAGENET_MEAN, IMAGENET_STD, {"resize": "squash"}),
+            "tf": ((0.5,) * 3, (0.5,) * 3, {}),  # [-1, 1] after Inception's 0.875 centre crop
+            "tf-squash": ((0.5,) * 3, (0.5,) * 3, {"resize": "squash"}),  # [-1, 1], Keras applications
+            "unit": ((0.0,) * 3, (1.0,) * 3, {}),
+            "caffe": (CAFFE_MEAN_BGR, (1.0,) * 3, {"channels": "BGR", "pixel_range": 255.0}),
+            "yolo": ((0.0,) * 3, (1.0,) * 3, {"resize": "letterbox"}),
+        }
+        if name not in presets:
+            raise RcamError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(presets)}")
+        mean, std, options = presets[name]
+        return Preprocessing(size, shorter, mean, std, layout, **options)
 
     @staticmethod
     def from_file(path: Path, layout: str = "NCHW") -> "Preprocessing":
+        """A JSON sidecar: size (an int or [height, width]); resize (crop, squash or letterbox; default crop);
+        resize_shorter (crop; default size / 0.875); mean and std (default 0 and 1); channels (RGB or BGR; default
+        RGB); pixel_range (1: pixels in [0, 1], the default; 255: kept 0-255, as Caffe models take them)."""
         settings = json.loads(Path(path).read_text())
         size = settings["size"]
         size = (size, size) if isinstance(size, int) else tuple(size)
-        letterbox = bool(settings.get("letterbox", False))
-        return Preprocessing(size, settings.get("resize_shorter", min(size)) if letterbox
-                             else settings["resize_shorter"], tuple(settings["mean"]), tuple(settings["std"]),
-                             layout, letterbox)
+        return Preprocessing(size, settings.get("resize_shorter", round(min(size) / CROP_FRACTION)),
+                             tuple(settings.get("mean", (0.0,) * 3)), tuple(settings.get("std", (1.0,) * 3)),
+                             layout, settings.get("resize", "crop"), settings.get("channels", "RGB"),
+                             float(settings.get("pixel_range", 1.0)))
 
     def _fit(self, width: int, height: int) -> tuple[float, int, int, int, int]:
         """Letterbox: the scale, the resized photo's width and height, and the left and top padding."""
@@ -72,8 +97,11 @@ class Preprocessing:
 
     def photo_view(self, heatmap: np.ndarray, width: int, height: int):
         """(the part of a map at input resolution that shows the photo, the photo's region it covers) for overlay:
-        the whole map over the centre crop, or the letterboxed photo's window of the map over the whole photo."""
-        if not self.letterbox:
+        the whole map over the centre crop or (squash) the whole photo, or the letterboxed photo's window of the
+        map over the whole photo."""
+        if self.resize == "squash":
+            return heatmap, None
+        if self.resize == "crop":
             return heatmap, self.crop_box(width, height)
         _, resized_w, resized_h, left, top = self._fit(width, height)
         return heatmap[..., top:top + resized_h, left:left + resized_w], None
@@ -81,21 +109,23 @@ class Preprocessing:
     def to_photo(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
         """Boxes (x1, y1, x2, y2) in model-input pixels as boxes in the photo's own pixels."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        if self.letterbox:
-            scale, _, _, left, top = self._fit(width, height)
-            offset, factor = np.array([left, top, left, top]), np.full(4, scale)
-            return (boxes - offset) / factor
         x1, y1, x2, y2 = self.crop_box(width, height)
         factor = np.array([(x2 - x1) / self.size[1], (y2 - y1) / self.size[0]] * 2)
         return boxes * factor + np.array([x1, y1, x1, y1])
 
     @property
     def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The least and greatest value per channel of what this preprocessing makes of pixels in [0, 1]."""
-        return pixel_bounds(self.mean, self.std)
+        """The least and greatest value per channel of what this preprocessing makes of pixels."""
+        return pixel_bounds(self.mean, self.std, self.pixel_range)
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The region of the original photo that the model sees, in the photo's own pixels."""
+        """The rectangle of the photo's own pixel coordinates that the model input covers: the centre crop, the
+        whole photo (squash), or the photo and its padding (letterbox, so beyond the photo)."""
+        if self.resize == "squash":
+            return (0.0, 0.0, float(width), float(height))
+        if self.resize == "letterbox":
+            scale, _, _, left, top = self._fit(width, height)
+            return (-left / scale, -top / scale, (self.size[1] - left) / scale, (self.size[0] - top) / scale)
         scale = self.resize_shorter / min(width, height)
         crop_h, crop_w = self.size
         resized_w, resized_h = round(width * scale), round(height * scale)
@@ -108,7 +138,9 @@ class Preprocessing:
 
     def placed(self, image: Image.Image, fill: int = LETTERBOX_GRAY) -> Image.Image:
         """The picture where the model input has it, at the input's size, before scaling its values: resized and
-        centre-cropped, or letterboxed with `fill` (also for masks of the photo, with fill 0)."""
+        centre-cropped, squashed, or letterboxed with `fill` (also for masks of the photo, with fill 0)."""
+        if self.resize == "squash":
+            return image.resize((self.size[1], self.size[0]), Image.BILINEAR)
         if self.letterbox:
             _, resized_w, resized_h, left, top = self._fit(image.width, image.height)
             canvas = Image.new(image.mode, (self.size[1], self.size[0]), (fill,) * len(image.getbands()))
@@ -123,7 +155,9 @@ class Preprocessing:
         return resized.crop((left, top, left + crop_w, top + crop_h))
 
     def _normalised(self, picture: Image.Image) -> np.ndarray:
-        pixels = np.asarray(picture, dtype=np.float32) / 255.0
+        pixels = np.asarray(picture, dtype=np.float32) / np.float32(255.0 / self.pixel_range)
+        if self.channels == "BGR":
+            pixels = pixels[..., ::-1]
         normalised = (pixels - np.float32(self.mean)) / np.float32(self.std)
         return (normalised.transpose(2, 0, 1) if self.layout == "NCHW" else normalised).astype(np.float32)
 

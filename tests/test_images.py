@@ -105,3 +105,40 @@ def test_exif_orientation_is_applied(tmp_path):
     upright = np.asarray(load_image(tmp_path / "phone.jpg"))
     assert upright.shape == (40, 20, 3)
     assert upright[:4, :, 0].mean() > 200 and upright[-4:, :, 0].mean() < 50
+
+
+def test_caffe_is_bgr_from_0_to_255_less_the_mean():
+    """caffe: the classic Caffe models' input, BGR pixels 0-255 less the ImageNet mean, no std; bounds to match."""
+    preprocessing = Preprocessing.preset("caffe", (8, 8))
+    x = preprocessing(Image.new("RGB", (8, 8), (10, 20, 30)))
+    np.testing.assert_allclose(x[:, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
+    low, high = preprocessing.bounds
+    np.testing.assert_allclose(low, [-103.939, -116.779, -123.68])
+    np.testing.assert_allclose(high, [255 - 103.939, 255 - 116.779, 255 - 123.68])
+
+
+def test_squash_resizes_without_a_crop_and_maps_back():
+    """squash: the whole photo stretched to the input (Keras applications, the official Relevance-CAM code)."""
+    preprocessing = Preprocessing.preset("imagenet-squash", (8, 8))
+    left_red = Image.new("RGB", (40, 10), (0, 0, 0))
+    left_red.paste((255, 0, 0), (0, 0, 20, 10))
+    x = preprocessing(left_red)
+    assert x[0, :, :3].min() > 1.5 and x[0, :, 5:].max() < -1.5  # red on the left half, not cropped away
+    assert preprocessing.crop_box(40, 10) == (0.0, 0.0, 40.0, 10.0)
+    np.testing.assert_allclose(preprocessing.to_photo([[0, 0, 4, 8]], 40, 10), [[0, 0, 20, 10]])
+    heat = np.ones((8, 8))
+    assert preprocessing.photo_view(heat, 40, 10) == (heat, None)
+
+
+def test_sidecar_expresses_every_option(tmp_path):
+    path = tmp_path / "model.preprocess.json"
+    path.write_text('{"size": [6, 8], "resize": "squash", "channels": "BGR", "pixel_range": 255, '
+                    '"mean": [1, 2, 3]}')
+    preprocessing = Preprocessing.from_file(path)
+    assert (preprocessing.size, preprocessing.resize, preprocessing.channels, preprocessing.pixel_range,
+            preprocessing.std) == ((6, 8), "squash", "BGR", 255.0, (1.0, 1.0, 1.0))
+    x = preprocessing(Image.new("RGB", (3, 3), (10, 20, 30)))
+    np.testing.assert_allclose(x[:, 0, 0], [29, 18, 7])
+    path.write_text('{"size": 8, "resize": "stretch"}')
+    with pytest.raises(RcamError, match="unknown resize 'stretch'"):
+        Preprocessing.from_file(path)
