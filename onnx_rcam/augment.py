@@ -142,7 +142,8 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     repeat_forward_reads(original, canonical, b, top_k)
     cast_forward_reads(original, canonical, b)
     model = assemble(original, b)
-    record_layers(model, {t.key: t.tensor for t in targets})
+    record_layers(model, {t.key: t.tensor for t in targets},
+                  {t.key: canonical.scopes.get(t.tensor, "") for t in targets})
     drift = verify_runs(model, b.outputs, original) if verify else 0.0
     return Augmented(model, targets, b.outputs, logits.name, drift, canonical.classifier)
 

@@ -160,7 +160,7 @@ def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture,
             shown = overlay(picture, heat, box=box)
             shown.save(stem.parent / f"{stem.name}.{_safe(layer)}{suffix}.png", **PNG_OPTIONS)
             panels.append(shown)
-            titles.append(f"{explainer.name} {layer} | {labels[int(cls)].split(',')[0]}")
+            titles.append(f"{explainer.title(layer)} | {labels[int(cls)].split(',')[0]}")
     side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
     np.savez_compressed(stem.parent / f"{stem.name}.npz", classes=classes,
                         **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
@@ -192,7 +192,7 @@ def _write_detections(explainer: Explainer, explanation, i: int, path: Path, pic
                                found.classes[k:k + 1])
             shown.save(stem.parent / f"{stem.name}.{_safe(layer)}.det{k + 1}.png", **PNG_OPTIONS)
             panels.append(shown)
-            titles.append(f"{explainer.name} {layer} | {captions[k]}")
+            titles.append(f"{explainer.title(layer)} | {captions[k]}")
     side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
     np.savez_compressed(stem.parent / f"{stem.name}.npz", boxes=boxes, scores=found.scores, classes=found.classes,
                         **{f"{_safe(layer)}.raw": explanation.raw[layer][i][:len(found)] for layer in explainer.layers},
@@ -229,7 +229,7 @@ def _write_segments(explainer: Explainer, explanation, i: int, path: Path, pictu
             suffix = "" if len(classes) == 1 else f".class{k + 1}"
             shown.save(stem.parent / f"{stem.name}.{_safe(layer)}{suffix}.png", **PNG_OPTIONS)
             panels.append(shown)
-            titles.append(f"{explainer.name} {layer} | {labels[int(cls)]}")
+            titles.append(f"{explainer.title(layer)} | {labels[int(cls)]}")
     side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
     np.savez_compressed(stem.parent / f"{stem.name}.npz", classes=classes, regions=explanation.regions[i],
                         **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},

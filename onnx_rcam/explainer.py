@@ -19,6 +19,7 @@ from PIL import Image
 
 from .augment import augment
 from .errors import RcamError
+from .export import recorded_scopes
 from .heads import resolve_methods
 from .images import Preprocessing, input_bounds, input_layout, load_image, sidecar
 from .detection import Detections, detect, detection_seeds, output_layout
@@ -77,6 +78,7 @@ class Explainer:
                             methods=[method, *also], relu=relu, input_bounds=input_bounds(model, preprocessing),
                             precision=precision, verify=verify, scores=None if task == "classify" else scores)
         self.model = proto
+        self.scopes = recorded_scopes(proto)  # layer key -> torch module path, for titles
         self.session, self.provider, self.cuda_wanted = _session(proto, device)
         self.input = next(i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, SEED_INPUT))
         outputs = [o.name for o in self.session.get_outputs()]
@@ -105,6 +107,11 @@ class Explainer:
     def name(self) -> str:
         """The method whose maps this explainer returns."""
         return self.method.name
+
+    def title(self, layer: str) -> str:
+        """The method and the layer, with its module path where that says more (`auto` -> the module it chose)."""
+        scope = self.scopes.get(layer, "")
+        return f"{self.name} {layer}" + (f" ({scope})" if scope and scope != layer else "")
 
     @property
     def provider_note(self) -> str:

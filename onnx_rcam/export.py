@@ -18,14 +18,23 @@ from .errors import InternalError, ModelError, RcamError
 
 
 LAYERS_METADATA = "rcam/layers"
+SCOPES_METADATA = "rcam/layer_scopes"
 
 
-def record_layers(model: onnx.ModelProto, layers: dict[str, str]) -> None:
+def record_layers(model: onnx.ModelProto, layers: dict[str, str], scopes: dict[str, str]) -> None:
     """Write which tensor each layer key L explains (`auto`'s choice among them) into the model's metadata, as a
-    JSON object under rcam/layers (docs/design.md section 2)."""
-    for entry in [e for e in model.metadata_props if e.key == LAYERS_METADATA]:
+    JSON object under rcam/layers (docs/design.md section 2), and the torch module path of each where the exporter
+    recorded one, under rcam/layer_scopes (pictures are titled with it)."""
+    for entry in [e for e in model.metadata_props if e.key in (LAYERS_METADATA, SCOPES_METADATA)]:
         model.metadata_props.remove(entry)
     model.metadata_props.add(key=LAYERS_METADATA, value=json.dumps(layers))
+    model.metadata_props.add(key=SCOPES_METADATA, value=json.dumps({k: v for k, v in scopes.items() if v}))
+
+
+def recorded_scopes(model: onnx.ModelProto) -> dict[str, str]:
+    """Layer key -> module path, as record_layers wrote them (none for a model augmented before it did)."""
+    found = [e.value for e in model.metadata_props if e.key == SCOPES_METADATA]
+    return json.loads(found[0]) if found else {}
 
 
 def assemble(original: onnx.ModelProto, b: Builder) -> onnx.ModelProto:

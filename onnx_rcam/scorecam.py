@@ -68,7 +68,10 @@ class ScoreCamExplainer(Explainer):
     def name(self) -> str:
         return "scorecam"
 
-    def __call__(self, images, targets=None, extras: bool = False) -> Explanation:
+    def __call__(self, images, targets=None, extras: bool = False, regions=None, outputs: bool = False) -> Explanation:
+        """As Explainer's, for classifiers only (regions and outputs are the other tasks')."""
+        if regions is not None:
+            raise RcamError("Score-CAM explains classifiers only: no regions")
         x = self.prepare(images)
         found = super().__call__(x, targets, extras=True)
         channels_last = self.preprocessing.layout == "NHWC"

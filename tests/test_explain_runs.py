@@ -59,3 +59,10 @@ def test_images_alone_are_explained_by_the_bundled_model(capsys, tmp_path):
     assert "efficientnet_lite0.onnx" in printed and (tmp_path / "out" / f"{photo.stem}.auto.png").is_file()
     code, _, err = cli(capsys, "explain", str(onnx_rcam.default_model_path()), "-o", str(tmp_path / "o2"))
     assert code == 2 and "give the images to explain" in err
+
+
+def test_pictures_are_titled_with_the_method_and_the_module():
+    """`auto` is titled with the module it chose (recorded in the model's metadata), every title with the method."""
+    explainer = Explainer(onnx_rcam.default_model_path(), layers=["auto", "_blocks.10"], method="gradcam")
+    assert explainer.title("auto") == "gradcam auto (_swish_1)"
+    assert explainer.title("_blocks.10").startswith("gradcam _blocks.10 (_blocks.10.")
