@@ -25,6 +25,7 @@ from .heads import resolve_methods
 from .images import load_image
 from .initial import CLASS_OUTPUT
 from .load import load
+from .report import evaluate_index
 from .scorecam import ScoreCamExplainer
 
 SCORE_CAM = "scorecam"
@@ -219,7 +220,8 @@ def _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, explaine
 
 
 def write_results(evaluation: Evaluation, outdir: Path, title: str) -> list[Path]:
-    """results.md, results.csv and metrics.png in outdir; returns their paths."""
+    """results.md, results.csv, metrics.png and index.html (the table and the plot, for a browser) in outdir;
+    returns their paths."""
     outdir.mkdir(parents=True, exist_ok=True)
     rows = evaluation.rows
     columns = ["method", "layer", "depth", "images", *METRICS, "boxed_images", "map_mean"]
@@ -250,7 +252,9 @@ def write_results(evaluation: Evaluation, outdir: Path, title: str) -> list[Path
         lines += ["Skipped:", *[f"- {reason}" for reason in evaluation.skipped], ""]
     (outdir / "results.md").write_text("\n".join(lines))
     _plot(rows, shown, outdir / "metrics.png")
-    return [outdir / "results.md", outdir / "results.csv", outdir / "metrics.png"]
+    index = evaluate_index(outdir, title, rows, METRICS, [line for line in lines[len(rows) + 3:]
+                                                          if not line.startswith("- ")], "metrics.png")
+    return [outdir / "results.md", outdir / "results.csv", outdir / "metrics.png", index]
 
 
 def pyplot():

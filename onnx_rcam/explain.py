@@ -18,6 +18,7 @@ from .images import load_image
 from .metrics import pointing_hit
 from .models_path import models_folder
 from .overlay import draw_boxes, outline, overlay, side_by_side
+from .report import explain_index
 
 SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
 PNG_OPTIONS = {"compress_level": 1}  # zlib's fastest level: PNG encoding was 70% of the run at the default 6
@@ -78,7 +79,7 @@ def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], 
                    progress: Callable[[int], None] | None = None,
                    region: Callable[[Image.Image], np.ndarray] | None = None, resume: bool = False) -> RunSummary:
     """Write per image an overlay per layer (and per explained class or detection), a sheet of all of them and the
-    raw maps; per run summary.csv and summary.json. Unreadable images are recorded and skipped. Memory stays flat:
+    raw maps; per run summary.csv, summary.json and index.html (a page of them all, for a browser). Unreadable images are recorded and skipped. Memory stays flat:
     one batch of pictures is held at a time, and the summary keeps a few numbers per image. region (segment):
     the picture's region to explain, [H, W] booleans at input resolution, in place of the predicted pixels.
 
@@ -135,8 +136,11 @@ def _explain_batches(explainer, images, roots, outdir, batch_size, target, top_k
                 label_names = read_labels(labels, class_count(explainer, explanation), explainer.task)
             write = {"classify": _write_image, "detect": _write_detections, "segment": _write_segments}
             for i, (path, picture) in enumerate(zip(readable, pictures)):
-                summary.rows.append(write[explainer.task](explainer, explanation, i, path, picture,
-                                                          outdir / output_stem(path, roots), label_names, top_k))
+                row = write[explainer.task](explainer, explanation, i, path, picture,
+                                            outdir / output_stem(path, roots), label_names, top_k)
+                for written in row["pictures"]:  # relative to the output folder, as index.html links them
+                    written["file"] = Path(written["file"]).relative_to(outdir).as_posix()
+                summary.rows.append(row)
         summary.images += len(batch)
         if progress:
             progress(len(batch))
@@ -152,16 +156,14 @@ def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture,
     stem.parent.mkdir(parents=True, exist_ok=True)
     box = explainer.preprocessing.crop_box(picture.width, picture.height)
     classes = np.atleast_1d(explanation.classes[i])
-    panels, titles = [picture], ["photo"]
+    shown = []
     for layer in explainer.layers:
         maps = explanation.maps[layer][i].reshape(len(classes), *explanation.maps[layer].shape[-2:])
         for rank, (heat, cls) in enumerate(zip(maps, classes)):
             suffix = "" if len(classes) == 1 else f".class{rank + 1}"
-            shown = overlay(picture, heat, box=box)
-            shown.save(stem.parent / f"{stem.name}.{_safe(layer)}{suffix}.png", **PNG_OPTIONS)
-            panels.append(shown)
-            titles.append(f"{explainer.title(layer)} | {labels[int(cls)].split(',')[0]}")
-    side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
+            shown.append((f"{_safe(layer)}{suffix}", overlay(picture, heat, box=box),
+                          f"{explainer.title(layer)} | {labels[int(cls)].split(',')[0]}"))
+    pictures = _save_pictures(stem, [(None, picture, "photo")] + shown)
     np.savez_compressed(stem.parent / f"{stem.name}.npz", classes=classes,
                         **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
                         **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers})
@@ -169,7 +171,22 @@ def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture,
     best = np.argsort(-scores)[:top_k]
     return {"image": str(path), "explained": [int(c) for c in classes],
             "explained_labels": [labels[int(c)] for c in classes],
-            "top": [{"class": int(c), "label": labels[int(c)], "score": round(float(scores[c]), 6)} for c in best]}
+            "top": [{"class": int(c), "label": labels[int(c)], "score": round(float(scores[c]), 6)} for c in best],
+            "pictures": pictures}
+
+
+def _save_pictures(stem: Path, panels: list[tuple[str | None, Image.Image, str]]) -> list[dict]:
+    """Save each panel with a name as STEM.NAME.png and all of them side by side as STEM.layers.png; the files
+    written, with their titles (for summary.json and index.html)."""
+    written = []
+    for name, image, title in panels:
+        if name is not None:
+            target = stem.parent / f"{stem.name}.{name}.png"
+            image.save(target, **PNG_OPTIONS)
+            written.append({"file": str(target), "title": title})
+    sheet = stem.parent / f"{stem.name}.layers.png"
+    side_by_side([image for _, image, _ in panels], [title for _, _, title in panels]).save(sheet, **PNG_OPTIONS)
+    return [{"file": str(sheet), "title": "all"}] + written
 
 
 def _write_detections(explainer: Explainer, explanation, i: int, path: Path, picture, stem: Path,
@@ -179,21 +196,17 @@ def _write_detections(explainer: Explainer, explanation, i: int, path: Path, pic
     found = explanation.detections[i]
     boxes = explainer.preprocessing.to_photo(found.boxes, picture.width, picture.height)
     captions = [f"{k + 1} {labels[int(c)]} {s:.2f}" for k, (c, s) in enumerate(zip(found.classes, found.scores))]
-    boxed = draw_boxes(picture, boxes, captions, found.classes)
-    boxed.save(stem.parent / f"{stem.name}.detections.png", **PNG_OPTIONS)
-    panels, titles = [boxed], ["detections"]
+    shown = [("detections", draw_boxes(picture, boxes, captions, found.classes), "detections")]
     pointing = {}
     for layer in explainer.layers:
         maps = explanation.maps[layer][i]
         pointing[layer] = [pointing_hit(maps[k], [found.boxes[k]], tolerance=0) for k in range(len(found))]
         for k in range(len(found)):
             heat, box = explainer.preprocessing.photo_view(maps[k], picture.width, picture.height)
-            shown = draw_boxes(overlay(picture, heat, box=box), boxes[k:k + 1], captions[k:k + 1],
-                               found.classes[k:k + 1])
-            shown.save(stem.parent / f"{stem.name}.{_safe(layer)}.det{k + 1}.png", **PNG_OPTIONS)
-            panels.append(shown)
-            titles.append(f"{explainer.title(layer)} | {captions[k]}")
-    side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
+            shown.append((f"{_safe(layer)}.det{k + 1}", draw_boxes(overlay(picture, heat, box=box), boxes[k:k + 1],
+                                                                   captions[k:k + 1], found.classes[k:k + 1]),
+                          f"{explainer.title(layer)} | {captions[k]}"))
+    pictures = _save_pictures(stem, shown)
     np.savez_compressed(stem.parent / f"{stem.name}.npz", boxes=boxes, scores=found.scores, classes=found.classes,
                         **{f"{_safe(layer)}.raw": explanation.raw[layer][i][:len(found)] for layer in explainer.layers},
                         **{f"{_safe(layer)}.map": explanation.maps[layer][i][:len(found)]
@@ -201,7 +214,7 @@ def _write_detections(explainer: Explainer, explanation, i: int, path: Path, pic
     return {"image": str(path), "detections": [
         {"class": int(c), "label": labels[int(c)], "score": round(float(s), 6),
          "box": [round(float(v), 1) for v in box], "pointing": {layer: pointing[layer][k] for layer in pointing}}
-        for k, (c, s, box) in enumerate(zip(found.classes, found.scores, boxes))]}
+        for k, (c, s, box) in enumerate(zip(found.classes, found.scores, boxes))], "pictures": pictures}
 
 
 def _write_segments(explainer: Explainer, explanation, i: int, path: Path, picture, stem: Path,
@@ -210,7 +223,7 @@ def _write_segments(explainer: Explainer, explanation, i: int, path: Path, pictu
     stem.parent.mkdir(parents=True, exist_ok=True)
     classes = np.atleast_1d(explanation.classes[i])
     size = explainer.preprocessing.size
-    panels, titles = [picture], ["photo"]
+    panels = [(None, picture, "photo")]
     for layer in explainer.layers:
         maps = explanation.maps[layer][i].reshape(len(classes), *explanation.maps[layer].shape[-2:])
         for k, (heat, cls) in enumerate(zip(maps, classes)):
@@ -227,17 +240,15 @@ def _write_segments(explainer: Explainer, explanation, i: int, path: Path, pictu
                 left, top, right, bottom = (round(v) for v in box)
                 shown.paste(outline(shown.crop((left, top, right, bottom)), cut), (left, top))
             suffix = "" if len(classes) == 1 else f".class{k + 1}"
-            shown.save(stem.parent / f"{stem.name}.{_safe(layer)}{suffix}.png", **PNG_OPTIONS)
-            panels.append(shown)
-            titles.append(f"{explainer.title(layer)} | {labels[int(cls)]}")
-    side_by_side(panels, titles).save(stem.parent / f"{stem.name}.layers.png", **PNG_OPTIONS)
+            panels.append((f"{_safe(layer)}{suffix}", shown, f"{explainer.title(layer)} | {labels[int(cls)]}"))
+    pictures = _save_pictures(stem, panels)
     np.savez_compressed(stem.parent / f"{stem.name}.npz", classes=classes, regions=explanation.regions[i],
                         **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
                         **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers})
     share = explanation.regions[i].reshape(len(classes), -1).mean(1)
     return {"image": str(path), "explained": [int(c) for c in classes],
             "explained_labels": [labels[int(c)] if c >= 0 else "" for c in classes],
-            "region_share": [round(float(v), 4) for v in share]}
+            "region_share": [round(float(v), 4) for v in share], "pictures": pictures}
 
 
 def _safe(layer: str) -> str:
@@ -246,6 +257,8 @@ def _safe(layer: str) -> str:
 
 
 def _write_summary(outdir: Path, summary: RunSummary, explainer: Explainer) -> None:
+    explain_index(outdir, f"onnx-rcam explain: {explainer.name}, {len(summary.rows)} images", summary.rows,
+                  summary.failed)
     if explainer.task != "classify":
         _write_task_summary(outdir, summary, explainer)
         return

@@ -215,3 +215,12 @@ def test_missing_matplotlib_is_reported_before_measuring(capsys, setup, tmp_path
     code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam")
     assert code == 1 and "pip install 'onnx-rcam[evaluate]'" in captured.err
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_writes_an_index_page(capsys, setup, tmp_path):
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam")
+    assert code == 0, captured.err
+    page = (tmp_path / "out" / "index.html").read_text()
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert page.count("<tr>") == 1 + len(rows) and 'src="metrics.png"' in page
+    assert f"{float(rows[0]['deletion_auc']):.3f}" in page and "Deletion AUC" in page

@@ -67,3 +67,20 @@ def test_pictures_are_titled_with_the_method_and_the_module():
     explainer = Explainer(onnx_rcam.default_model_path(), layers=["auto", "_blocks.10"], method="gradcam")
     assert explainer.title("auto") == "gradcam auto (_swish_1)"
     assert explainer.title("_blocks.10") == "gradcam _blocks.10"
+
+
+def test_index_html_links_every_picture(capsys, tmp_path):
+    """explain writes index.html: a section per image with what was explained and each picture it wrote, linked by
+    paths relative to the folder (so the folder can be moved or served)."""
+    photos = str(onnx_rcam.default_model_path().parent / "images")
+    code, _, err = cli(capsys, "explain", photos, "-o", str(tmp_path / "out"), "--layer", "auto", "--layer",
+                       "_blocks.10", "--top-k", "2")
+    assert code == 0, err
+    page = (tmp_path / "out" / "index.html").read_text()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    for row in summary["results"]:
+        files = [p["file"] for p in row["pictures"]]
+        assert len(files) == 1 + 2 * 2 and all((tmp_path / "out" / f).is_file() for f in files)
+        assert all(f'src="{f}"' in page for f in files if not f.endswith(".layers.png"))
+        assert row["explained_labels"][0] in page
+    assert page.count("<h2>") == 4 and "Not explained" not in page
