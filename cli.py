@@ -18,7 +18,7 @@ from onnx_rcam.builder import PRECISIONS
 from onnx_rcam.evaluate import evaluate as run_evaluation, evaluate_detections, pyplot, write_results
 from onnx_rcam.explain import explain_images
 from onnx_rcam.detection import LAYOUTS
-from onnx_rcam.explainer import TASKS, Explainer
+from onnx_rcam.explainer import TASKS, Explainer, held_methods
 from onnx_rcam.heads import METHODS
 from onnx_rcam.images import IMAGE_SUFFIXES, find_images, input_bounds, load_image
 from onnx_rcam.export import drift_note, save
@@ -193,9 +193,10 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
 @click.option("--preprocess", default=None, metavar="PRESET|FILE", help=PREPROCESS_HELP)
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Class names, one per line "
               "[default: ImageNet's for 1000-class models].")
-@click.option("--method", type=click.Choice([*METHODS, "scorecam"]), default="rcam", show_default=True,
-              help="The CAM to draw (see `onnx-rcam augment --help`); scorecam (Score-CAM) scores the image masked "
-                   "by each channel of the layer instead, one forward pass per channel: slow.")
+@click.option("--method", type=click.Choice([*METHODS, "scorecam"]), default=None,
+              help="The CAM to draw (see `onnx-rcam augment --help`) [default: rcam; lrp for --task detect and "
+                   "segment, whose maps then stay on the object explained]; scorecam (Score-CAM) scores the image "
+                   "masked by each channel of the layer instead, one forward pass per channel: slow.")
 @click.option("--mask-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Score-CAM: masked images per onnxruntime run.")
 @click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
@@ -294,7 +295,7 @@ def demo(outdir, force):
 
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
-             input_shape=None, method="rcam", mask_batch=32, precision="fp32", verify=True,
+             input_shape=None, method=None, mask_batch=32, precision="fp32", verify=True,
              options: TaskOptions = TaskOptions(), resume: bool = False):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
@@ -333,9 +334,10 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
             summary = explain_images(explainer, images, [Path(i) for i in inputs], outdir, batch_size, target,
                                      max(5, top_k), Path(labels) if labels else None, advance,
                                      options.region(explainer.preprocessing), resume)
-        except BaseException:
-            click.echo(f"\nstopped part-way: {outdir / 'summary.json'} records what was done; run the same command "
-                       f"again with --resume to explain the rest", err=True)
+        except BaseException as exc:
+            if not isinstance(exc, RcamError):  # bad input stops the run as soon as it shows; resuming is no cure
+                click.echo(f"\nstopped part-way: {outdir / 'summary.json'} records what was done; run the same "
+                           f"command again with --resume to explain the rest", err=True)
             raise
     for row in summary.rows:
         name = Path(row["image"]).name
@@ -388,9 +390,10 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @click.option("--iou", type=click.FloatRange(0, 1), default=0.45, show_default=True, help="detect: as for explain.")
 @click.option("--detect-layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="detect: as for explain.")
+@input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_size, mask_batch, device, preprocess,
-             relu, task, detections, conf, iou, detect_layout, force):
+             relu, task, detections, conf, iou, detect_layout, input_shape, force):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018), deletion and insertion AUC (Petsiuk et al. 2018), and with --boxes the pointing
     game and the energy-based pointing game. DATA is image files or folders. Without MODEL: the bundled model,
@@ -416,16 +419,18 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
     images = find_images(list(inputs))[:limit]
     if not images:
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
-    methods = methods or ("rcam", *(name for name, m in METHODS.items() if m.signal == "gradient"))
+    methods = methods or held_methods(model) or (("lrp",) if task == "detect" else ()) + (
+        "rcam", *(name for name, m in METHODS.items() if m.signal == "gradient"))
     ground_truth = read_boxes(boxes) if boxes else None
     click.echo(f"model     {model}\nmethods   {', '.join(methods)}\nimages    {len(images)}")
     with click.progressbar(length=len(images), label="evaluating", file=sys.stderr) as bar:
         if task == "detect":
             result = evaluate_detections(Path(model), images, methods, layers or ("auto",), batch_size, device,
-                                         preprocess, detections, conf, iou, detect_layout, progress=bar.update)
+                                         preprocess, detections, conf, iou, detect_layout, progress=bar.update,
+                                         input_shape=input_shape)
         else:
             result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size,
-                                    steps, mask_batch, device, preprocess, bar.update, relu)
+                                    steps, mask_batch, device, preprocess, bar.update, relu, input_shape)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

@@ -17,6 +17,7 @@ import numpy as np
 from .errors import RcamError
 
 LAYOUTS = ("auto", "yolov5", "yolov8")
+MIN_BOX_SIDE = 2.0  # px: decoded boxes are this large at least; a raw output's "boxes" are offsets or scores
 
 
 @dataclass
@@ -95,6 +96,13 @@ def detect(outputs: np.ndarray, layout: str, conf: float = 0.25, iou: float = 0.
     """Per image of a batch of outputs: decoded, suppressed and cut to the best `limit` detections."""
     found = []
     for output in outputs:
+        sizes = output[:, 2:4] if layout == "yolov5" else output[2:4].T  # every anchor's, whatever its score
+        if np.median(sizes) < MIN_BOX_SIDE:
+            raise RcamError(
+                f"the boxes read as {layout} are under {MIN_BOX_SIDE} px (median {np.median(sizes):.2g} px): this "
+                f"output does not hold boxes decoded in pixels, as ultralytics' exports do (a YOLOX or PicoDet "
+                f"output is raw, or holds scores only). Decode it yourself and explain it with --scores and "
+                f"rcam/seed (README, Detectors and segmenters).")
         candidates = decode(output, layout, conf)
         kept = nms(candidates.boxes, candidates.scores, iou, candidates.classes)[:limit]
         found.append(Detections(candidates.boxes[kept], candidates.scores[kept], candidates.classes[kept],

@@ -20,7 +20,7 @@ import numpy as np
 from . import metrics
 from .boxes import Box, to_input_frame
 from .errors import RcamError
-from .explainer import Explainer, _session
+from .explainer import Explainer, _session, run_batched
 from .heads import resolve_methods
 from .images import load_image
 from .initial import CLASS_OUTPUT
@@ -70,7 +70,7 @@ class Evaluation:
 
 def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), boxes: dict[str, list[Box]] | None = None,
              batch_size: int = 8, steps: int = 32, mask_batch: int = 32, device: str = "auto", preprocessing=None,
-             progress: Callable[[int], None] | None = None, relu: bool = False) -> Evaluation:
+             progress: Callable[[int], None] | None = None, relu: bool = False, input_shape=None) -> Evaluation:
     """Metric rows per method and layer, in the order given (give layers shallow to deep: `depth` is that order).
     progress: called with the number of images after each batch. relu: clip rcam's raw map at 0, as the Grad-CAM
     family does."""
@@ -82,10 +82,11 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
     explainers = {}
     if in_graph:
         explainers["graph"] = Explainer(model, layers, device, preprocessing=preprocessing, method=in_graph[0],
-                                        also=in_graph[1:], relu=relu)
+                                        also=in_graph[1:], relu=relu, input_shape=input_shape)
+        _check_methods(explainers["graph"], in_graph)
     if SCORE_CAM in methods:
         explainers[SCORE_CAM] = ScoreCamExplainer(model, layers, device, batch_size=mask_batch,
-                                                  preprocessing=preprocessing)
+                                                  preprocessing=preprocessing, input_shape=input_shape)
     first = next(iter(explainers.values()))
     keys = first.layers
     plain = load(model)
@@ -117,7 +118,7 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
 def evaluate_detections(model, images: list[Path], methods=("rcam",), layers=("auto",), batch_size: int = 8,
                         device: str = "auto", preprocessing=None, detections: int = 5, conf: float = 0.25,
                         iou: float = 0.45, layout: str = "auto", scores: str | None = None,
-                        progress: Callable[[int], None] | None = None) -> Evaluation:
+                        progress: Callable[[int], None] | None = None, input_shape=None) -> Evaluation:
     """The per-detection pointing game of a detector (--task detect): for each of the best `detections`
     detections of each image, whether its map's maximum lies inside its box, and the share of its map's sum inside
     it (the energy-based pointing game); rows per method and layer as evaluate's, the other metrics NaN."""
@@ -126,7 +127,9 @@ def evaluate_detections(model, images: list[Path], methods=("rcam",), layers=("a
         raise RcamError("scorecam explains classifiers only")
     names = [m.name for m in resolve_methods(methods)]
     explainer = Explainer(model, layers, device, preprocessing=preprocessing, method=names[0], also=names[1:],
-                          task="detect", scores=scores, detections=detections, conf=conf, iou=iou, layout=layout)
+                          task="detect", scores=scores, detections=detections, conf=conf, iou=iou, layout=layout,
+                          input_shape=input_shape)
+    _check_methods(explainer, names)
     hits = {(m, layer): [] for m in names for layer in explainer.layers}
     energy = {key: [] for key in hits}
     coverage = {key: [] for key in hits}
@@ -163,6 +166,15 @@ def evaluate_detections(model, images: list[Path], methods=("rcam",), layers=("a
     return Evaluation(rows, skipped)
 
 
+def _check_methods(explainer: Explainer, methods: list[str]) -> None:
+    """An already augmented model brings its own methods: each one asked for must be among them."""
+    held = {name.split("/")[0] for name in (o.name for o in explainer.session.get_outputs()) if name.endswith("/map")}
+    missing = [m for m in methods if m not in held]
+    if missing:
+        raise RcamError(f"the augmented model has no maps of {', '.join(missing)} (it holds {', '.join(sorted(held))}):"
+                        f" ask for those (--method), or evaluate the plain model, which is augmented with every method")
+
+
 class Scorer:
     """The plain model's class probabilities for batches of prepared images."""
 
@@ -173,7 +185,7 @@ class Scorer:
         self.is_probability = any(n.op_type == "Softmax" and output in n.output for n in proto.graph.node)
 
     def __call__(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        scores = self.session.run(None, {self.input: x.astype(np.float32)})[0].astype(np.float64)
+        scores = run_batched(self.session, {self.input: x.astype(np.float32)})[0].astype(np.float64)
         scores = scores.reshape(len(x), -1)
         if not self.is_probability:
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import time
@@ -43,19 +44,36 @@ def imagenet_labels() -> list[str]:
     return (models_folder() / "imagenet_classes.txt").read_text().splitlines()
 
 
-def read_labels(path: Path | None, classes: int, task: str = "classify") -> list[str]:
-    """One label per line; the bundled ImageNet labels for 1000-class classifiers and COCO's for 80-class
-    detectors; else the class numbers."""
+def read_labels(path: Path | None, classes: int, task: str = "classify", model=None) -> list[str]:
+    """One label per line; the class names a model carries in its metadata (ultralytics exports write `names`);
+    the bundled ImageNet labels for 1000-class classifiers and COCO's for 80-class detectors; else the class
+    numbers."""
     if path is not None:
         labels = Path(path).read_text().splitlines()
         if len(labels) < classes:
             raise RcamError(f"{path}: {len(labels)} labels for a model with {classes} classes")
         return labels
+    carried = model_labels(model) if model is not None else None
+    if carried is not None and len(carried) >= classes:
+        return carried
     if classes == 1000 and task == "classify":
         return imagenet_labels()
     if classes == 80 and task == "detect":
         return (models_folder() / "coco_classes.txt").read_text().splitlines()
     return [str(c) for c in range(classes)]
+
+
+def model_labels(model) -> list[str] | None:
+    """The class names in a model's metadata: `names`, a dict of index to name as ultralytics writes it, or a
+    list."""
+    found = [e.value for e in model.metadata_props if e.key == "names"]
+    try:
+        names = ast.literal_eval(found[0]) if found else None
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(names, dict) and all(isinstance(k, int) for k in names):
+        return [str(names.get(i, i)) for i in range(max(names) + 1)] if names else None
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
 
 
 def class_count(explainer: Explainer, explanation) -> int:
@@ -79,8 +97,9 @@ def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], 
                    progress: Callable[[int], None] | None = None,
                    region: Callable[[Image.Image], np.ndarray] | None = None, resume: bool = False) -> RunSummary:
     """Write per image an overlay per layer (and per explained class or detection), a sheet of all of them and the
-    raw maps; per run summary.csv, summary.json and index.html (a page of them all, for a browser). Unreadable images are recorded and skipped. Memory stays flat:
-    one batch of pictures is held at a time, and the summary keeps a few numbers per image. region (segment):
+    raw maps; per run summary.csv, summary.json and index.html (a page of them all, for a browser). Unreadable
+    images are recorded and skipped. Memory stays flat: one batch of pictures is held at a time, and the summary
+    keeps a few numbers per image. region (segment):
     the picture's region to explain, [H, W] booleans at input resolution, in place of the predicted pixels.
 
     A run that stops part-way (an error, Ctrl-C) still writes the summary of what it did, with the error and the
@@ -133,7 +152,8 @@ def _explain_batches(explainer, images, roots, outdir, batch_size, target, top_k
             explanation = explainer(pictures, targets=targets, extras=True,
                                     regions=None if region is None else [region(p) for p in pictures])
             if label_names is None:
-                label_names = read_labels(labels, class_count(explainer, explanation), explainer.task)
+                label_names = read_labels(labels, class_count(explainer, explanation), explainer.task,
+                                          explainer.model)
             write = {"classify": _write_image, "detect": _write_detections, "segment": _write_segments}
             for i, (path, picture) in enumerate(zip(readable, pictures)):
                 row = write[explainer.task](explainer, explanation, i, path, picture,

@@ -31,6 +31,21 @@ DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classify", "detect", "segment")
 
 
+def held_methods(model) -> tuple[str, ...]:
+    """The methods whose maps an augmented model holds, in output order; () for a plain model."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    if not {TARGET_INPUT, SEED_INPUT} & {i.name for i in proto.graph.input}:
+        return ()
+    return tuple(dict.fromkeys(o.name.split("/")[0] for o in proto.graph.output if o.name.endswith("/map")))
+
+
+def default_method(task: str) -> str:
+    """rcam for classifiers. For a detection or a class region, lrp (the relevance summed over channels, where it
+    lies): rcam weighs whole channels by their total relevance, so its map shows everything those channels respond
+    to, not the one object the seed picks (measured on real detectors: README, Detectors and segmenters)."""
+    return "rcam" if task == "classify" else "lrp"
+
+
 @dataclass
 class Explanation:
     logits: np.ndarray                    # (N, classes); a detector's or segmenter's raw output (N, ...)
@@ -53,14 +68,15 @@ class Explanation:
 class Explainer:
     """Runs an augmented model: `model` may be plain (augmented here, in memory) or already augmented.
 
-    method: the CAM whose maps it returns (rcam, or one of the Grad-CAM family; see heads.METHODS). also: more
+    method: the CAM whose maps it returns (rcam, lrp or one of the Grad-CAM family; see heads.METHODS; default:
+    default_method(task), rcam for classifiers, lrp for detections and class regions). also: more
     methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate). relu:
     clip rcam's raw map at 0 before normalising, as the Grad-CAM family does. precision, verify: as for augment().
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
                  top_k: int = 1, composite="rcam", initial: str = "contrastive",
-                 preprocessing: Preprocessing | str | None = None, input_shape=None, method: str = "rcam",
+                 preprocessing: Preprocessing | str | None = None, input_shape=None, method: str | None = None,
                  also=(), relu: bool = False, precision: str = "fp32", verify: bool = True, task: str = "classify",
                  scores: str | None = None, detections: int = 5, conf: float = 0.25, iou: float = 0.45,
                  layout: str = "auto"):
@@ -68,8 +84,11 @@ class Explainer:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         if task not in TASKS:
             raise RcamError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-        self.method, self.task = resolve_methods([method])[0], task
         proto = load(model)
+        held = held_methods(proto)  # an already augmented model brings its own methods
+        method = method or (default_method(task) if not held or default_method(task) in held
+                            else "rcam" if "rcam" in held else held[0])
+        self.method, self.task = resolve_methods([method])[0], task
         if task != "classify" and scores is None:
             scores = proto.graph.output[0].name
         if SEED_INPUT not in {i.name for i in proto.graph.input}:
@@ -101,6 +120,7 @@ class Explainer:
             self.score_shape = self.seed_shape[-(len(score_shape) - 1):]
             self.conf, self.iou = conf, iou
             self.layout = output_layout([None, *self.score_shape], layout) if task == "detect" else None
+            self.channels_last = task == "segment" and _channels_last(self.score_shape, self.input.shape)
         self.preprocessing = self._preprocessing(model, preprocessing)
 
     @property
@@ -152,12 +172,12 @@ class Explainer:
         if seeds is not None:
             feeds[SEED_INPUT] = np.asarray(seeds, dtype=np.float32)
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(None, feeds)))
+        return dict(zip(names, run_batched(self.session, feeds)))
 
     def _scores(self, batch: np.ndarray) -> np.ndarray:
         """The explained output alone: onnxruntime runs only the nodes it needs, so the seed's value is unread."""
         seeds = np.zeros([len(batch), *([self.top_k] if self.top_k > 1 else []), *self.score_shape], np.float32)
-        return self.session.run([self.scores], {self.input.name: batch, SEED_INPUT: seeds})[0]
+        return run_batched(self.session, {self.input.name: batch, SEED_INPUT: seeds}, [self.scores])[0]
 
     def __call__(self, images, targets=None, extras: bool = False, regions=None,
                  outputs: bool = False) -> Explanation:
@@ -181,15 +201,21 @@ class Explainer:
                     classes[n, :len(detections)] = detections.classes
                 explanation = Explanation(scores, classes, {}, detections=found)
             else:
-                classes = segment_classes(scores, self.top_k, targets)
-                masks = class_regions(scores, classes, regions)
-                seeds = segment_seeds(scores, classes, masks)
+                logits = scores.transpose(0, 3, 1, 2) if self.channels_last else scores  # [N, C, h, w]
+                classes = segment_classes(logits, self.top_k, targets)
+                masks = class_regions(logits, classes, regions)
+                seeds = segment_seeds(logits, classes, masks)
+                if self.channels_last:
+                    seeds = seeds.transpose(0, 1, 3, 4, 2)
                 explanation = Explanation(scores, classes if self.top_k > 1 else classes[:, 0], {}, regions=masks)
             out = self.run(batch, seeds=seeds if self.top_k > 1 else seeds[:, 0])
 
         def part(name: str) -> dict[str, np.ndarray]:
             return {layer: out[f"{self.method.name}/{layer}/{name}"] for layer in self.layers}
 
+        if self.task == "detect" and self.top_k == 1:  # one detection per image: still a detection axis
+            out = {name: value[:, None] if name.endswith(("/map", "/raw", f"/{self.method.signal}")) else value
+                   for name, value in out.items()}
         explanation.maps = part("map")
         if outputs:  # the other methods' maps too (`also`), for onnx-rcam evaluate
             explanation.outputs = out
@@ -197,6 +223,37 @@ class Explainer:
             explanation.raw, explanation.relevance, explanation.activations = \
                 part("raw"), part(self.method.signal), part("activation")
         return explanation
+
+
+def _channels_last(score_shape, input_shape) -> bool:
+    """Whether a segmenter's scores (without the batch) are [h, w, C] rather than [C, h, w]: their spatial axes are
+    the ones downsampled from the input's height and width by one factor (TensorFlow models, MTCNN's P-Net)."""
+    size = input_shape[2:4] if input_shape[1] in (1, 3) else input_shape[1:3]
+
+    def on_grid(h, w):
+        return all(isinstance(d, int) and d > 0 for d in (h, w, *size)) and \
+            abs(size[0] / h - size[1] / w) <= 0.5 * min(size[0] / h, size[1] / w)
+
+    return len(score_shape) == 3 and on_grid(*score_shape[:2]) and not on_grid(*score_shape[1:])
+
+
+def run_batched(session: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs=None) -> list[np.ndarray]:
+    """session.run, for a model whose batch is a fixed number (many deployed files fix it at 1): the feeds go in
+    chunks of that size, the last one padded with copies of its last row, and the outputs are joined, the padding
+    dropped. Every feed and output has the batch on axis 0."""
+    fixed = session.get_inputs()[0].shape[0]
+    count = len(next(iter(feeds.values())))
+    if not isinstance(fixed, int) or count == fixed:
+        return session.run(outputs, feeds)
+    parts = []
+    for start in range(0, count, fixed):
+        chunk = {name: value[start:start + fixed] for name, value in feeds.items()}
+        short = fixed - len(next(iter(chunk.values())))
+        if short:
+            chunk = {name: np.concatenate([value, np.repeat(value[-1:], short, axis=0)])
+                     for name, value in chunk.items()}
+        parts.append([result[:fixed - short] for result in session.run(outputs, chunk)])
+    return [np.concatenate(results) for results in zip(*parts)]
 
 
 def _picture(image) -> Image.Image:

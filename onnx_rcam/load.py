@@ -44,6 +44,7 @@ def default_opset(proto: onnx.ModelProto) -> int:
 def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     if default_opset(proto) >= MIN_OPSET:
         return proto
+    _drop_unused_domains(proto)
     try:
         upgraded = onnx.version_converter.convert_version(proto, MIN_OPSET)
     except Exception as exc:
@@ -53,6 +54,15 @@ def _upgrade_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
         _constant_initializers(upgraded)
     upgraded.ir_version = max(upgraded.ir_version, onnx.helper.find_min_ir_version_for(upgraded.opset_import))
     return upgraded
+
+
+def _drop_unused_domains(proto: onnx.ModelProto) -> None:
+    """Operator sets the graph imports but no node uses (Paddle2ONNX writes ('Paddle', 1)): onnx's version
+    converter and IR lookup know no such domain and fail on it."""
+    used = {node.domain for node in proto.graph.node} | {f.domain for f in proto.functions}
+    kept = [entry for entry in proto.opset_import if entry.domain in ("", "ai.onnx") or entry.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
 
 
 def _constant_initializers(proto: onnx.ModelProto) -> None:

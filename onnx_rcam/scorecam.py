@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .errors import RcamError
-from .explainer import Explainer, Explanation, _session
+from .explainer import Explainer, Explanation, _session, run_batched
 from .initial import SEED_INPUT, TARGET_INPUT
 from .load import load
 
@@ -92,7 +92,7 @@ class ScoreCamExplainer(Explainer):
         scores = []
         for start in range(0, len(masks), self.batch_size):
             masked = image[None] * masks[start:start + self.batch_size]
-            scores.append(self.scorer.run(None, {self.input.name: masked})[0][:, target])
+            scores.append(run_batched(self.scorer, {self.input.name: masked})[0][:, target])
             if self.progress:
                 self.progress(len(masked))
         scores = np.concatenate(scores).astype(np.float64)

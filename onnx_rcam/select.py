@@ -116,11 +116,12 @@ def _last_dominating(canonical: Canonical, options: list[Candidate]) -> Candidat
     passes (a detector's last feature map before its scales branch, a segmenter's last features before its
     classifier), with a learned layer between it and the scores (not the class-score map that is only resized);
     the first layer where none is."""
-    learned = {n.name for n in canonical.graph.nodes if n.op in LEARNED_OPS}
+    tensors = canonical.graph.tensors()
     for option in reversed(options):
-        reach = _descendants([canonical.graph.tensors()[option.tensor]]) & _ancestors(canonical.logits)
-        after = {n.name for name in reach for n in canonical.graph.tensors()[name].outputs}
-        if after & learned and canonical.logits.name not in _descendants([canonical.image], avoid=option.tensor):
+        reach = _descendants([tensors[option.tensor]]) & _ancestors(canonical.logits)
+        learned_after = any(n.op in LEARNED_OPS and any(out.name in reach for out in n.outputs)  # on the way to the
+                            for name in reach for n in tensors[name].outputs)               # scores, not aside
+        if learned_after and canonical.logits.name not in _descendants([canonical.image], avoid=option.tensor):
             return option
     return options[0]
 

@@ -93,3 +93,11 @@ def test_seeds_are_one_at_each_detections_class_score(layout):
     else:
         assert seeds[0, 0, 4 + 1, 0] == 1 and seeds[0, 1, 4 + 0, 2] == 1
     assert not seeds[0, 2].any() and not seeds[1].any()  # fewer detections than the limit: zero seeds
+
+
+def test_outputs_without_decoded_boxes_are_refused():
+    """A YOLOX or PicoDet output (raw offsets, or scores only) read as a YOLO layout has "boxes" of a pixel or
+    less: refused with what to do, instead of explaining nonsense boxes."""
+    raw = np.random.default_rng(0).random((1, 50, 8)).astype(np.float32)  # values in [0, 1] everywhere
+    with pytest.raises(RcamError, match="under 2.0 px.*--scores and rcam/seed"):
+        detect(raw, "yolov5", conf=0.01)

@@ -84,3 +84,19 @@ def test_index_html_links_every_picture(capsys, tmp_path):
         assert all(f'src="{f}"' in page for f in files if not f.endswith(".layers.png"))
         assert row["explained_labels"][0] in page
     assert page.count("<h2>") == 4 and "Not explained" not in page
+
+
+def test_a_model_with_a_fixed_batch_of_one_explains_any_number(tmp_path):
+    """Many deployed files fix the batch at 1: the images go through one at a time, with the same maps."""
+    import numpy as np
+    import onnx
+    from onnx_rcam.load import fix_input_shape
+    model = onnx.load(onnx_rcam.default_model_path())
+    fix_input_shape(model, [1, 3, 224, 224])
+    onnx.save(model, tmp_path / "batch1.onnx")
+    photos = sorted((onnx_rcam.default_model_path().parent / "images").glob("*.jpg"))[:3]
+    sidecar = onnx_rcam.default_model_path().with_name("efficientnet_lite0.preprocess.json")
+    fixed = Explainer(tmp_path / "batch1.onnx", layers=["_blocks.10"], preprocessing=str(sidecar))(photos)
+    free = Explainer(onnx_rcam.default_model_path(), layers=["_blocks.10"])(photos)
+    np.testing.assert_array_equal(fixed.classes, free.classes)
+    np.testing.assert_allclose(fixed.maps["_blocks.10"], free.maps["_blocks.10"], atol=1e-5)

@@ -138,3 +138,55 @@ def test_evaluate_detect_scores_the_pointing_game(capsys, tmp_path, photos, expo
     rows = list(csv.DictReader((tmp_path / "ev" / "results.csv").open()))
     assert [r["method"] for r in rows] == ["rcam", "gradcam"] and int(rows[0]["detections"]) > 0
     assert 0 <= float(rows[0]["pointing_game"]) <= 100 and rows[0]["deletion_auc"] == "nan"
+
+
+def test_a_segmenter_with_channels_last_scores(export_dir):
+    """[N, h, w, C] scores (TensorFlow segmenters, MTCNN's P-Net) are read with the classes last: the same classes,
+    regions and gradients as the [N, C, h, w] model they are the transpose of."""
+    from torch import nn
+    from test_scores import TinySegmenter
+
+    class ChannelsLast(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x).permute(0, 2, 3, 1)
+
+    net = zoo.randomize(TinySegmenter(), seed=61)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(62)).numpy()
+    found = []
+    for name, model_ in (("first", net), ("last", ChannelsLast(net).eval())):
+        path = zoo.export(model_, export_dir / f"tasks-segmenter-{name}.onnx", "dynamo", input_shape=(1, 3, 16, 16))
+        explainer = Explainer(path, layers=["features.3" if name == "first" else "inner.features.3"],
+                              task="segment", method="gradcam", top_k=2, preprocessing="unit")
+        assert explainer.channels_last == (name == "last")
+        found.append(explainer(x, extras=True))
+    np.testing.assert_array_equal(found[1].classes, found[0].classes)
+    np.testing.assert_array_equal(found[1].regions, found[0].regions)
+    np.testing.assert_allclose(found[1].relevance["inner.features.3"], found[0].relevance["features.3"],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_the_default_method_follows_the_task_and_the_model(exported, tmp_path):
+    """lrp for detections and regions, rcam for classes; an augmented model without lrp maps falls back to rcam."""
+    import onnx
+    import onnx_rcam
+    path = exported("yolov5")
+    assert Explainer(path, task="detect", preprocessing="yolo").name == "lrp"
+    augmented = tmp_path / "rcam-only.onnx"
+    onnx.save(onnx_rcam.augment(path, scores="logits", top_k=5), augmented)
+    assert Explainer(augmented, task="detect", preprocessing="yolo").name == "rcam"
+    assert Explainer(onnx_rcam.default_model_path()).name == "rcam"
+
+
+def test_class_names_come_from_the_models_metadata(exported):
+    """ultralytics writes `names` into the exported model; the labels are read from there."""
+    import onnx
+    from onnx_rcam.explain import model_labels, read_labels
+    model = onnx.load(exported("yolov8"))
+    model.metadata_props.add(key="names", value="{0: 'person', 1: 'bicycle', 2: 'car'}")
+    assert model_labels(model) == ["person", "bicycle", "car"]
+    assert read_labels(None, 3, "detect", model) == ["person", "bicycle", "car"]
+    assert read_labels(None, 4, "detect", model) == ["0", "1", "2", "3"]  # too few names: numbers

@@ -14,6 +14,7 @@ import onnx_rcam
 from conftest import run_model
 from onnx_rcam import ModelError, RcamError
 from onnx_rcam.export import save
+from onnx_rcam.load import default_opset, load
 
 
 def classifier(opset: int = 17, scores_shape=("n", 5)) -> onnx.ModelProto:
@@ -140,6 +141,16 @@ def test_saved_file_has_the_usual_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_an_unused_custom_opset_import_does_not_stop_the_upgrade():
+    """Paddle2ONNX imports ('Paddle', 1) without using it; onnx's version converter knows no such domain."""
+    model = classifier(opset=11)
+    model.opset_import.append(helper.make_opsetid("Paddle", 1))
+    loaded = load(model)
+    assert default_opset(loaded) == 17 and "Paddle" not in {e.domain for e in loaded.opset_import}
+    np.testing.assert_allclose(run_model(onnx_rcam.augment(model, layers=["act"]), {"x": image()})["scores"],
+                               run_model(classifier(opset=11), {"x": image()})["scores"], rtol=1e-6)
 
 
 def test_saving_leaves_the_process_umask_alone(tmp_path, monkeypatch):

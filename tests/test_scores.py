@@ -175,3 +175,16 @@ def test_scores_errors(export_dir):
     with pytest.raises(onnx_rcam.ModelError, match=r"name it with --scores"):
         onnx_rcam.augment(path)
     onnx.checker.check_model(onnx_rcam.augment(path, scores="logits"), full_check=True)
+
+
+def test_auto_for_scores_does_not_depend_on_node_names(export_dir):
+    """Some converters leave every node unnamed (CenterFace's export): auto is still the last layer with a learned
+    layer between it and the scores, not the class map right before the upsampling."""
+    from onnx_rcam.augment import build
+    path = exported(zoo.randomize(TinySegmenter(), seed=36), "segmenter-names", "torchscript", 16, export_dir)
+    named = build(path, scores="logits").targets[0].tensor
+    model = onnx.load(path)
+    for node in model.graph.node:
+        node.name = ""
+    unnamed = build(model, scores="logits").targets[0].tensor
+    assert unnamed == named and "classifier" not in named
