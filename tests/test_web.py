@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from PIL import Image
 
 import onnx_rcam
 from onnx_rcam.errors import RcamError
@@ -145,12 +146,19 @@ def site(tmp_path_factory):
                     "`npm ci && npm run build` in web/")
     folder = tmp_path_factory.mktemp("site")
     write_site(onnx_rcam.default_model_path(), folder, layers=LAYERS, force=True)
-    shutil.copyfile(models_folder() / "images" / "chelsea.jpg", folder / "chelsea.jpg")
+    for photo in (models_folder() / "images").glob("*.jpg"):
+        shutil.copyfile(photo, folder / photo.name)
+    # A phone photo stored sideways (EXIF orientation 6: shown rotated 90 degrees clockwise), and a PNG.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(folder / "chelsea.jpg").save(folder / "sideways.jpg", exif=exif, quality=90)
+    Image.open(folder / "coffee.jpg").save(folder / "coffee.png")
     return folder
 
 
 @pytest.fixture(scope="module")
-def page(site):
+def browser(site):
+    """(Chromium, the served site's address)."""
     executable = _chromium()
     if executable is None:
         pytest.skip("no Chromium on PATH (Debian: apt-get install chromium)")
@@ -158,29 +166,35 @@ def page(site):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     profile = tempfile.mkdtemp(prefix="rcam-chromium-")
-    browser = DevTools(executable, profile)
+    devtools = DevTools(executable, profile)
     try:
-        started = time.monotonic()
-        browser.send("Page.navigate", url=f"http://127.0.0.1:{server.server_port}/index.html?photo=chelsea.jpg")
-        text = ""
-        while time.monotonic() - started < 180:
-            text = browser.evaluate("document.getElementById('result')?.textContent ?? ''") or ""
-            if text:
-                break
-            time.sleep(0.2)
-        assert text, f"the page wrote no result in 180 s; console: {browser.console()}"
-        result = json.loads(text)
-        assert result["status"] == "done", f"{result}; console: {browser.console()}"
-        result["page_seconds"] = time.monotonic() - started
-        result["input"] = np.array(browser.evaluate("Array.from(window.rcamInput)"), dtype=np.float32)
-        browser.evaluate("document.querySelector('details').open = false")
-        shot = browser.send("Page.captureScreenshot", format="png")["data"]
-        result["screenshot"] = base64.b64decode(shot)
-        yield result
+        yield devtools, f"http://127.0.0.1:{server.server_port}"
     finally:
-        browser.close()
+        devtools.close()
         server.shutdown()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    """The page's result for ?photo=chelsea.jpg, with the model input it made and a screenshot."""
+    devtools, address = browser
+    started = time.monotonic()
+    devtools.send("Page.navigate", url=f"{address}/index.html?photo=chelsea.jpg")
+    text = ""
+    while time.monotonic() - started < 180:
+        text = devtools.evaluate("document.getElementById('result')?.textContent ?? ''") or ""
+        if text:
+            break
+        time.sleep(0.2)
+    assert text, f"the page wrote no result in 180 s; console: {devtools.console()}"
+    result = json.loads(text)
+    assert result["status"] == "done", f"{result}; console: {devtools.console()}"
+    result["page_seconds"] = time.monotonic() - started
+    result["input"] = np.array(devtools.evaluate("Array.from(window.rcamInput)"), dtype=np.float32)
+    devtools.evaluate("document.querySelector('details').open = false")
+    result["screenshot"] = base64.b64decode(devtools.send("Page.captureScreenshot", format="png")["data"])
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +256,47 @@ def test_write_site_preset_and_augmented(tmp_path):
     assert settings["resize"] == "squash" and settings["size"] == [224, 224]
     assert config["model"] == "plain.rcam.onnx"
     assert assets_folder().is_dir()
+
+
+PREPROCESSINGS = {  # name: the sidecar settings, as Preprocessing.from_file reads them
+    "crop": {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "crop-wide": {"size": [192, 288], "resize_shorter": 200},
+    "squash": {"size": [224, 256], "resize": "squash", "mean": [0.5] * 3, "std": [0.5] * 3},
+    "letterbox": {"size": [320, 320], "resize": "letterbox"},
+    "letterbox-tall": {"size": [256, 128], "resize": "letterbox"},
+    "caffe": {"size": 227, "channels": "BGR", "pixel_range": 255, "mean": [103.939, 116.779, 123.68]},
+}
+
+
+@pytest.mark.parametrize("photo", ["chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg", "sideways.jpg",
+                                   "coffee.png"])
+@pytest.mark.parametrize("name", list(PREPROCESSINGS))
+def test_preprocessing_in_the_page(browser, page, site, tmp_path, name, photo):
+    """app.js's decode, placed and normalised, called in the page, make Preprocessing's input, and its cropBox is
+    Preprocessing.crop_box. Bit for bit where PIL runs its horizontal pass first, as app.js always does; Pillow 13
+    runs the vertical pass first for some resizes where the height shrinks proportionally more than the width
+    (the sideways photo here), and the 8-bit rounding between the passes then moves pixels by one grey level."""
+    devtools, _ = browser
+    settings = PREPROCESSINGS[name]
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    preprocessing = Preprocessing.from_file(tmp_path / "settings.json")
+    picture = load_image(site / photo)
+    expected = np.asarray(preprocessing.placed(picture))
+    found = devtools.evaluate(f"""(async () => {{
+        const photo = await decode(await (await fetch({json.dumps(photo)})).blob());
+        const pre = settingsFrom({json.dumps(settings)}, "NCHW");
+        const picture = placed(pre, photo);
+        return {{placed: Array.from(picture.data), input: Array.from(normalised(pre, picture)),
+                 width: photo.width, height: photo.height, box: cropBox(pre, photo.width, photo.height)}};
+    }})()""")
+    assert (found["width"], found["height"]) == picture.size
+    ours = np.array(found["placed"], dtype=np.uint8).reshape(expected.shape)
+    levels = np.abs(ours.astype(int) - expected).max()
+    print(f"{name} {photo}: max {levels} grey levels, {(ours != expected).mean():.1%} of values differ")
+    assert levels <= 1
+    # normalised: the same float32 arithmetic as Preprocessing._normalised, on the page's own pixels
+    assert np.array_equal(np.array(found["input"], dtype=np.float32),
+                          preprocessing._normalised(Image.fromarray(ours)).ravel())
+    if photo != "sideways.jpg":
+        assert levels == 0
+    assert np.allclose(found["box"], preprocessing.crop_box(*picture.size), rtol=0, atol=1e-9)
