@@ -26,6 +26,7 @@ from onnx_rcam.initial import INITIAL_KINDS, SEED_INPUT, TARGET_INPUT
 from onnx_rcam.load import parse_shape
 from onnx_rcam.scorecam import ScoreCamExplainer
 from onnx_rcam.segmentation import box_region, mask_region
+from onnx_rcam.web import write_site
 from onnx_rcam.rules import COMPOSITES
 
 MODEL_HELP = "ONNX image classifier. Omit it to use the bundled ImageNet EfficientNet-Lite0."
@@ -436,6 +437,27 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
         click.echo(f"skipped   {reason}", err=True)
     click.echo(Path(written[0]).read_text())
     click.echo(f"wrote     {', '.join(str(p) for p in written)}")
+
+
+@main.command()
+@click.argument("model", required=False, metavar="[MODEL]")
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-web", show_default=True,
+              help="The site folder to write.")
+@click.option("--layer", "layers", multiple=True, metavar="SEL", help="Layer to explain (as for augment; a plain "
+              "model only); repeat for several. [default: auto]")
+@click.option("--method", "methods", multiple=True, type=click.Choice(list(METHODS)),
+              help="CAM to add (a plain model only); repeat for several. [default: rcam]")
+@click.option("--preprocess", default=None, metavar="PRESET|FILE", help=PREPROCESS_HELP)
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Class names, one per line.")
+@input_shape_option
+@click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
+def web(model, outdir, layers, methods, preprocess, labels, input_shape, force):
+    """Write a static viewer of MODEL (default: the bundled one): the augmented model runs in the browser
+    (onnxruntime-web, WebAssembly) on photos the user picks; nothing leaves their machine."""
+    page = write_site(_model_argument(model), Path(outdir), layers=layers or ("auto",), methods=methods or ("rcam",),
+                      preprocess=preprocess, labels=labels, input_shape=input_shape, force=force)
+    click.echo(f"wrote {page.parent}/; serve it with `python -m http.server -d {page.parent} 8000` and open "
+               "http://localhost:8000/ (nothing leaves the machine)")
 
 
 @main.command()
