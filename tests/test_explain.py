@@ -8,16 +8,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 from PIL import Image
 
 import onnx_rcam
-from conftest import run_model
+import reference
+from conftest import assert_close, run_model
+from efficientnet_reference import bundled_reference
 from onnx_rcam.console.cli import run
 from onnx_rcam.explainer import Explainer
 from onnx_rcam.images import input_bounds
-from onnx_rcam.models_path import sample_images
-from onnx_rcam.overlay import overlay
+from onnx_rcam.models_path import models_folder, sample_images
+from onnx_rcam.overlay import colorize, overlay
 from photos import bundled_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +37,13 @@ def plain_logits():
     return run_model(str(onnx_rcam.default_model_path()), {"input": bundled_batch()})["logits"]
 
 
+def head(activation: np.ndarray, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Relevance-CAM head (raw map, map at 224 x 224) of an output's own A and R, in float64 (reference.py)."""
+    raw, heat = reference.rcam_maps(torch.from_numpy(activation).double(), torch.from_numpy(relevance).double(),
+                                    (224, 224))
+    return raw.numpy(), heat.numpy()
+
+
 def cli(capsys, *args) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
         run(list(args))
@@ -41,14 +52,22 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_explainer_explains_the_predictions(explainer, plain_logits):
+    """The photos' maps, raw maps, relevance and activations are the float64 reference's on the trained weights
+    (tests/efficientnet_reference.py; test_default_model.py has the measured deviations)."""
     explanation = explainer(sample_images(), extras=True)
     assert explainer.provider == explainer.provider_note == "CPUExecutionProvider"
     np.testing.assert_array_equal(explanation.logits, plain_logits)
     np.testing.assert_array_equal(explanation.classes, plain_logits.argmax(1))
     assert explainer.layers == ["auto", "_blocks.10"]
+    ref = bundled_reference("contrastive")
+    np.testing.assert_array_equal(explanation.classes, ref.classes)
     for layer in explainer.layers:
         heat = explanation.maps[layer]
         assert heat.shape == (4, 224, 224) and heat.min() >= 0 and heat.max() <= 1
+        assert_close(heat, ref.maps[layer], f"{layer} map")
+        assert_close(explanation.raw[layer], ref.raw[layer], f"{layer} raw")
+        assert_close(explanation.relevance[layer], ref.relevance[layer], f"{layer} relevance")
+        assert_close(explanation.activations[layer], ref.activations[layer], f"{layer} activation")
     assert explanation.relevance["_blocks.10"].shape == (4, 112, 14, 14)
     np.testing.assert_allclose(explanation.scores.sum(1), 1.0, rtol=1e-5)
 
@@ -61,10 +80,23 @@ def test_explainer_takes_paths_pictures_arrays_and_batches(explainer):
         np.testing.assert_array_equal(explainer(same).maps["_blocks.10"], by_path)
 
 
-def test_explainer_accepts_an_augmented_model(tmp_path):
+def test_explainer_accepts_an_augmented_model(plain_logits):
+    """An augmented ModelProto with top-k 2 (a proto has no MODEL.preprocess.json beside it: the bundled model's is
+    passed). Each class's map is the head of its own relevance; the first class's is the reference's."""
     augmented = onnx_rcam.augment(onnx_rcam.default_model_path(), layers=["_blocks.4"], top_k=2)
-    explanation = Explainer(augmented, device="cpu")(sample_images()[:2])
+    explanation = Explainer(augmented, device="cpu",
+                            preprocessing=str(models_folder() / "efficientnet_lite0.preprocess.json"))(
+        sample_images()[:2], extras=True)
     assert explanation.classes.shape == (2, 2) and explanation.maps["_blocks.4"].shape == (2, 2, 224, 224)
+    np.testing.assert_array_equal(explanation.classes, np.argsort(-plain_logits[:2], axis=1)[:, :2])
+    activation, relevance = explanation.activations["_blocks.4"], explanation.relevance["_blocks.4"]
+    for k in range(2):
+        raw, heat = head(activation, relevance[:, k])
+        assert_close(explanation.raw["_blocks.4"][:, k], raw, f"class {k + 1} raw")
+        assert_close(explanation.maps["_blocks.4"][:, k], heat, f"class {k + 1} map")
+    ref = bundled_reference("contrastive")
+    assert_close(relevance[:, 0], ref.relevance["_blocks.4"][:2], "first class's relevance")
+    assert_close(explanation.maps["_blocks.4"][:, 0], ref.maps["_blocks.4"][:2], "first class's map")
 
 
 def test_explainer_draws_another_method():
@@ -77,6 +109,8 @@ def test_explainer_draws_another_method():
     gradient, activation = explanation.relevance["_blocks.10"], explanation.activations["_blocks.10"]
     expected = np.maximum((np.maximum(gradient, 0) * activation).sum(1), 0)
     np.testing.assert_allclose(np.maximum(explanation.raw["_blocks.10"], 0), expected, rtol=1e-4, atol=1e-6)
+    raw = torch.from_numpy(explanation.raw["_blocks.10"]).double()
+    assert_close(heat, reference.normalized_map(raw.clamp(min=0), (224, 224)).numpy(), "layercam map")
     augmented = onnx_rcam.augment(onnx_rcam.default_model_path(), layers=["_blocks.10"])
     with pytest.raises(onnx_rcam.RcamError, match="no layercam maps; it holds rcam"):
         Explainer(augmented, device="cpu", method="layercam")
@@ -102,8 +136,11 @@ def test_overlay_keeps_the_photo_where_the_map_is_zero():
     assert shown.size == photo.size
     pixels, original = np.asarray(shown), np.asarray(photo)
     np.testing.assert_array_equal(pixels[:10, 10:20], original[:10, 10:20])   # inside the box, map 0
-    assert not np.array_equal(pixels[30:, 40:50], original[30:, 40:50])        # inside the box, map 1
-    assert (pixels[:, :10].astype(int) < original[:, :10]).any() and (pixels[:, :10] <= original[:, :10]).all()
+    # Inside the box where the map is 1, the colormap's top colour weighs alpha = 0.8 (a mask of round(204)).
+    top = np.asarray(colorize(np.ones((1, 1))))[0, 0].astype(float)
+    blended = (top * 204 + original[30:, 40:50].astype(float) * 51) / 255
+    np.testing.assert_allclose(pixels[30:, 40:50], blended, atol=1)
+    np.testing.assert_allclose(pixels[:, :10], 0.4 * original[:, :10], atol=1)  # outside: dimmed to 40%
 
 
 def test_explain_folder_reports_a_corrupt_file_and_goes_on(capsys, tmp_path, plain_logits):
@@ -123,10 +160,12 @@ def test_explain_folder_reports_a_corrupt_file_and_goes_on(capsys, tmp_path, pla
     expected = dict(zip((p.name for p in sample_images()), plain_logits.argmax(1)))
     assert {name: top1[name] for name in expected} == expected
     assert top1["astronaut.png"] == expected["astronaut.jpg"]
-    for stem in ("chelsea", "more/astronaut"):
+    ref = bundled_reference("contrastive")
+    for stem, index in (("chelsea", 1), ("more/astronaut", 0)):  # astronaut.png holds astronaut.jpg's pixels
         assert (out / f"{stem}._blocks.10.png").is_file() and (out / f"{stem}.layers.png").is_file()
         maps = np.load(out / f"{stem}.npz")
-        assert maps["_blocks.10.raw"].shape == (14, 14) and maps["_blocks.10.map"].shape == (224, 224)
+        assert_close(maps["_blocks.10.raw"], ref.raw["_blocks.10"][index], f"{stem} raw")
+        assert_close(maps["_blocks.10.map"], ref.maps["_blocks.10"][index], f"{stem} map")
     assert Image.open(out / "chelsea._blocks.10.png").size == Image.open(sample_images()[1]).size
     rows = (out / "summary.csv").read_text().splitlines()
     assert len(rows) == 7 and any(r.startswith(str(photos / "broken.jpg")) and ",failed: " in r for r in rows)
@@ -153,12 +192,22 @@ def test_demo_prints_the_predictions(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "rcam-demo" / "coffee._blocks.10.png").is_file()
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch):
-    """The README's Explainer example, exactly as written there."""
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys, plain_logits):
+    """The README's Explainer example, exactly as written there: it prints what its comment says (the provider, and
+    the photos' predicted classes), its heat is chelsea's `_blocks.10` map of the reference, and it saves the
+    overlay."""
     readme = (ROOT / "README.md").read_text()
     example = readme.split("<!-- explainer-example -->")[1].split("```python")[1].split("```")[0]
+    claimed = re.search(r"^print\(explainer\.provider, explanation\.classes\)\s+# (.+)$", example, re.M)[1].strip()
     monkeypatch.chdir(tmp_path)
-    exec(compile(example, "README.md", "exec"), {})
+    namespace = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.strip()
+    provider = namespace["explainer"].provider  # "auto": CUDA where this onnxruntime can start it
+    assert provider in ort.get_available_providers()
+    assert printed == claimed.replace("CPUExecutionProvider", provider)
+    assert printed.endswith(f" {plain_logits.argmax(1)}")
+    assert_close(namespace["heat"], bundled_reference("contrastive").maps["_blocks.10"][1], "chelsea map")
     assert (tmp_path / "chelsea-overlay.png").is_file()
 
 
