@@ -87,13 +87,24 @@ def test_relevance_methods_beside_the_gradient_methods(name, export_dir):
 
 
 def test_methods_are_distinct(export_dir):
-    """Each method's map is its own: no two of the six coincide on this batch (a wiring mistake would make two
-    outputs read the same tensor)."""
-    _, _, layers, _, _, _, out = case("resnet18", export_dir)
-    maps = [out[f"{method}/{layers[0]}/map"] for method in METHODS]
-    for i in range(len(maps)):
-        for j in range(i):
-            assert not np.allclose(maps[i], maps[j], atol=1e-3)
+    """Each method's map is its own (all seven of METHODS: rcam, lrp and the five Grad-CAM methods): it matches its
+    own formula's reference, and every two methods' references are far apart on this batch, so an output wired to
+    another method's tensor would fail (the closest two, gradcam and xgradcam, differ by 0.43)."""
+    model, _, layers, size, x, classes, out = case("resnet18", export_dir)
+    layer = layers[0]
+    activations, grads = reference.gradients(model, x, [layer], classes)
+    expected = {name: cam.numpy() for name, (_, cam) in
+                reference.gradient_cams(activations[layer], grads[layer], (size, size)).items()}
+    ref = reference.reference(model, x, [layer], targets=classes)
+    expected["rcam"] = ref.maps[layer]
+    heatmap = torch.as_tensor(ref.relevance[layer]).double().sum(1)
+    expected["lrp"] = reference.normalized_map(heatmap.clamp(min=0), (size, size)).numpy()
+    assert sorted(expected) == sorted(METHODS) and len(METHODS) == 7
+    for method in METHODS:
+        assert_close(out[f"{method}/{layer}/map"], expected[method], f"{method} map")
+        for other in METHODS:
+            gap = np.abs(expected[method] - expected[other]).max()
+            assert other == method or gap > 0.05, f"{method} and {other} maps differ by {gap:.3g} only"
 
 
 def test_gradient_method_with_top_k(export_dir):

@@ -8,10 +8,13 @@ import stat
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 import onnx_rcam
-from conftest import run_model
+import reference
+from conftest import assert_close, run_model
 from onnx_rcam import ModelError, RcamError
 from onnx_rcam.export import save
 from onnx_rcam.load import default_opset, load
@@ -32,6 +35,20 @@ def classifier(opset: int = 17, scores_shape=("n", 5)) -> onnx.ModelProto:
                                                                                   ["n", 3, 8, 8])],
                               [helper.make_tensor_value_info("scores", TensorProto.FLOAT, list(scores_shape))], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def torch_classifier() -> nn.Module:
+    """classifier() in torch, with its very weights, for reference.py: the module paths name the ONNX tensors."""
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in classifier().graph.initializer}
+    model = nn.Sequential()
+    model.add_module("conv", nn.Conv2d(3, 6, 3, padding=1, bias=False))
+    for name, module in (("act", nn.ReLU()), ("pool", nn.MaxPool2d(2, 2)), ("gap", nn.AdaptiveAvgPool2d(1)),
+                         ("flat", nn.Flatten()), ("scores", nn.Linear(6, 5, bias=False))):
+        model.add_module(name, module)
+    with torch.no_grad():
+        model.conv.weight.copy_(weights["w"])
+        model.scores.weight.copy_(weights["fc"].T)  # Gemm without transB: flat @ fc
+    return model.eval()
 
 
 def image(n: int = 3) -> np.ndarray:
@@ -81,13 +98,20 @@ def test_interface_matches_the_contract():
 
 
 def test_target_input_is_optional_and_per_sample():
+    """Without rcam/target each sample's prediction is explained, with it each sample's own class (-1: the
+    prediction); either way the relevance, raw map and map are the reference's for those classes (sample 0's
+    differ: 4 is not its prediction)."""
     augmented = onnx_rcam.augment(classifier(), layers=["act"])
     plain = run_model(classifier(), {"x": image()})["scores"]
-    np.testing.assert_array_equal(run_model(augmented, {"x": image()})["rcam/class"], plain.argmax(1))
+    default = run_model(augmented, {"x": image()})
+    np.testing.assert_array_equal(default["rcam/class"], plain.argmax(1))
     chosen = run_model(augmented, {"x": image(), "rcam/target": np.array([4, -1, 0], dtype=np.int64)})
     np.testing.assert_array_equal(chosen["rcam/class"], [4, plain[1].argmax(), 0])
-    assert not np.allclose(chosen["rcam/act/relevance"][0], run_model(augmented, {"x": image()})[
-        "rcam/act/relevance"][0])
+    assert plain[0].argmax() != 4
+    for out in (default, chosen):
+        ref = reference.reference(torch_classifier(), image(), ["act"], targets=out["rcam/class"])
+        for part, expected in (("relevance", ref.relevance), ("raw", ref.raw), ("map", ref.maps)):
+            assert_close(out[f"rcam/act/{part}"], expected["act"], f"classes {out['rcam/class']} {part}")
 
 
 def drop_input_shape(model):
@@ -172,7 +196,8 @@ def test_seed_is_the_initial_relevance_where_fed(tmp_path):
     targets = np.array([1, 4, 0], dtype=np.int64)
     seed = np.eye(5, dtype=np.float32)[targets]
     methods = ["rcam", "gradcam"]
-    onehot = run_model(onnx_rcam.augment(model, ["act"], initial="onehot", methods=methods), {"x": x, "rcam/target": targets})
+    onehot = run_model(onnx_rcam.augment(model, ["act"], initial="onehot", methods=methods),
+                       {"x": x, "rcam/target": targets})
     contrastive = onnx_rcam.augment(model, ["act"], methods=methods)
     seeded = run_model(contrastive, {"x": x, "rcam/target": targets, "rcam/seed": seed})
     plain = run_model(contrastive, {"x": x, "rcam/target": targets})
@@ -183,7 +208,13 @@ def test_seed_is_the_initial_relevance_where_fed(tmp_path):
     mixed = run_model(contrastive, {"x": x, "rcam/target": targets, "rcam/seed": partly})
     np.testing.assert_array_equal(mixed["rcam/act/relevance"][1], plain["rcam/act/relevance"][1])
     np.testing.assert_array_equal(mixed["rcam/act/relevance"][0], seeded["rcam/act/relevance"][0])
-    assert not np.allclose(plain["rcam/act/relevance"][0], seeded["rcam/act/relevance"][0])
+    # The two defaults' values: the reference's onehot and contrastive relevance, and the autograd gradient.
+    for out, initial in ((seeded, "onehot"), (plain, "contrastive")):
+        assert_close(out["rcam/act/relevance"],
+                     reference.reference(torch_classifier(), x, ["act"], targets, initial=initial).relevance["act"],
+                     f"{initial} relevance")
+    assert_close(seeded["gradcam/act/gradient"],
+                 reference.gradients(torch_classifier(), x, ["act"], targets)[1]["act"].numpy(), "gradient")
 
     top2 = onnx_rcam.augment(model, ["act"], top_k=2)
     pairs = np.stack([np.eye(5, dtype=np.float32)[[1, 2]]] * 3)  # [N, K, classes]

@@ -62,6 +62,35 @@ def test_alphabeta(op):
     assert_matches(out.relevance(), expected)
 
 
+def test_zplus_on_signed_inputs_by_hand():
+    """z+ splits a signed input: z = W+ x+ + W- x-, so a negative input counts through its negative weights only.
+    x = (2, -1); class 0 weighs (3, -2): z = 2*3 + (-1)(-2) = 8, R = (6/8, 2/8); class 1 weighs (-1, -4): only
+    (-1)(-4) = 4 counts, R = (0, 1). (W+ x would give (1, 0) and (0, 0); |W| |x| would give class 1 (1/3, 2/3).)
+    The bias, which z+ ignores, is large enough to change any share it entered."""
+    g = OpGraph(1, 1, 2)  # a 1 x 2 grid: a 1 x 1 one is no layer
+    model = gemm_classifier(g, g.signed_layer(), np.array([[3, -2], [-1, -4]], np.float32),
+                            np.array([5, -7], np.float32))
+    x = np.array([2, -1], np.float32).reshape(1, 1, 1, 2).repeat(2, axis=0)
+    out = explain(model, x, np.array([0, 1]), composite={"Gemm": "zplus"})
+    np.testing.assert_allclose(out.relevance().reshape(2, 2), [[0.75, 0.25], [0.0, 1.0]], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_zplus_on_signed_inputs(op):
+    """z+ over a signed layer (a strided, padded Conv and a Gemm, both with a bias that z+ ignores), for every
+    output unit, against reference.zplus_rule; that its x- W- half changes the answer here is checked too."""
+    weight, model, forward, y_shape = signed_linear_case(op, seed=51)
+    x, targets = per_unit_batch(random_samples([2, 4, 4, 4], seed=53), int(np.prod(y_shape)))
+    assert (x < 0).any() and (x > 0).any()
+    out = explain(model, x, targets, composite={op: "zplus"})
+
+    at_output = relevance_at_output(targets, y_shape)
+    expected = zplus_rule(forward, f64(x), f64(weight), at_output)
+    assert_matches(out.relevance(), expected)
+    positive_half_only = zplus_rule(forward, f64(x).clamp(min=0), f64(weight), at_output)
+    assert (expected - positive_half_only).abs().max() > 0.1 * expected.abs().max()
+
+
 # Bounds of the zbox case: per channel for the Conv's image-like input, one pair for the Gemm's flattened one.
 BOUNDS = {"Conv": ([-1.5, -1.0, -2.0, -0.5], [1.5, 2.0, 1.0, 2.5]), "Gemm": (-2.0, 2.0)}
 SPECS = {"gamma": {"rule": "gamma", "gamma": 0.25}, "flat": "flat", "wsquare": "wsquare"}
