@@ -66,7 +66,9 @@ def main():
     onnx-rcam augment MODEL           write MODEL.rcam.onnx with the explanation outputs
     onnx-rcam explain MODEL PHOTOS    overlays, maps and a summary for photos and folders
     onnx-rcam evaluate MODEL PHOTOS   faithfulness and localisation of each method at each layer
+    onnx-rcam web MODEL -o site/      a static page that explains photos in the browser
     onnx-rcam demo                    the bundled model explains the bundled photos
+    Detectors and segmenters: explain/evaluate --task detect|segment, augment --scores OUTPUT.
     """
 
 
