@@ -7,17 +7,26 @@ propagator lies on the relevance path. Any other exception is a bug and propagat
 
 A network is 1 to 4 blocks on a 3 x 12..24 x 12..24 input, then a head. Blocks: a conv unit (kernel 1..3, stride,
 padding, dilation, groups down to depthwise, bias or not; then maybe a BatchNorm, folded, and maybe an activation),
-a max or average pool (count_include_pad either way, ceil mode), a pre-activation BatchNorm and activation before a
-conv unit, a residual block (zoo.Add; identity or projection shortcut), a concatenation of 2 or 3 parallel branches,
-or a squeeze-and-excitation gate. Head: global average pooling and a Linear layer, or a 1x1 conv to the classes and
-global pooling. Activations: ReLU, ReLU6, Hardswish, Hardsigmoid, Sigmoid, SiLU, and in a third of the networks
-also ones with no propagator. 1 to 3 layers are chosen by torch module path, as users do; the exporter, the initial
-relevance and the class explained per sample are drawn too.
+a max or average pool (count_include_pad either way, ceil mode: no window that would start in the right padding,
+issue 16), a pre-activation BatchNorm and activation before a conv unit, a residual block (zoo.Add; identity or
+projection shortcut), a concatenation of 2 or 3 parallel branches, or a squeeze-and-excitation gate. Head: global
+average pooling and a Linear layer, or a 1x1 conv to the classes and global pooling. Activations: ReLU, ReLU6,
+Hardswish, Hardsigmoid, Sigmoid, SiLU, and in a third of the networks also ones with no propagator. 1 to 3 layers
+are chosen by torch module path, as users do; the exporter, the initial relevance and the class explained per sample
+are drawn too.
 
 The networks follow the conventions of zoo.py and families.py (every activation is its own module, joins are
-modules), so that the reference's hooks see every tensor. Cases where fp32 rounding alone moves the reference
-near the tolerance are rejected (see well_conditioned). 200 examples in CI (CI=true), 25 otherwise; derandomized,
-so that CI runs the same examples every time.
+modules), so that the reference's hooks see every tensor. Whether fp32 rounding alone moves the reference near the
+tolerance depends on the input batch as much as on the network (see well_conditioned): up to INPUT_BATCHES batches
+are tried per network, the one that conditions the most chosen layers is taken and the others are left out, and a
+network that conditions none on any batch is rejected.
+
+200 examples in CI (CI=true), 25 otherwise, derandomized, so that CI runs the same examples every time. Fresh
+examples: RCAM_HYPOTHESIS_SEED=N (an integer: reproducible) or RCAM_HYPOTHESIS_SEED=random (hypothesis draws the
+seed, or pytest's --hypothesis-seed=N sets it, and a failure prints it) runs 400 examples, not derandomized;
+RCAM_HYPOTHESIS_EXAMPLES=N sets the number in every mode. For example, from tests/:
+
+    RCAM_HYPOTHESIS_SEED=20261201 python -m pytest -q test_properties.py --hypothesis-show-statistics
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, seed, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -43,9 +52,13 @@ from conftest import assert_close, run_model
 from families import Gate, SiLU, SqueezeExcitation
 from onnx_rcam.propagators import supported_ops
 
-EXAMPLES = 200 if os.environ.get("CI") == "true" else 25
+# RCAM_HYPOTHESIS_SEED: an integer or "random" runs fresh examples instead of the derandomized ones (see above).
+FRESH_SEED = os.environ.get("RCAM_HYPOTHESIS_SEED")
+EXAMPLES = int(os.environ.get("RCAM_HYPOTHESIS_EXAMPLES") or
+               (400 if FRESH_SEED else 200 if os.environ.get("CI") == "true" else 25))
 BATCH = 2
 WELL_CONDITIONED = 1e-5  # largest relative effect of fp32 rounding on the reference accepted; the tolerance is 1e-4
+INPUT_BATCHES = 3  # tried per network until one is well-conditioned
 
 SUPPORTED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, SiLU, nn.SELU, nn.CELU,
                          nn.Softplus, nn.GELU)
@@ -128,7 +141,9 @@ def window_output(size: int, kernel: int, stride: int, padding: int, dilation: i
 
 
 def last_window_starts_in_padding(size: int, kernel: int, stride: int, padding: int) -> bool:
-    """In ceil mode, torch drops such a window. Known limitation: onnx_rcam gets these pools wrong, so none is drawn."""
+    """In ceil mode, PyTorch and onnxruntime drop such a window; ONNX's shape inference before opset 22 counts it,
+    and onnx_rcam sizes what follows the pool by ONNX's count (issue 16, open: the shapes come from load.py). No such
+    pool is drawn until that is fixed."""
     return (window_output(size, kernel, stride, padding, ceil_mode=True) - 1) * stride >= size + padding
 
 
@@ -355,7 +370,7 @@ def randomize(model: Network, seed: int) -> Network:
 
 
 def explainable_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Module paths whose output is a 4-D activation with a grid larger than 1x1, as onnx_rcam's candidates are.
+    """Module paths whose output is a 4-D activation on the image's grid, as onnx_rcam's candidates are.
 
     A conv and the BatchNorm reading it leave one folded Conv, whose scope is the conv's with TorchScript and the
     BatchNorm's with dynamo: neither path names it with both exporters, so only the unit around them is offered.
@@ -377,7 +392,15 @@ def explainable_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
         if isinstance(module, nn.BatchNorm2d) and isinstance(producer, nn.Conv2d):
             folded |= {path, producer_path}
     return [path for path, _, _, output in calls
-            if path not in folded and output.dim() == 4 and output.shape[2] * output.shape[3] > 1]
+            if path not in folded and output.dim() == 4 and on_image_grid(output.shape[2:], x.shape[2:])]
+
+
+def on_image_grid(grid, image) -> bool:
+    """More than 1 x 1, downsampled from the image by about the same factor along both axes (select.py's rule: a
+    1 x 2 grid of a 12 x 13 image is no candidate, and the module path of such an output names the last candidate
+    inside it instead)."""
+    factors = [size / extent for size, extent in zip(image, grid)]
+    return grid[0] * grid[1] > 1 and max(factors) <= 1.5 * min(factors)
 
 
 def dependencies(model: nn.Module, x: torch.Tensor, sources: list[str], gates_constant: bool):
@@ -414,45 +437,93 @@ def unsupported_on_relevance_path(model: nn.Module, x: torch.Tensor, layers: lis
 
 
 def module_outputs(model: nn.Module, x: torch.Tensor, paths: list[str]) -> dict[str, np.ndarray]:
-    """The outputs of the modules at `paths`, computed in float64."""
+    """The outputs of the modules at `paths`, and the logits (key ""), computed in float64."""
     model = copy.deepcopy(model).double()
     outputs = {}
     for path in paths:
         model.get_submodule(path).register_forward_hook(
             lambda module, inputs, output, path=path: outputs.__setitem__(path, output.numpy()))
     with torch.no_grad():
-        model(x.double())
+        outputs[""] = model(x.double()).numpy()
     return outputs
+
+
+# Modules whose output sums terms of either sign. An fp32 sum errs by a few ulps of the sum of its terms' magnitudes,
+# whatever the cancellation, and these outputs are the very denominators of the rules that divide by the forward
+# output (the norm rule of pools and joins): a window whose terms nearly cancel has an output that is not accurate
+# relative to itself, and its relevance goes as 1 / output wherever the relevance it receives does not vanish with it
+# (an average pool of signed values ahead of a BatchNorm, whose shift keeps the next ReLU open at 0).
+SUMS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, zoo.Add)
+# Measured: onnxruntime's average pool of an average pool's output errs by up to 5 * 2^-24 of its terms' magnitudes,
+# the rounding of its input included; the filter accepts 10 times less than the tolerance.
+SUM_ROUNDING = 2.0 ** -23
+
+
+def sum_rounding(module: nn.Module, inputs) -> torch.Tensor:
+    """A fixed pattern of +-SUM_ROUNDING times what `module` gives for the magnitudes of its inputs."""
+    with torch.no_grad():
+        magnitude = module.forward(*(i.abs() for i in inputs))
+    signs = torch.randint(0, 2, magnitude.shape, generator=torch.Generator().manual_seed(module.rounding_seed))
+    return (signs * 2 - 1).to(magnitude.dtype) * SUM_ROUNDING * magnitude
+
+
+def rounded_sum_rule(rule):
+    """The reference's rule for a module of SUMS, dividing by its output moved as sum_rounding moves it."""
+    def rounded(module, inputs, relevance):
+        delta = sum_rounding(module, inputs)
+        eps = 0.0 if rule is reference.pooled else reference.STABILIZER_EPS
+        return reference.proportional_rule(lambda *v: module.forward(*v) + delta, inputs, relevance, eps)
+    return rounded
+
+
+ROUNDED_COMPOSITE = REFERENCE_COMPOSITE + "+rounded"
+reference.COMPOSITES[ROUNDED_COMPOSITE] = {
+    **reference.COMPOSITES[REFERENCE_COMPOSITE],
+    **{kind: rounded_sum_rule(reference.COMPOSITES[REFERENCE_COMPOSITE][kind]) for kind in SUMS}}
+assert all(reference.COMPOSITES[REFERENCE_COMPOSITE][kind] in (reference.pooled, reference.proportional)
+           for kind in SUMS)
+
+
+def rounded_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose every module output is rounded to fp32 and moved as onnxruntime's kernels err: a
+    Sigmoid's by up to 2^-23 (onnxruntime's Sigmoid is accurate to about 1e-7 absolute, so its tiny outputs are not
+    accurate relative to themselves), a LogSigmoid's as the log of such a sigmoid (exported as Log(Sigmoid(x)): -inf
+    where the sigmoid underflows), and an output of SUMS by sum_rounding."""
+    generator = torch.Generator().manual_seed(0)
+
+    def perturb(module, inputs, output):
+        rounded = output.float().to(output.dtype)
+        if isinstance(module, (nn.Sigmoid, nn.LogSigmoid)):
+            moved = (torch.rand(output.shape, generator=generator, dtype=output.dtype) * 2 - 1) * 2.0 ** -23
+            if isinstance(module, nn.Sigmoid):
+                rounded = rounded + moved
+            else:
+                rounded = (rounded.exp() + moved).clamp(min=0).log()
+        if isinstance(module, SUMS):
+            rounded = rounded + sum_rounding(module, inputs)
+        return rounded
+
+    rounded = copy.deepcopy(model)
+    for index, module in enumerate(rounded.modules()):
+        if not list(module.children()):  # reference.propagate copies the model, hooks included
+            module.register_forward_hook(perturb)
+            module.rounding_seed = index
+    return rounded
 
 
 def runtime_rounding_sensitivity(model: nn.Module, x: torch.Tensor, layers: list[str], classes: np.ndarray,
                                  initial: str) -> dict[str, float]:
     """Per layer, the largest of max|perturbed - exact| / max|exact| over relevance, raw map and map, where
-    `perturbed` is the float64 reference with every module output rounded to fp32, and every Sigmoid output moved by
-    up to 2^-23: onnxruntime's Sigmoid is accurate to about 1e-7 absolute, so its tiny outputs are not accurate
-    relative to themselves.
+    `perturbed` is the float64 reference on rounded_copy(model), which moves the output of each module of SUMS in the
+    denominator of its rule as in the forward pass.
 
     reference.fp32_deviation compares against torch's own fp32 kernels, which err differently from onnxruntime's:
-    it misses some cancellations (in a pool window, a residual sum) and the relevance of a tiny sigmoid output.
+    one draw of rounding errors, which at the one window that matters may happen to be small where onnxruntime's are
+    not; it misses such cancellations (in a pool window, a residual sum) and the relevance of a tiny sigmoid output.
     """
-    generator = torch.Generator().manual_seed(0)
-
-    def perturb(module, inputs, output):
-        output = output.float().to(output.dtype)
-        if isinstance(module, nn.Sigmoid):
-            output = output + (torch.rand(output.shape, generator=generator, dtype=output.dtype) * 2 - 1) * 2.0 ** -23
-        return output
-
-    perturbed_model = copy.deepcopy(model)
-    for module in perturbed_model.modules():
-        if not list(module.children()):  # reference.propagate copies the model, hooks included
-            module.register_forward_hook(perturb)
     exact = reference.propagate(model, x, layers, classes, REFERENCE_COMPOSITE, initial)
-    perturbed = reference.propagate(perturbed_model, x, layers, classes, REFERENCE_COMPOSITE, initial)
+    perturbed = reference.propagate(rounded_copy(model), x, layers, classes, ROUNDED_COMPOSITE, initial)
     size = tuple(x.shape[2:])
-
-    def relative(ours, ref):
-        return ((ours - ref).abs().max() / ref.abs().max()).item()
 
     def results(propagation, layer):
         activation, relevance = propagation.activations[layer], propagation.relevance[layer]
@@ -462,12 +533,28 @@ def runtime_rounding_sensitivity(model: nn.Module, x: torch.Tensor, layers: list
             for layer in layers}
 
 
-def well_conditioned(model: nn.Module, x: torch.Tensor, layers: list[str], classes: np.ndarray, initial: str) -> bool:
-    """Whether fp32 rounding, as torch's kernels and as onnxruntime's do it, moves the reference far less than the
-    tolerance (see reference.fp32_deviation); False for NaN (a layer with no relevance at all)."""
+def relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|ours - ref| / max|ref|: 0 where they are equal, inf where only ref is all zero."""
+    deviation, scale = (ours - ref).abs().max().item(), ref.abs().max().item()
+    return 0.0 if not deviation else deviation / scale if scale else math.inf
+
+
+def forward_conditioned(model: nn.Module, x: torch.Tensor, layers: list[str]) -> bool:
+    """Whether onnxruntime's rounding, as rounded_copy models it, moves the logits and the outputs of the modules
+    at `layers` far less than the tolerance (the forward pass: the test compares them with torch's too)."""
+    exact, rounded = (module_outputs(m, x, layers) for m in (model, rounded_copy(model)))
+    return all(relative(torch.as_tensor(rounded[key]), torch.as_tensor(exact[key])) < WELL_CONDITIONED
+               for key in exact)
+
+
+def well_conditioned(model: nn.Module, x: torch.Tensor, layers: list[str], classes: np.ndarray,
+                     initial: str) -> list[str]:
+    """The layers on which fp32 rounding, as torch's kernels and as onnxruntime's do it, moves the reference far less
+    than the tolerance (see reference.fp32_deviation); none with NaN (no relevance at all)."""
     deviations = reference.fp32_deviation(model, x, layers, classes, REFERENCE_COMPOSITE, initial)
     sensitivities = runtime_rounding_sensitivity(model, x, layers, classes, initial)
-    return all(value < WELL_CONDITIONED for found in (deviations, sensitivities) for value in found.values())
+    return [layer for layer in layers if deviations[layer] < WELL_CONDITIONED and
+            sensitivities[layer] < WELL_CONDITIONED]
 
 
 def unsupported_op_types(model: onnx.ModelProto) -> set[str]:
@@ -486,15 +573,25 @@ def single_threaded_torch():
     torch.set_num_threads(threads)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+def input_batch(case: Case, attempt: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(case.seed + attempt * 2 ** 17)  # case.seed < 2^17: no overlaps
+    return torch.randn(BATCH, 3, case.height, case.width, generator=generator)
+
+
+def fresh_seed(test):
+    """The seed of RCAM_HYPOTHESIS_SEED where it is a number; "random" leaves it to hypothesis (or to pytest's
+    --hypothesis-seed), which prints the seed to reproduce a failure with."""
+    return seed(int(FRESH_SEED))(test) if FRESH_SEED not in (None, "random") else test
+
+
+@fresh_seed
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=FRESH_SEED is None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
 def test_random_network_matches_reference_or_fails_clearly(case: Case, export_dir, single_threaded_torch):
     model, layers = case.model, case.layers
-    x = torch.randn(BATCH, 3, case.height, case.width, generator=torch.Generator().manual_seed(case.seed))
+    x = input_batch(case, 0)
     path = zoo.export(model, export_dir / "property.onnx", case.exporter, input_shape=(1, 3, case.height, case.width))
-    plain = run_model(str(path), {"input": x.numpy()})["logits"]
-    classes = np.where(case.targets < 0, plain.argmax(1), case.targets)
 
     if unsupported_on_relevance_path(model, x, layers):
         event("failed clearly: unsupported op on the relevance path")
@@ -508,7 +605,30 @@ def test_random_network_matches_reference_or_fails_clearly(case: Case, export_di
     # differentiate towards it, and onnx_rcam must give it zero relevance or refuse it clearly.
     reached = [layer for layer in layers if relevance_reaches(model, x, layer)]
     unreached = [layer for layer in layers if layer not in reached]
-    assume(not reached or well_conditioned(model, x, reached, classes, case.initial))
+    # Whether fp32 rounding stays far below the tolerance depends on the batch as much as on the network (a pool
+    # window that nearly cancels, a near-tie in a max pool): another batch often is well-conditioned, and costs a
+    # few float64 sweeps where rejecting the network would cost its export too. Failing that, the batch that
+    # conditions the most layers is taken, and the others are left out.
+    best = None
+    for attempt in range(INPUT_BATCHES):
+        x = input_batch(case, attempt)
+        if not forward_conditioned(model, x, layers):
+            continue
+        plain = run_model(str(path), {"input": x.numpy()})["logits"]
+        classes = np.where(case.targets < 0, plain.argmax(1), case.targets)
+        conditioned = well_conditioned(model, x, reached, classes, case.initial) if reached else []
+        if best is None or len(conditioned) > len(best[-1]):
+            best = attempt, x, plain, classes, conditioned
+        if len(conditioned) == len(reached):
+            break
+    assume(best is not None and (best[-1] or not reached))  # ill-conditioned on every batch tried
+    attempt, x, plain, classes, conditioned = best
+    if attempt:
+        event(f"input batch {attempt + 1}")
+    if len(conditioned) < len(reached):
+        event("ill-conditioned layers left out")
+    layers = [layer for layer in layers if layer in conditioned or layer in unreached]
+    reached = conditioned
     try:
         augmented = onnx_rcam.augment(path, layers=layers, initial=case.initial)
     except onnx_rcam.LayerSelectionError:
@@ -538,3 +658,40 @@ def test_random_network_matches_reference_or_fails_clearly(case: Case, export_di
         assert_close(out[f"rcam/{layer}/activation"], activations[layer], f"{layer} activation")
         for part in ("relevance", "raw", "map"):
             assert not out[f"rcam/{layer}/{part}"].any(), f"{layer} {part}: relevance where none reaches"
+
+
+def test_a_signed_average_pool_ahead_of_a_batchnorm_is_ill_conditioned(export_dir, single_threaded_torch):
+    """The network of a fresh-seed failure (issue 16), shrunk: AvgPool2d(2, 1) twice, then BatchNorm2d, ReLU, a
+    bias-free 1x1 conv, global pooling and a Linear layer, explained at the first pool (onehot, class 0).
+
+    The norm rule divides by the second pool's output z, of signed terms. The BatchNorm's shift keeps the ReLU open
+    where z is 0, so the relevance z receives does not vanish with it, and the first pool's relevance goes as 1 / z.
+    On this batch one window sums to 1.4e-4 from terms near 1: onnxruntime's fp32 z is off by 1e-4 of itself, and so
+    is the relevance, past the tolerance (torch's fp32 z happens to be closer: reference.fp32_deviation alone passed
+    the layer). onnx_rcam computes exactly the rule on onnxruntime's own forward values (no bug); the filter must
+    leave the layer out.
+    """
+    seed, layers = 161, ["features.0", "features.1"]
+    unit = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 2, 1, bias=False)))
+    features = nn.Sequential(nn.AvgPool2d(2, 1), nn.AvgPool2d(2, 1),
+                             nn.Sequential(OrderedDict(bn=nn.BatchNorm2d(3), act=nn.ReLU(), unit=unit)))
+    head = nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(2, 3)))
+    model = randomize(Network(features, head), seed)
+    x = torch.randn(BATCH, 3, 16, 17, generator=torch.Generator().manual_seed(seed))
+    targets = np.zeros(BATCH, dtype=np.int64)
+    assert well_conditioned(model, x, layers, targets, "onehot") == ["features.1"]
+
+    path = zoo.export(model, export_dir / "signed-pools.onnx", "torchscript", input_shape=(1, 3, 16, 17))
+    out = run_model(onnx_rcam.augment(path, layers=layers, initial="onehot"),
+                    {"input": x.numpy(), "rcam/target": targets})
+    ref = reference.reference(model, x, layers, targets, REFERENCE_COMPOSITE, "onehot")
+    ours = out["rcam/features.0/relevance"].astype(np.float64)
+    scale = np.abs(ref.relevance["features.0"]).max()
+    assert np.abs(ours - ref.relevance["features.0"]).max() > 5 * WELL_CONDITIONED * scale  # 1.06e-4 on x86
+
+    # The norm rule on onnxruntime's forward values and onnx_rcam's relevance at the second pool.
+    once, twice = (torch.as_tensor(out[f"rcam/{layer}/activation"], dtype=torch.float64) for layer in layers)
+    share = torch.as_tensor(out["rcam/features.1/relevance"], dtype=torch.float64) / twice
+    once.requires_grad_(True)
+    rule = once.detach() * torch.autograd.grad(nn.functional.avg_pool2d(once, 2, 1), once, share)[0]
+    assert np.abs(ours - rule.numpy()).max() < 1e-6 * scale
