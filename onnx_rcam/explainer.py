@@ -114,7 +114,7 @@ class Explainer:
             self.top_k = class_output.shape[1] if len(class_output.shape) == 2 else 1
         else:
             self.scores = scores if scores in outputs else outputs[0]
-            self.seed_shape = [d for d in next(i for i in self.session.get_inputs() if i.name == SEED_INPUT).shape]
+            self.seed_shape = list(next(i for i in self.session.get_inputs() if i.name == SEED_INPUT).shape)
             score_shape = self.session.get_outputs()[outputs.index(self.scores)].shape
             self.top_k = self.seed_shape[1] if len(self.seed_shape) == len(score_shape) + 1 else 1
             self.score_shape = self.seed_shape[-(len(score_shape) - 1):]
@@ -214,7 +214,7 @@ class Explainer:
             return {layer: out[f"{self.method.name}/{layer}/{name}"] for layer in self.layers}
 
         if self.task == "detect" and self.top_k == 1:  # one detection per image: still a detection axis
-            out = {name: value[:, None] if name.endswith(("/map", "/raw", f"/{self.method.signal}")) else value
+            out = {name: value[:, None] if name.endswith(("/map", "/raw", "/relevance", "/gradient")) else value
                    for name, value in out.items()}
         explanation.maps = part("map")
         if outputs:  # the other methods' maps too (`also`), for onnx-rcam evaluate
@@ -228,7 +228,7 @@ class Explainer:
 def _channels_last(score_shape, input_shape) -> bool:
     """Whether a segmenter's scores (without the batch) are [h, w, C] rather than [C, h, w]: their spatial axes are
     the ones downsampled from the input's height and width by one factor (TensorFlow models, MTCNN's P-Net)."""
-    size = input_shape[2:4] if input_shape[1] in (1, 3) else input_shape[1:3]
+    size = input_shape[2:4] if input_layout(input_shape) == "NCHW" else input_shape[1:3]
 
     def on_grid(h, w):
         return all(isinstance(d, int) and d > 0 for d in (h, w, *size)) and \

@@ -9,8 +9,8 @@ from pathlib import Path
 
 INDEX = "index.html"
 STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}
-h2{font-size:1.05em;margin:1.4em 0 .3em}.grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:220px}figure img{width:220px;height:auto;
-border:1px solid #ccc}figcaption{font-size:.8em;color:#444}p.caption{margin:.2em 0 .5em;font-size:.9em}
+h2{font-size:1.05em;margin:1.4em 0 .3em}.grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:220px}
+figure img{width:220px;height:auto;border:1px solid #ccc}figcaption{font-size:.8em;color:#444}p.caption{margin:.2em 0 .5em;font-size:.9em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,
 td:nth-child(2),th{text-align:left}.failed{color:#a00}"""
 

@@ -19,21 +19,17 @@ V8_OUTPUT = np.array([[10, 5, 20], [10, 5, 30], [4, 2, 8], [4, 2, 4],      # x, 
                      np.float32)
 
 
-def test_decode_v5():
-    found = decode(V5_OUTPUT, "yolov5", conf=0.25)
-    np.testing.assert_allclose(found.boxes, [[8, 8, 12, 12], [25, 17, 35, 23]])
-    np.testing.assert_allclose(found.scores, [0.72, 0.45], rtol=1e-6)
-    np.testing.assert_array_equal(found.classes, [1, 2])
+@pytest.mark.parametrize("output, layout, boxes, scores, classes", [
+    (V5_OUTPUT, "yolov5", [[8, 8, 12, 12], [25, 17, 35, 23]], [0.72, 0.45], [1, 2]),
+    (V8_OUTPUT, "yolov8", [[8, 8, 12, 12], [16, 28, 24, 32]], [0.9, 0.6], [1, 0]),
+])
+def test_decode(output, layout, boxes, scores, classes):
+    found = decode(output, layout, conf=0.25)
+    np.testing.assert_allclose(found.boxes, boxes)
+    np.testing.assert_allclose(found.scores, scores, rtol=1e-6)
+    np.testing.assert_array_equal(found.classes, classes)
     np.testing.assert_array_equal(found.anchors, [0, 2])
-    assert len(decode(V5_OUTPUT, "yolov5", conf=0.8)) == 0
-
-
-def test_decode_v8():
-    found = decode(V8_OUTPUT, "yolov8", conf=0.25)
-    np.testing.assert_allclose(found.boxes, [[8, 8, 12, 12], [16, 28, 24, 32]])
-    np.testing.assert_allclose(found.scores, [0.9, 0.6], rtol=1e-6)
-    np.testing.assert_array_equal(found.classes, [1, 0])
-    np.testing.assert_array_equal(found.anchors, [0, 2])
+    assert len(decode(output, layout, conf=0.95)) == 0  # no score above it
 
 
 @pytest.mark.parametrize("shape, layout", [((1, 84, 8400), "yolov8"), ((1, 25200, 85), "yolov5"),

@@ -6,8 +6,8 @@ view (`LinearLayer` or `NonlinearOp`) and lets the composite's rule for the node
 (reshapes, concatenation, padding) route relevance back where it came from under every rule.
 
 Adding an op is one function and one `@register("OpType")`; the sweep calls it only when relevance reaches at
-least one of the node's outputs. A registration may also say when the op's output is non-negative (`sign=`): rules then skip
-the x- half of z+ for the layers that read it, which is exact and halves their cost.
+least one of the node's outputs. A registration may also say when the op's output is non-negative (`sign=`): rules
+then skip the x- half of z+ for the layers that read it, which is exact and halves their cost.
 """
 
 from __future__ import annotations
