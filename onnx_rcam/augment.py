@@ -14,12 +14,12 @@ from .builder import Builder
 from .canonicalize import canonicalize
 from .errors import LayerSelectionError, RcamError
 from .export import assemble, drift_note, record_layers, verify_runs
-from .forward_copies import forward_tensors, materialize
+from .forward_copies import forward_tensors, materialize, slice_misinferred_reads
 from .fusion import protect_fusions
 from .heads import cam, grid_view, resolve_methods
 from .initial import INITIAL_KINDS, explained_onehot, initial_relevance, seeded
 from .precision import cast_forward_reads
-from .load import default_opset, fix_input_shape, infer_shapes, load
+from .load import contradicts, default_opset, fix_input_shape, infer_shapes, load, onnx_inferred_dims
 from .propagators import nonnegative_tensors
 from .images import IMAGENET_BOUNDS
 from .select import Candidate, Target, candidates, image_readers, region, resolve
@@ -139,13 +139,31 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
             cam(b, method, activation, signal, shape, canonical.image_size, target.key, relu, top_k, shown)
     materialize(original, canonical, b)
     protect_fusions(original, canonical, b)
+    inferred = onnx_inferred_dims(original)
+    slice_misinferred_reads(canonical, b, inferred)
     repeat_forward_reads(original, canonical, b, top_k)
     cast_forward_reads(original, canonical, b)
-    model = assemble(original, b)
+    model = assemble(without_contradicted_value_info(original, inferred), b)
     record_layers(model, {t.key: t.tensor for t in targets},
                   {t.key: canonical.scopes.get(t.tensor, "") for t in targets})
     drift = verify_runs(model, b.outputs, original) if verify else 0.0
     return Augmented(model, targets, b.outputs, logits.name, drift, canonical.classifier)
+
+
+def without_contradicted_value_info(original: onnx.ModelProto, inferred: dict[str, list]) -> onnx.ModelProto:
+    """`original` less the value_info that ONNX's inference contradicts (the dynamo exporter records the true shape
+    after a ceil_mode pool): the full check refuses a model for it, the original model included. The nodes, their
+    values and the interface are untouched."""
+    kept = [i for i in original.graph.value_info if not contradicts(inferred.get(i.name),
+                                                                     [d.dim_value if d.HasField("dim_value") else None
+                                                                      for d in i.type.tensor_type.shape.dim])]
+    if len(kept) == len(original.graph.value_info):
+        return original
+    copy = onnx.ModelProto()
+    copy.CopyFrom(original)
+    del copy.graph.value_info[:]
+    copy.graph.value_info.extend(kept)
+    return copy
 
 
 def candidate_layers(model, input_shape=None, scores: str | None = None) -> list[Candidate]:

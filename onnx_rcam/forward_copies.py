@@ -14,6 +14,7 @@ from onnx import helper
 
 from .builder import Builder
 from .canonicalize import Canonical
+from .load import contradicts
 
 
 def forward_tensors(original: onnx.ModelProto) -> set[str]:
@@ -52,3 +53,24 @@ def materialize(original: onnx.ModelProto, canonical: Canonical, b: Builder) -> 
         return name
 
     b.rewrite_reads(ensure)
+
+
+def slice_misinferred_reads(canonical: Canonical, b: Builder, inferred: dict[str, list]) -> None:
+    """Forward tensors whose true shape ONNX's inference gets wrong (`inferred`, load.onnx_inferred_dims: after a
+    ceil_mode pool) are read through a Slice to their true shape: a no-op at run time, after which the checker and
+    onnxruntime's graph resolution see the very shapes the generated nodes' constants were computed from."""
+    tensors = canonical.graph.tensors()
+    sliced: dict[str, str] = {}
+
+    def true_shape(node, name: str) -> str:
+        tensor = tensors.get(name)
+        if tensor is None or not contradicts(inferred.get(name), tensor.shape):
+            return name
+        if name not in sliced:
+            axes = [i for i, (a, d) in enumerate(zip(inferred[name], tensor.shape)) if isinstance(d, int) and a != d]
+            with b.per_sample():
+                sliced[name] = b.slice(name, [0] * len(axes), [tensor.shape[i] for i in axes], axes)
+            b.forward_copies[sliced[name]] = name
+        return sliced[name]
+
+    b.rewrite_reads(true_shape)

@@ -76,10 +76,116 @@ def _constant_initializers(proto: onnx.ModelProto) -> None:
 
 
 def infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with the shapes of its tensors as onnxruntime computes them."""
     try:
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        return _runtime_pool_counts(proto, onnx.shape_inference.infer_shapes(proto, data_prop=True))
     except Exception as exc:
         raise ModelError(f"shape inference failed on the model: {exc}") from None
+
+
+# ONNX's shape inference before opset 22 keeps a ceil_mode window that would start past the input and its left
+# padding (MaxPool(2, 2, pads 1) on 7 rows: 5 windows); onnxruntime drops it, as PyTorch does (4), and so reads
+# every tensor after such a pool one row or column smaller than ONNX's inference says.
+CEIL_MODE_POOLS = ("MaxPool", "AveragePool")
+
+
+def pool_output_size(size: int, kernel: int, stride: int, dilation: int, begin: int, end: int, ceil_mode: int) -> int:
+    """A pool's output length along one axis, as onnxruntime computes it."""
+    span = size + begin + end - (kernel - 1) * dilation - 1
+    if not ceil_mode:
+        return span // stride + 1
+    count = -(-span // stride) + 1
+    return count - 1 if (count - 1) * stride >= size + begin else count
+
+
+def _ceil_mode_pools(proto: onnx.ModelProto) -> list[int]:
+    return [i for i, node in enumerate(proto.graph.node) if node.op_type in CEIL_MODE_POOLS and
+            any(a.name == "ceil_mode" and a.i for a in node.attribute) and
+            all(a.name != "auto_pad" or a.s in (b"", b"NOTSET") for a in node.attribute)]
+
+
+def _dims(info: onnx.ValueInfoProto) -> list[int | None] | None:
+    if not info.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+
+
+def _runtime_pool_counts(proto: onnx.ModelProto, inferred: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes inferred again on a twin of `proto` whose ceil_mode pools are written in floor mode, their end pads
+    grown to onnxruntime's window count, until the counts settle (each round settles at least the next pool); the
+    result holds `proto`'s own nodes."""
+    pools = _ceil_mode_pools(proto)
+    if not pools:
+        return inferred
+    twin = onnx.ModelProto()
+    twin.CopyFrom(proto)
+    # Shapes recorded for what follows a pool, by ONNX's count (a graph output inference wrote) or by onnxruntime's
+    # (a dynamo export's value_info), are inferred anew.
+    after = _descendants(proto, [proto.graph.node[i] for i in pools])
+    kept = [i for i in twin.graph.value_info if i.name not in after]
+    del twin.graph.value_info[:]
+    twin.graph.value_info.extend(kept)
+    for output in twin.graph.output:
+        if output.name in after:
+            output.type.tensor_type.ClearField("shape")
+    for _ in range(len(pools)):
+        shapes = {i.name: _dims(i) for i in [*inferred.graph.input, *inferred.graph.value_info]}
+        changed = False
+        for index in pools:
+            node, source = twin.graph.node[index], proto.graph.node[index]
+            sizes = (shapes.get(node.input[0]) or [None])[2:]
+            if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
+                continue
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in source.attribute}
+            rank = len(sizes)
+            kernel, strides = attrs["kernel_shape"], attrs.get("strides", [1] * rank)
+            dilations, pads = attrs.get("dilations", [1] * rank), list(attrs.get("pads", [0] * (2 * rank)))
+            ends = []
+            for axis, size in enumerate(sizes):
+                count = pool_output_size(size, kernel[axis], strides[axis], dilations[axis], pads[axis],
+                                         pads[rank + axis], 1)
+                reach = (count - 1) * strides[axis] + (kernel[axis] - 1) * dilations[axis] + 1
+                ends.append(max(reach - size - pads[axis], 0))
+            floor_mode = [a for a in node.attribute if a.name not in ("ceil_mode", "pads")]
+            floor_mode.append(onnx.helper.make_attribute("pads", pads[:rank] + ends))
+            if [a.SerializeToString() for a in floor_mode] != [a.SerializeToString() for a in node.attribute]:
+                del node.attribute[:]
+                node.attribute.extend(floor_mode)
+                changed = True
+        if not changed:
+            break
+        inferred = onnx.shape_inference.infer_shapes(twin, data_prop=True)
+    del inferred.graph.node[:]
+    inferred.graph.node.extend(proto.graph.node)
+    return inferred
+
+
+def _descendants(proto: onnx.ModelProto, nodes) -> set[str]:
+    """Names of the tensors computed from the outputs of `nodes` (theirs included); `proto`'s nodes are sorted."""
+    found = {o for node in nodes for o in node.output}
+    for node in proto.graph.node:
+        if any(i in found for i in node.input):
+            found.update(node.output)
+    return found
+
+
+def onnx_inferred_dims(proto: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Where `proto` has a ceil_mode pool: the dims ONNX's own inference gives each tensor (as the checker and
+    onnxruntime's graph resolution take them), declared value_info aside; otherwise nothing."""
+    if not _ceil_mode_pools(proto):
+        return {}
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    del bare.graph.value_info[:]
+    inferred = onnx.shape_inference.infer_shapes(bare)
+    infos = [*inferred.graph.value_info, *inferred.graph.output]
+    return {i.name: dims for i in infos if (dims := _dims(i)) is not None}
+
+
+def contradicts(dims: list[int | None] | None, shape) -> bool:
+    """Whether two shapes hold different numbers on some axis."""
+    return dims is not None and shape is not None and len(dims) == len(shape) and \
+        any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(dims, shape))
 
 
 def fix_input_shape(proto: onnx.ModelProto, shape) -> None:

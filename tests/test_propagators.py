@@ -519,15 +519,13 @@ def ceil_mode_windows(v, fill, case: str):
 
 def ceil_mode_params():
     """Each case at opset 22, and at opset 17 (TorchScript's) where ONNX's shape inference counts more windows: it
-    does so before opset 22, and onnx_rcam then sizes the tensors after such a pool as onnxruntime does not
-    (issue 16; the shapes come from load.py, outside the propagators). The other cases' window counts agree at
-    every opset."""
-    stale = pytest.mark.xfail(strict=True, reason="issue 16: ONNX's window count before opset 22")
+    does so before opset 22, and onnx_rcam takes onnxruntime's count instead (load.py). The other cases' window
+    counts agree at every opset."""
     for case in CEIL_MODE_CASES:
         runtime, onnx_counts = ceil_mode_counts(case)
         yield pytest.param(case, 22, id=f"{case}-opset22")
         if runtime != onnx_counts:
-            yield pytest.param(case, 17, id=f"{case}-opset17", marks=stale)
+            yield pytest.param(case, 17, id=f"{case}-opset17")
 
 
 def ceil_mode_pool(op: str, case: str, opset: int, layer: str, **attrs):
