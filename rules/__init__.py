@@ -1,8 +1,8 @@
 """LRP rules, each written once over the linear-layer view, and composites: which rule each op gets.
 
 A composite is data: op type -> rule spec, with "*" for every op not named, "input" for the linear layers that
-read the image (the first Conv) and "depthwise" for depthwise Convs (Conv's rule where it names none). A rule spec is a rule name, or a dict with "rule" and the rule's parameters, e.g.
-{"rule": "epsilon", "eps": 0.25}. A zbox spec without bounds takes the image's (`input_bounds`: what the
+read the image (the first Conv) and "depthwise" for depthwise Convs (Conv's rule where it names none). A rule spec
+is a rule name, or a dict with "rule" and the rule's parameters, e.g. {"rule": "epsilon", "eps": 0.25}. A zbox spec without bounds takes the image's (`input_bounds`: what the
 preprocessing maps pixel values 0 and 1 to, per channel).
 """
 
