@@ -170,6 +170,38 @@ def test_relu_clips_the_rcam_maps():
     assert rows[False]["map_mean"] != pytest.approx(rows[True]["map_mean"], rel=1e-3)
 
 
+@pytest.mark.parametrize("option, value", [("--initial", "onehot"), ("--composite", "epsilon_plus")])
+def test_initial_and_composite_reach_the_relevance_maps(capsys, setup, tmp_path, option, value):
+    """--initial and --composite (issue 15: onehot against contrastive, the composites against each other): the
+    maps evaluated are an Explainer's with the same setting, and differ from the default's (their mean, per layer)."""
+    path, photos, _ = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "lrp-pos", option, value)
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = {r["layer"]: float(r["map_mean"]) for r in csv.DictReader(handle)}
+    images = sorted(photos.glob("*.png"))
+    setting = {option.lstrip("-"): value}
+    for layer, mean in rows.items():
+        chosen = Explainer(path, layers=[layer], device="cpu", method="lrp-pos", **setting)(images).maps[layer]
+        default = Explainer(path, layers=[layer], device="cpu", method="lrp-pos")(images).maps[layer]
+        assert mean == pytest.approx(chosen.mean(), rel=1e-5)
+        assert np.abs(chosen - default).max() > 0.01, (layer, "the setting changed nothing")
+
+
+def test_fuse_adds_a_row_of_the_fused_maps(capsys, setup, tmp_path):
+    """--fuse: after each method's layers, a row of layer `fused` measuring the Explainer's fused maps."""
+    path, photos, _ = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam-pos", "--fuse")
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["layer"], r["depth"]) for r in rows] == [("layer3", "0"), ("layer4", "1"), ("fused", "2")]
+    explanation = Explainer(path, layers=["layer3", "layer4"], device="cpu", method="rcam-pos", fuse=True)(
+        sorted(photos.glob("*.png")))
+    assert float(rows[2]["map_mean"]) == pytest.approx(explanation.maps["fused"].mean(), rel=1e-5)
+    assert not np.allclose(explanation.maps["fused"], explanation.maps["layer4"], atol=1e-2)
+
+
 def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):
     code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "nope")
     assert code == 2 and "Invalid value" in captured.err
