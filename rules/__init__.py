@@ -2,8 +2,9 @@
 
 A composite is data: op type -> rule spec, with "*" for every op not named, "input" for the linear layers that
 read the image (the first Conv) and "depthwise" for depthwise Convs (Conv's rule where it names none). A rule spec
-is a rule name, or a dict with "rule" and the rule's parameters, e.g. {"rule": "epsilon", "eps": 0.25}. A zbox spec without bounds takes the image's (`input_bounds`: what the
-preprocessing maps pixel values 0 and 1 to, per channel).
+is a rule name, or a dict with "rule" and the rule's parameters, e.g. {"rule": "epsilon", "eps": 0.25}. A zbox spec
+without bounds takes the image's (`input_bounds`: what the preprocessing maps pixel values 0 and 1 to, per
+channel).
 """
 
 from __future__ import annotations
