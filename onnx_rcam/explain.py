@@ -45,14 +45,16 @@ def imagenet_labels() -> list[str]:
     return (models_folder() / "imagenet_classes.txt").read_text().splitlines()
 
 
-def read_labels(path: Path | None, classes: int, task: str = "classify", model=None) -> list[str]:
-    """One label per line; the class names a model carries in its metadata (ultralytics exports write `names`);
-    the bundled ImageNet labels for 1000-class classifiers and COCO's for 80-class detectors; else the class
-    numbers."""
+def read_labels(path: Path | list[str] | None, classes: int, task: str = "classify", model=None) -> list[str]:
+    """One label per line of a file (or the file's lines, read already: onnx_rcam.distributed reads it on the
+    driver, where the path is); the class names a model carries in its metadata (ultralytics exports write
+    `names`); the bundled ImageNet labels for 1000-class classifiers and COCO's for 80-class detectors; else the
+    class numbers."""
     if path is not None:
-        labels = Path(path).read_text().splitlines()
+        labels = path if isinstance(path, list) else Path(path).read_text().splitlines()
         if len(labels) < classes:
-            raise RcamError(f"{path}: {len(labels)} labels for a model with {classes} classes")
+            raise RcamError(f"{'the labels' if isinstance(path, list) else path}: {len(labels)} labels for a model "
+                            f"with {classes} classes")
         return labels
     carried = model_labels(model) if model is not None else None
     if carried is not None and len(carried) >= classes:
@@ -162,8 +164,8 @@ class BatchWriter:
     holds, whose maps and raw maps the .npz adds as METHOD.LAYER.map and METHOD.LAYER.raw."""
 
     def __init__(self, explainer: Explainer, folders: list, outdir: Path, target: int | None = None, top_k: int = 5,
-                 labels: Path | None = None, region: Callable[[Image.Image], np.ndarray] | None = None,
-                 overlays: bool = True, also=()):
+                 labels: Path | list[str] | None = None,
+                 region: Callable[[Image.Image], np.ndarray] | None = None, overlays: bool = True, also=()):
         self.explainer, self.folders, self.outdir, self.target, self.top_k = explainer, folders, outdir, target, top_k
         self.labels, self.region, self.overlays, self.also = labels, region, overlays, tuple(also)
         self.label_names: list[str] | None = None  # read from the first explanation, which tells the class count
