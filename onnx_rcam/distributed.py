@@ -327,7 +327,7 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
     `explain` writes them; the others add METHOD.LAYER.map and METHOD.LAYER.raw. preprocess: as for explain
     (default: the model's sidecar, else imagenet). shown_classes: the top classes per image in the summary.
     Unreadable images are recorded in the summary, never fatal. resume: skip the images whose .npz the folder
-    holds, keeping their rows from the earlier summary; without it (or force) a folder with files is refused.
+    holds and the earlier summary lists, keeping their rows; without it (or force) a folder with files is refused.
     progress: called with the number of images after each batch (and first with the number resumed). See
     ClusterSettings for the cluster arguments."""
     cluster = ClusterSettings(workers, cpus_per_worker, gpus_per_worker, address)
@@ -346,7 +346,7 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
                         "explain --task` on one machine")
     outdir.mkdir(parents=True, exist_ok=True)
     run = DatasetRun()
-    done, todo = split_done(images.names, images.folders, outdir) if resume else ([], images.names)
+    done, todo = _resumed(images, outdir) if resume else ([], images.names)
     run.resumed = len(done)
     settings = {"methods": methods, "threads": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
                 "outdir": str(outdir), "folders": images.folders, "target": target, "top_k": shown_classes,
@@ -379,6 +379,21 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
             os.replace(partial, outdir / SUMMARY_PARQUET)
             _write_run(outdir, run, described, cluster)
     return run
+
+
+def _resumed(images: ImageList, outdir: Path) -> tuple[list[str], list[str]]:
+    """(the images done, the rest): done where an earlier run wrote the .npz and its summary has the row. A driver
+    killed outright (a lost machine) leaves no summary of its run: its images are explained again, the same."""
+    with_maps, _ = split_done(images.names, images.folders, outdir)
+    summary = outdir / SUMMARY_PARQUET
+    if not with_maps or not summary.is_file():
+        return [], images.names
+    import pyarrow.parquet as pq
+
+    earlier = pq.read_table(summary, columns=["image", "status"]).to_pydict()
+    listed = {image for image, status in zip(earlier["image"], earlier["status"]) if status == "ok"}
+    done = {name for name in with_maps if name in listed}
+    return [name for name in images.names if name in done], [name for name in images.names if name not in done]
 
 
 def check_output(outdir: Path, force: bool, resume: bool) -> None:
