@@ -33,25 +33,25 @@ photos, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 run = explain_dataset(sys.argv[4], photos, out, layers=sys.argv[5].split(","), batch_size=int(sys.argv[6]),
                       workers=workers)
-print(json.dumps({"images": run.images, "explained": run.explained, "seconds": run.seconds,
+open(sys.argv[7], "w").write(json.dumps({"images": run.images, "explained": run.explained, "seconds": run.seconds,
                   "images_per_second": run.images_per_second, "providers": sorted(run.providers)}))
+
 """
 
 
 def measure(photos: Path, out: Path, workers: int) -> dict:
     """One run in a fresh driver process: its result and the driver's peak resident memory."""
     child = subprocess.Popen([sys.executable, "-c", DRIVER, str(photos), str(out), str(workers),
-                              str(default_model_path()), ",".join(LAYERS), str(BATCH)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              str(default_model_path()), ",".join(LAYERS), str(BATCH), str(out) + ".json"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak, load = 0.0, []
     while child.poll() is None:
         peak = max(peak, resident_mib(child.pid))
         load.append(os.getloadavg()[0])
         time.sleep(0.5)
-    output = child.stdout.read()
     if child.returncode != 0:
         raise SystemExit(f"the driver failed with status {child.returncode}")
-    result = json.loads(output.strip().splitlines()[-1])
+    result = json.loads(Path(str(out) + ".json").read_text())  # a file: Ray writes lines of its own to stdout
     return {**result, "workers": workers, "driver_peak_rss_mib": round(peak, 1),
             "images_per_second": round(result["images_per_second"], 2), "seconds": round(result["seconds"], 1),
             "load_average_mean": round(sum(load) / len(load), 1), "load_average_max": round(max(load), 1)}

@@ -183,13 +183,12 @@ class ExplainWorker:
         self.explainer = Explainer(onnx.load_from_string(ray.get(model[0])), device=device,
                                    preprocessing=preprocessing, method=settings["methods"][0],
                                    threads=settings["threads"])
-        self.outdir = Path(settings["outdir"])
-        self.write = BatchWriter(self.explainer, settings["folders"], self.outdir, settings["target"],
+        self.write = BatchWriter(self.explainer, settings["folders"], Path(settings["outdir"]), settings["target"],
                                  settings["top_k"], settings["labels"], overlays=settings["overlays"],
                                  also=settings["methods"][1:])
 
-    def __call__(self, batch: dict):
-        batch = one_batch(batch)
+    def __call__(self, table):
+        batch = one_batch(table)
         rows, failed = self.write(batch["names"], reader(batch))
         done = {row["image"]: row for row in rows}
         errors = {failure["image"]: failure["error"] for failure in failed}
@@ -219,8 +218,8 @@ class EvaluateWorker:
                                    settings["relu"], settings["input_shape"], plain=plain,
                                    threads=settings["threads"])
 
-    def __call__(self, batch: dict):
-        batch = one_batch(batch)
+    def __call__(self, table):
+        batch = one_batch(table)
         tallies, skipped = self.evaluator.measure(batch["names"], reader(batch))
         # Pickled: the tallies keep each value's numpy type, so the driver's means are a single machine's bits.
         return self.pyarrow.table({"tallies": [pickle.dumps(tallies)], "skipped": [skipped],
@@ -229,16 +228,15 @@ class EvaluateWorker:
 
 @dataclass
 class ClusterSettings:
-    """Where and how wide a run goes. address: None starts a local cluster (Ray's default: every core of this
-    machine), `auto` joins the cluster this machine belongs to, ray://HOST:10001 a remote one; a Ray already
-    initialised in this process is used as it is. workers: actors, each with one onnxruntime session.
+    """How wide a run goes (and the functions' `address`: None starts a local cluster on every core of this
+    machine, `auto` joins the cluster this machine belongs to, ray://HOST:10001 a remote one; a Ray already
+    initialised in this process is used as it is). workers: actors, each with one onnxruntime session.
     cpus_per_worker: the cores each actor reserves, and its onnxruntime threads. gpus_per_worker: the GPUs each
     actor reserves (Ray sets its CUDA_VISIBLE_DEVICES), which then runs on onnxruntime's CUDA provider."""
 
     workers: int = 1
     cpus_per_worker: int = 1
     gpus_per_worker: float = 0
-    address: str | None = None
 
     def check(self) -> None:
         if self.workers < 1 or self.cpus_per_worker < 1 or self.gpus_per_worker < 0:
@@ -330,7 +328,7 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
     holds and the earlier summary lists, keeping their rows; without it (or force) a folder with files is refused.
     progress: called with the number of images after each batch (and first with the number resumed). See
     ClusterSettings for the cluster arguments."""
-    cluster = ClusterSettings(workers, cpus_per_worker, gpus_per_worker, address)
+    cluster = ClusterSettings(workers, cpus_per_worker, gpus_per_worker)
     cluster.check()
     ray_modules()
     import pyarrow.parquet as pq
@@ -451,7 +449,7 @@ def evaluate_dataset(model, source, methods=("rcam",), layers=("auto",), boxes=N
     """onnx_rcam.evaluate.evaluate on Ray: each worker measures its batches and returns their tallies (a few numbers
     per image, method and layer, never the maps); the driver adds them up in the images' order, so the rows are
     those of the single-machine run. limit: the first N images only. Cluster arguments: see ClusterSettings."""
-    cluster = ClusterSettings(workers, cpus_per_worker, gpus_per_worker, address)
+    cluster = ClusterSettings(workers, cpus_per_worker, gpus_per_worker)
     cluster.check()
     images = image_list(source)
     names = images.names[:limit]
