@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .errors import RcamError
 from .evaluate import Evaluation, Evaluator, add_tallies
-from .explain import BatchWriter, batches, input_folders, output_stem, split_done
+from .explain import BatchWriter, batches, input_folders, output_stem, split_done, timed_run
 from .explainer import Explainer
 from .images import IMAGE_SUFFIXES, decode_image, find_images
 from .load import load
@@ -352,7 +351,6 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
     chunks = batch_rows(images, todo, batch_size)
     partial = outdir / f".{SUMMARY_PARQUET}.partial"
     described = {"methods": list(methods), "layers": explainer.layers}
-    started = time.perf_counter()
     with _RayRun(address) as ray:
         model_ref = ray.put(explainer.model.SerializeToString())
         arguments = ([model_ref], explainer.preprocessing, settings)
@@ -362,17 +360,13 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
             _keep_earlier_rows(outdir / SUMMARY_PARQUET, set(done), writer)
             if progress and done:
                 progress(len(done))
-            for table in _stream(chunks, images.filesystem, ExplainWorker, arguments, cluster):
-                writer.write_table(table)
-                _count(run, table)
-                if progress:
-                    progress(table.num_rows)
-        except BaseException as exc:
-            run.interrupted = f"{type(exc).__name__}: {exc}"
-            run.remaining = len(todo) - run.images
-            raise
+            with timed_run(run, len(todo)):
+                for table in _stream(chunks, images.filesystem, ExplainWorker, arguments, cluster):
+                    writer.write_table(table)
+                    _count(run, table)
+                    if progress:
+                        progress(table.num_rows)
         finally:
-            run.seconds = time.perf_counter() - started
             writer.close()
             os.replace(partial, outdir / SUMMARY_PARQUET)
             _write_run(outdir, run, described, cluster)

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Callable, Iterator
@@ -129,24 +130,34 @@ def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], 
         done, images = split_done(images, folders, outdir)
         summary.rows = [earlier[str(path)] for path in done if str(path) in earlier]
         summary.resumed = len(done)
-    started = time.perf_counter()
     explain_batch = BatchWriter(explainer, folders, outdir, target, top_k, labels, region)
     try:
-        for batch in batches(images, batch_size):
-            rows, failed = explain_batch(batch, load_image)
-            summary.rows += rows
-            summary.failed += failed
-            summary.images += len(batch)
-            if progress:
-                progress(len(batch))
+        with timed_run(summary, len(images)):
+            for batch in batches(images, batch_size):
+                rows, failed = explain_batch(batch, load_image)
+                summary.rows += rows
+                summary.failed += failed
+                summary.images += len(batch)
+                if progress:
+                    progress(len(batch))
+    finally:
+        _write_summary(outdir, summary, explainer)
+    return summary
+
+
+@contextmanager
+def timed_run(summary, total: int):
+    """Time a run into summary.seconds, and where it stops part-way (an error, Ctrl-C) record why and how many of
+    its `total` images it did not reach (summary.images counts those it did), for the summary the caller writes."""
+    started = time.perf_counter()
+    try:
+        yield
     except BaseException as exc:
         summary.interrupted = f"{type(exc).__name__}: {exc}"
-        summary.remaining = len(images) - summary.images
+        summary.remaining = total - summary.images
         raise
     finally:
         summary.seconds = time.perf_counter() - started
-        _write_summary(outdir, summary, explainer)
-    return summary
 
 
 def _earlier_rows(outdir: Path) -> dict[str, dict]:
