@@ -81,7 +81,7 @@ def main(small: int, large: int) -> None:
         f"{os.cpu_count()}-core machine shared with other work (the load average during each run is in the table: "
         "above 2, other processes were competing for the two cores). Each worker holds one onnxruntime session "
         "with one thread. Throughput counts from the driver's start of the run to its last summary row, so it "
-        "includes the workers' start (about 10 s).", "",
+        "includes the workers' start.", "",
         "| images | workers | images/s | seconds | driver peak RSS (MiB) | load average, mean (max) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |", *rows, "",
         f"The driver's peak resident memory over {large} images against {small}: "
