@@ -94,6 +94,45 @@ verify_option = click.option(
          "fails is not written (exit status 3). --no-verify skips the run, for models too big to run here.")
 
 
+def _ray_address(ctx, param, value):
+    """--ray alone: a local cluster (None); else an address Ray takes. A folder or file there is an input that
+    --ray took for its value."""
+    if value is None or value == LOCAL_CLUSTER:
+        return value
+    if value == "auto" or "://" in value or (":" in value and value.rsplit(":", 1)[1].isdigit()):
+        return value
+    raise click.BadParameter(f"{value!r} is not a Ray address (auto, ray://HOST:10001 or HOST:6379): put --ray "
+                             "after the inputs, or write --ray=ADDRESS")
+
+
+LOCAL_CLUSTER = "local"
+ray_option = click.option(
+    "--ray", "ray_address", is_flag=False, flag_value=LOCAL_CLUSTER, default=None, callback=_ray_address,
+    metavar="[ADDRESS]",
+    help="Run on Ray (pip install \"onnx-rcam[ray]\"): alone, a local cluster on this machine's cores; `auto`, the "
+         "cluster this machine belongs to; ray://HOST:10001, a remote one. INPUT may then be s3://, gs:// or "
+         "hdfs:// URIs. Put it last, or write --ray=ADDRESS.")
+workers_option = click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                              help="--ray: actors, each holding one onnxruntime session.")
+cpus_option = click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+                           help="--ray: cores each actor reserves, and its onnxruntime threads.")
+gpus_option = click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+                           help="--ray: GPUs each actor reserves (Ray assigns them); above 0 it runs on "
+                                "onnxruntime's CUDA provider. 0.5 puts two actors on one GPU.")
+
+
+def _cluster_options(function):
+    return ray_option(workers_option(cpus_option(gpus_option(function))))
+
+
+def _ray_only(ray_address, **options) -> None:
+    """Options that mean nothing without --ray are refused rather than ignored."""
+    if ray_address is None:
+        given = [name for name, (value, default) in options.items() if value != default]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} go with --ray")
+
+
 PREPROCESS_HELP = (
     "How photos become model input. Presets: imagenet (resize the shorter side, centre-crop, ImageNet mean/std), "
     "imagenet-squash (resize to the input size without a crop), tf ([-1, 1] after Inception's 0.875 centre crop), "
@@ -242,18 +281,35 @@ def augment(model, output, layers, methods, composite, preprocess, initial, fuse
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 @click.option("--resume", is_flag=True, help="Continue a run that stopped part-way in the same output folder: the "
               "images whose maps (NAME.npz) it holds are skipped, and their rows kept in the summary.")
+@click.option("--overlays", is_flag=True, help="--ray: also write the overlays and the sheet per image (without "
+              "--ray they are always written; on a cluster the maps alone are the default).")
+@_cluster_options
 def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
             composite, initial, task, scores, detections, conf, iou, detect_layout, box, mask_path, input_shape,
-            precision, verify, force, resume):
+            precision, verify, force, resume, overlays, ray_address, workers, cpus_per_worker, gpus_per_worker):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
     MODEL is a plain or an already augmented ONNX classifier (or detector, segmenter: --task); without it, the
     bundled model. INPUT is image files (JPEG, PNG, WebP, BMP) or folders. An unreadable image is reported and
     skipped; the exit status is then 1.
+
+    With --ray, Ray workers explain the images (INPUT may be s3://, gs:// or hdfs:// URIs) and write NAME.npz (with
+    --overlays the pictures too), summary.parquet (a row per image: classes, scores, provider, error) and run.json.
+    The maps and rows are those of a run without --ray. A worker that dies is replaced and its batch run again.
     """
     model, inputs = _model_and_data(model, inputs)
     if not inputs:
         raise click.UsageError("give the images to explain (INPUT...), after the model if any")
+    _ray_only(ray_address, **{"--overlays": (overlays, False), "--workers": (workers, 1),
+                              "--cpus-per-worker": (cpus_per_worker, 1), "--gpus-per-worker": (gpus_per_worker, 0)})
+    if ray_address is not None:
+        if task != "classify" or method == "scorecam" or device != "auto" or verify is False:
+            raise click.UsageError("--ray explains classifiers with the in-graph methods; --task, --method scorecam, "
+                                   "--device and --no-verify are for runs without it (--gpus-per-worker picks CUDA)")
+        _explain_on_ray(_model_argument(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k,
+                        batch_size, preprocess, labels, method, composite, initial, input_shape, precision, force,
+                        resume, overlays, ray_address, workers, cpus_per_worker, gpus_per_worker)
+        return
     if task != "classify" and method == "scorecam":
         raise click.UsageError("--method scorecam explains classifiers only")
     if (box is not None or mask_path is not None) and task != "segment":
@@ -298,6 +354,37 @@ def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
     if x2 <= x1 or y2 <= y1:
         raise click.BadParameter(f"{text!r}: X2 and Y2 must exceed X1 and Y1", param_hint="--box")
     return x1, y1, x2, y2
+
+
+def _explain_on_ray(model, inputs, outdir, layers, target, top_k, batch_size, preprocess, labels, method, composite,
+                    initial, input_shape, precision, force, resume, overlays, ray_address, workers, cpus_per_worker,
+                    gpus_per_worker):
+    from onnx_rcam.distributed import check_output, explain_dataset, list_images, quiet_ray_data
+
+    if target is not None and top_k > 1:
+        raise click.UsageError("--target and --top-k > 1 exclude each other")
+    check_output(outdir, force, resume)
+    images = list_images(inputs)
+    click.echo(f"model     {model}\nmethod    {method or 'rcam'}\nlayers    {', '.join(layers)}\n"
+               f"cluster   {'a local Ray cluster' if ray_address == LOCAL_CLUSTER else ray_address}, {workers} "
+               f"workers x {cpus_per_worker} cores" + (f" x {gpus_per_worker:g} GPUs" if gpus_per_worker else ""))
+    quiet_ray_data()
+    with click.progressbar(length=len(images.names), label=f"explaining {len(images.names)} images",
+                           file=sys.stderr) as bar:
+        run = explain_dataset(model, images, outdir, layers, (method or "rcam",), top_k, preprocess, batch_size,
+                              workers, gpus_per_worker, cpus_per_worker,
+                              None if ray_address == LOCAL_CLUSTER else ray_address, composite, target, labels,
+                              overlays, input_shape, precision, max(5, top_k), resume, force, bar.update, initial)
+    resumed = f" ({run.resumed} from the earlier run)" if run.resumed else ""
+    click.echo(f"explained {run.explained} of {run.images + run.resumed} images{resumed} in {run.seconds:.1f} s "
+               f"({run.images_per_second:.1f} img/s) on {', '.join(sorted(run.providers)) or 'no worker'}; wrote "
+               f"{outdir}")
+    for failure in run.failed:
+        click.echo(f"failed    {failure['error']}", err=True)
+    if run.failed_count > len(run.failed):
+        click.echo(f"failed    ... {run.failed_count} in all: summary.parquet lists every one", err=True)
+    if run.failed_count:
+        raise click.exceptions.Exit(1)
 
 
 @main.command()
@@ -410,16 +497,26 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
               help="detect: as for explain.")
 @input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
+@_cluster_options
 def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_size, mask_batch, device, preprocess,
-             relu, composite, initial, fuse, task, detections, conf, iou, detect_layout, input_shape, force):
+             relu, composite, initial, fuse, task, detections, conf, iou, detect_layout, input_shape, force,
+             ray_address, workers, cpus_per_worker, gpus_per_worker):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018), deletion and insertion AUC (Petsiuk et al. 2018), and with --boxes the pointing
     game and the energy-based pointing game. DATA is image files or folders. Without MODEL: the bundled model,
     its photos and their boxes. With --task detect: the per-detection pointing games of a detector.
 
     The explained class is each image's prediction; scores are its softmax probability.
+
+    With --ray, Ray workers measure the images (DATA may be s3://, gs:// or hdfs:// URIs) and send back a few
+    numbers per image, never the maps; the table is the one a run without --ray gives.
     """
     model, inputs = _model_and_data(model, inputs)
+    _ray_only(ray_address, **{"--workers": (workers, 1), "--cpus-per-worker": (cpus_per_worker, 1),
+                              "--gpus-per-worker": (gpus_per_worker, 0)})
+    if ray_address is not None and (task != "classify" or device != "auto"):
+        raise click.UsageError("--ray evaluates classifiers; --task detect and --device are for runs without it "
+                               "(--gpus-per-worker picks CUDA)")
     if task == "detect" and (model is None or boxes):
         raise click.UsageError("--task detect needs MODEL and DATA, and takes its boxes from the detections "
                                "(leave out --boxes)")
@@ -434,7 +531,13 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
     if outdir.exists() and any(outdir.iterdir()) and not force:
         raise click.ClickException(f"{outdir} already holds files; pass --force to write into it")
     pyplot()  # fails now, not after the measuring, where matplotlib is missing
-    images = find_images(list(inputs))[:limit]
+    if ray_address is not None:
+        from onnx_rcam.distributed import list_images, quiet_ray_data
+
+        listed = list_images(inputs)
+        images = listed.names[:limit]
+    else:
+        images = find_images(list(inputs))[:limit]
     if not images:
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")
     methods = methods or held_methods(model) or (("lrp",) if task == "detect" else ()) + (
@@ -442,7 +545,16 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
     ground_truth = read_boxes(boxes) if boxes else None
     click.echo(f"model     {model}\nmethods   {', '.join(methods)}\nimages    {len(images)}")
     with click.progressbar(length=len(images), label="evaluating", file=sys.stderr) as bar:
-        if task == "detect":
+        if ray_address is not None:
+            from onnx_rcam.distributed import evaluate_dataset
+
+            quiet_ray_data()
+            result = evaluate_dataset(Path(model), listed, methods, layers or ("auto",), ground_truth, batch_size,
+                                      steps, mask_batch, preprocess, relu, input_shape, limit, workers,
+                                      gpus_per_worker, cpus_per_worker,
+                                      None if ray_address == LOCAL_CLUSTER else ray_address, bar.update, composite,
+                                      initial, fuse)
+        elif task == "detect":
             result = evaluate_detections(Path(model), images, methods, layers or ("auto",), batch_size, device,
                                          preprocess, detections, conf, iou, detect_layout, progress=bar.update,
                                          input_shape=input_shape)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -62,6 +62,9 @@ class Tally:
                 "boxed_images": len(self.hits), "map_mean": float(np.mean(self.coverage))}
 
 
+TALLY_FIELDS = tuple(f.name for f in fields(Tally))
+
+
 @dataclass
 class Evaluation:
     rows: list[dict]
@@ -76,50 +79,94 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
     progress: called with the number of images after each batch. relu: clip rcam's raw map at 0, as the Grad-CAM
     family does. composite, initial: the relevance methods' rules and initial relevance, as for augment(). fuse: also
     each in-graph method's map fused over the layers (augment's fuse), as a row of layer `fused` after the others."""
-    methods = list(dict.fromkeys(methods))
-    graph_methods = [m for m in methods if m != SCORE_CAM]
-    in_graph = [m.name for m in resolve_methods(graph_methods)] if graph_methods else []
-    if steps < 2:
-        raise RcamError(f"steps must be at least 2, got {steps}")
-    explainers = {}
-    if in_graph:
-        explainers["graph"] = Explainer(model, layers, device, preprocessing=preprocessing, method=in_graph[0],
-                                        also=in_graph[1:], relu=relu, input_shape=input_shape, composite=composite,
-                                        initial=initial, fuse=fuse)
-        _check_methods(explainers["graph"], in_graph)
-    if SCORE_CAM in methods:
-        explainers[SCORE_CAM] = ScoreCamExplainer(model, layers, device, batch_size=mask_batch,
-                                                  preprocessing=preprocessing, input_shape=input_shape)
-    first = next(iter(explainers.values()))
-    keys = first.layers
-    fused = "graph" in explainers and explainers["graph"].fused
-    if fused and SCORE_CAM in methods:
-        raise RcamError("scorecam's maps are not fused: evaluate it without fuse")
-    measured = keys + [FUSED_KEY] if fused else keys  # the layers, then the fused maps
-    plain = load(model)
-    # Score-CAM already holds a session of the plain model: one serves both.
-    scorer = Scorer(plain, explainers[SCORE_CAM].scorer if SCORE_CAM in explainers else _session(plain, device)[0])
-    tallies = {(m, layer): Tally() for m in methods for layer in measured}
-    skipped = []
+    evaluator = Evaluator(model, methods, layers, boxes, steps, mask_batch, device, preprocessing, relu, input_shape,
+                          composite=composite, initial=initial, fuse=fuse)
+    tallies, skipped = evaluator.empty_tallies(), []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        pictures, names = [], []
+        measured, unreadable = evaluator.measure(batch, load_image)
+        add_tallies(tallies, measured)
+        skipped += unreadable
+        if progress:
+            progress(len(batch))
+    return evaluator.evaluation(tallies, skipped)
+
+
+class Evaluator:
+    """The explainers, the scorer and the settings of one evaluation; measure() tallies one batch of images. One per
+    run of `evaluate`, and one per worker of onnx_rcam.distributed, whose tallies the driver adds up.
+
+    model: as for Explainer; plain: the plain model where `model` was augmented already (it scores the images and
+    runs Score-CAM) [default: model itself]. threads: onnxruntime's threads per session [default: one per core].
+    composite, initial, fuse: as for evaluate()."""
+
+    def __init__(self, model, methods=("rcam",), layers=("auto",), boxes: dict[str, list[Box]] | None = None,
+                 steps: int = 32, mask_batch: int = 32, device: str = "auto", preprocessing=None, relu: bool = False,
+                 input_shape=None, plain=None, threads: int | None = None, composite="rcam",
+                 initial: str = "contrastive", fuse: bool = False):
+        self.methods = list(dict.fromkeys(methods))
+        graph_methods = [m for m in self.methods if m != SCORE_CAM]
+        in_graph = [m.name for m in resolve_methods(graph_methods)] if graph_methods else []
+        if steps < 2:
+            raise RcamError(f"steps must be at least 2, got {steps}")
+        plain = plain if plain is not None else model
+        self.explainers = {}
+        if in_graph:
+            self.explainers["graph"] = Explainer(model, layers, device, preprocessing=preprocessing,
+                                                 method=in_graph[0], also=in_graph[1:], relu=relu,
+                                                 input_shape=input_shape, threads=threads, composite=composite,
+                                                 initial=initial, fuse=fuse)
+            _check_methods(self.explainers["graph"], in_graph)
+        if SCORE_CAM in self.methods:
+            self.explainers[SCORE_CAM] = ScoreCamExplainer(plain, layers, device, batch_size=mask_batch,
+                                                           preprocessing=preprocessing, input_shape=input_shape,
+                                                           threads=threads)
+        self.first = next(iter(self.explainers.values()))
+        fused = "graph" in self.explainers and self.explainers["graph"].fused
+        if fused and SCORE_CAM in self.methods:
+            raise RcamError("scorecam's maps are not fused: evaluate it without fuse")
+        explained = self.first.layers
+        self.measured = explained + [FUSED_KEY] if fused else explained  # the layers, then the fused maps
+        # Score-CAM already holds a session of the plain model: one serves both.
+        scored = load(plain)
+        self.scorer = Scorer(scored, self.explainers[SCORE_CAM].scorer if SCORE_CAM in self.explainers
+                             else _session(scored, device, threads)[0])
+        self.boxes, self.steps = boxes, steps
+
+    def empty_tallies(self) -> dict[tuple[str, str], Tally]:
+        return {(m, layer): Tally() for m in self.methods for layer in self.measured}
+
+    def measure(self, batch: list, read: Callable[[object], object]) -> tuple[dict[tuple[str, str], Tally], list[str]]:
+        """The tallies of one batch of images, and the reasons for those that could not be read. read(image) reads
+        one picture, raising RcamError where it cannot."""
+        tallies, skipped, pictures, names = self.empty_tallies(), [], [], []
         for path in batch:
             try:
-                pictures.append(load_image(path))
-                names.append(Path(path).name)
+                pictures.append(read(path))
+                names.append(PurePath(path).name)
             except RcamError as exc:
                 skipped.append(str(exc))
         if pictures:
-            x = first.prepare(pictures)
-            maps, classes = _maps(explainers, x, methods, measured)
-            _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, first, steps)
-        if progress:
-            progress(len(batch))
-    if not any(t.full for t in tallies.values()):
-        raise RcamError("no image could be read")
-    rows = [tallies[m, layer].row(m, layer, depth) for m in methods for depth, layer in enumerate(measured)]
-    return Evaluation(rows, skipped)
+            x = self.first.prepare(pictures)
+            maps, classes = _maps(self.explainers, x, self.methods, self.measured)
+            _measure(self.scorer, x, maps, classes, pictures, names, self.boxes, tallies, self.first, self.steps)
+        return tallies, skipped
+
+    def evaluation(self, tallies: dict[tuple[str, str], Tally], skipped: list[str]) -> Evaluation:
+        """The metric rows of the tallies over every image."""
+        if not any(t.full for t in tallies.values()):
+            raise RcamError("no image could be read")
+        rows = [tallies[m, layer].row(m, layer, depth) for m in self.methods for depth, layer in
+                enumerate(self.measured)]
+        return Evaluation(rows, skipped)
+
+
+def add_tallies(into: dict[tuple[str, str], Tally], batch: dict[tuple[str, str], Tally]) -> None:
+    """Append a batch's tallies, in order: the driver adds the workers' batches in the images' order, so the means
+    are those of one machine's run."""
+    for key, tally in batch.items():
+        for name in TALLY_FIELDS:
+            getattr(into[key], name).extend(getattr(tally, name))
 
 
 def evaluate_detections(model, images: list[Path], methods=("rcam",), layers=("auto",), batch_size: int = 8,

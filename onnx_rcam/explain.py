@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, Iterator
 
 import numpy as np
@@ -44,14 +46,16 @@ def imagenet_labels() -> list[str]:
     return (models_folder() / "imagenet_classes.txt").read_text().splitlines()
 
 
-def read_labels(path: Path | None, classes: int, task: str = "classify", model=None) -> list[str]:
-    """One label per line; the class names a model carries in its metadata (ultralytics exports write `names`);
-    the bundled ImageNet labels for 1000-class classifiers and COCO's for 80-class detectors; else the class
-    numbers."""
+def read_labels(path: Path | list[str] | None, classes: int, task: str = "classify", model=None) -> list[str]:
+    """One label per line of a file (or the file's lines, read already: onnx_rcam.distributed reads it on the
+    driver, where the path is); the class names a model carries in its metadata (ultralytics exports write
+    `names`); the bundled ImageNet labels for 1000-class classifiers and COCO's for 80-class detectors; else the
+    class numbers."""
     if path is not None:
-        labels = Path(path).read_text().splitlines()
+        labels = path if isinstance(path, list) else Path(path).read_text().splitlines()
         if len(labels) < classes:
-            raise RcamError(f"{path}: {len(labels)} labels for a model with {classes} classes")
+            raise RcamError(f"{'the labels' if isinstance(path, list) else path}: {len(labels)} labels for a model "
+                            f"with {classes} classes")
         return labels
     carried = model_labels(model) if model is not None else None
     if carried is not None and len(carried) >= classes:
@@ -84,12 +88,25 @@ def class_count(explainer: Explainer, explanation) -> int:
     return explanation.logits.shape[1]
 
 
-def output_stem(image: Path, roots: list[Path]) -> Path:
-    """The image's path below the input folder it came from, without suffix: keeps same-named photos apart."""
-    for root in roots:
-        if root.is_dir() and image.is_relative_to(root):
-            return image.relative_to(root).with_suffix("")
-    return Path(image.stem)
+def output_stem(image, folders: list) -> PurePath:
+    """The image's path below the input folder it came from, without suffix: keeps same-named photos apart. image
+    and folders are paths or URIs (s3://bucket/photos, for onnx_rcam.distributed), read as pure paths."""
+    for folder in map(PurePath, folders):
+        if PurePath(image).is_relative_to(folder):
+            return PurePath(image).relative_to(folder).with_suffix("")
+    return PurePath(PurePath(image).stem)
+
+
+def input_folders(roots: list[Path]) -> list[Path]:
+    """The inputs that are folders: an image's output files sit at its path below the folder it came from."""
+    return [root for root in roots if root.is_dir()]
+
+
+def split_done(images: list, folders: list, outdir: Path) -> tuple[list, list]:
+    """(the images whose maps, NAME.npz, an earlier run wrote, the rest) for resume: the .npz is written last and
+    atomically, so its presence means the image is done."""
+    done = {str(image) for image in images if (outdir / f"{output_stem(image, folders)}.npz").is_file()}
+    return [image for image in images if str(image) in done], [image for image in images if str(image) not in done]
 
 
 def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], outdir: Path, batch_size: int = 8,
@@ -107,24 +124,40 @@ def explain_images(explainer: Explainer, images: list[Path], roots: list[Path], 
     run wrote, keeping their rows from its summary.json."""
     outdir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary()
+    folders = input_folders(roots)
     if resume:
         earlier = _earlier_rows(outdir)
-        done = [path for path in images if (outdir / f"{output_stem(path, roots)}.npz").is_file()]
+        done, images = split_done(images, folders, outdir)
         summary.rows = [earlier[str(path)] for path in done if str(path) in earlier]
         summary.resumed = len(done)
-        images = [path for path in images if path not in set(done)]
+    explain_batch = BatchWriter(explainer, folders, outdir, target, top_k, labels, region)
+    try:
+        with timed_run(summary, len(images)):
+            for batch in batches(images, batch_size):
+                rows, failed = explain_batch(batch, load_image)
+                summary.rows += rows
+                summary.failed += failed
+                summary.images += len(batch)
+                if progress:
+                    progress(len(batch))
+    finally:
+        _write_summary(outdir, summary, explainer)
+    return summary
+
+
+@contextmanager
+def timed_run(summary, total: int):
+    """Time a run into summary.seconds, and where it stops part-way (an error, Ctrl-C) record why and how many of
+    its `total` images it did not reach (summary.images counts those it did), for the summary the caller writes."""
     started = time.perf_counter()
     try:
-        _explain_batches(explainer, images, roots, outdir, batch_size, target, top_k, labels, progress, region,
-                         summary)
+        yield
     except BaseException as exc:
         summary.interrupted = f"{type(exc).__name__}: {exc}"
-        summary.remaining = len(images) - summary.images
+        summary.remaining = total - summary.images
         raise
     finally:
         summary.seconds = time.perf_counter() - started
-        _write_summary(outdir, summary, explainer)
-    return summary
 
 
 def _earlier_rows(outdir: Path) -> dict[str, dict]:
@@ -135,47 +168,81 @@ def _earlier_rows(outdir: Path) -> dict[str, dict]:
         return {}
 
 
-def _explain_batches(explainer, images, roots, outdir, batch_size, target, top_k, labels, progress, region,
-                     summary: RunSummary) -> None:
-    label_names: list[str] | None = None
-    for batch in _batches(images, batch_size):
-        pictures, readable = [], []
+class BatchWriter:
+    """Explains a batch of images and writes each one's files (overlays, sheet, NAME.npz); returns the summary rows
+    and the unreadable images. One per run of `explain`, and one per worker of onnx_rcam.distributed, so both write
+    the same files. overlays=False writes the maps alone (classify only). also: more methods the explainer's model
+    holds, whose maps and raw maps the .npz adds as METHOD.LAYER.map and METHOD.LAYER.raw."""
+
+    def __init__(self, explainer: Explainer, folders: list, outdir: Path, target: int | None = None, top_k: int = 5,
+                 labels: Path | list[str] | None = None,
+                 region: Callable[[Image.Image], np.ndarray] | None = None, overlays: bool = True, also=()):
+        self.explainer, self.folders, self.outdir, self.target, self.top_k = explainer, folders, outdir, target, top_k
+        self.labels, self.region, self.overlays, self.also = labels, region, overlays, tuple(also)
+        self.label_names: list[str] | None = None  # read from the first explanation, which tells the class count
+
+    def __call__(self, batch: list, read: Callable[[object], Image.Image]) -> tuple[list[dict], list[dict]]:
+        """batch: image paths (or URIs); read(image) reads one picture, raising RcamError where it cannot."""
+        explainer = self.explainer
+        pictures, readable, failed = [], [], []
         for path in batch:
             try:
-                pictures.append(load_image(path))
+                pictures.append(read(path))
                 readable.append(path)
             except RcamError as exc:
-                summary.failed.append({"image": str(path), "error": str(exc)})
+                failed.append({"image": str(path), "error": str(exc)})
+        rows = []
         if readable:
-            targets = None if target is None else np.full([len(readable)] + ([explainer.top_k] if explainer.top_k
-                                                                             > 1 else []), target)
-            explanation = explainer(pictures, targets=targets, extras=True,
-                                    regions=None if region is None else [region(p) for p in pictures])
-            if label_names is None:
-                label_names = read_labels(labels, class_count(explainer, explanation), explainer.task,
-                                          explainer.model)
-            write = {"classify": _write_image, "detect": _write_detections, "segment": _write_segments}
+            targets = None if self.target is None else np.full(
+                [len(readable)] + ([explainer.top_k] if explainer.top_k > 1 else []), self.target)
+            explanation = explainer(pictures, targets=targets, extras=True, outputs=bool(self.also),
+                                    regions=None if self.region is None else [self.region(p) for p in pictures])
+            if self.label_names is None:
+                self.label_names = read_labels(self.labels, class_count(explainer, explanation), explainer.task,
+                                               explainer.model)
             for i, (path, picture) in enumerate(zip(readable, pictures)):
-                row = write[explainer.task](explainer, explanation, i, path, picture,
-                                            outdir / output_stem(path, roots), label_names, top_k)
+                stem = self.outdir / output_stem(path, self.folders)
+                if explainer.task == "classify":
+                    row = _write_image(explainer, explanation, i, path, picture, stem, self.label_names, self.top_k,
+                                       self.overlays, self._other_maps(explanation, i))
+                else:
+                    write = _write_detections if explainer.task == "detect" else _write_segments
+                    row = write(explainer, explanation, i, path, picture, stem, self.label_names, self.top_k)
                 for written in row["pictures"]:  # relative to the output folder, as index.html links them
-                    written["file"] = Path(written["file"]).relative_to(outdir).as_posix()
-                summary.rows.append(row)
-        summary.images += len(batch)
-        if progress:
-            progress(len(batch))
+                    written["file"] = Path(written["file"]).relative_to(self.outdir).as_posix()
+                rows.append(row)
+        return rows, failed
+
+    def _other_maps(self, explanation, i: int) -> dict[str, np.ndarray]:
+        return {f"{method}.{_safe(layer)}.{part}": explanation.outputs[f"{method}/{layer}/{part}"][i]
+                for method in self.also for layer in self.explainer.layers for part in ("map", "raw")}
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
+def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
 def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture, stem: Path, labels: list[str],
-                 top_k: int) -> dict:
+                 top_k: int, overlays: bool = True, other_maps: dict[str, np.ndarray] | None = None) -> dict:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    box = explainer.preprocessing.crop_box(picture.width, picture.height)
     classes = np.atleast_1d(explanation.classes[i])
+    pictures = _classify_overlays(explainer, explanation, i, picture, stem, labels, classes) if overlays else []
+    save_npz(stem, classes=classes,
+             **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
+             **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers}, **(other_maps or {}))
+    scores = explanation.scores[i]
+    best = np.argsort(-scores)[:top_k]
+    return {"image": str(path), "explained": [int(c) for c in classes],
+            "explained_labels": [labels[int(c)] for c in classes],
+            "top": [{"class": int(c), "label": labels[int(c)], "score": round(float(scores[c]), 6)} for c in best],
+            "pictures": pictures}
+
+
+def _classify_overlays(explainer: Explainer, explanation, i: int, picture, stem: Path, labels: list[str],
+                       classes: np.ndarray) -> list[dict]:
+    """Per layer and explained class its map over the photo, and the sheet of all."""
+    box = explainer.preprocessing.crop_box(picture.width, picture.height)
     shown = []
     for layer in explainer.layers:
         maps = explanation.maps[layer][i].reshape(len(classes), *explanation.maps[layer].shape[-2:])
@@ -183,16 +250,17 @@ def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture,
             suffix = "" if len(classes) == 1 else f".class{rank + 1}"
             shown.append((f"{_safe(layer)}{suffix}", overlay(picture, heat, box=box),
                           f"{explainer.title(layer)} | {labels[int(cls)].split(',')[0]}"))
-    pictures = _save_pictures(stem, [(None, picture, "photo")] + shown)
-    np.savez_compressed(stem.parent / f"{stem.name}.npz", classes=classes,
-                        **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
-                        **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers})
-    scores = explanation.scores[i]
-    best = np.argsort(-scores)[:top_k]
-    return {"image": str(path), "explained": [int(c) for c in classes],
-            "explained_labels": [labels[int(c)] for c in classes],
-            "top": [{"class": int(c), "label": labels[int(c)], "score": round(float(scores[c]), 6)} for c in best],
-            "pictures": pictures}
+    return _save_pictures(stem, [(None, picture, "photo")] + shown)
+
+
+def save_npz(stem: Path, **arrays: np.ndarray) -> None:
+    """STEM.npz, written under a temporary name and renamed: resume takes an .npz for a finished image, and a
+    worker that Ray retries rewrites it whole, so no reader ever sees half a file."""
+    target = stem.parent / f"{stem.name}.npz"
+    partial = stem.parent / f".{stem.name}.npz.{os.getpid()}.partial"
+    with open(partial, "wb") as stream:  # a stream: savez would append .npz to a name
+        np.savez_compressed(stream, **arrays)
+    os.replace(partial, target)
 
 
 def _save_pictures(stem: Path, panels: list[tuple[str | None, Image.Image, str]]) -> list[dict]:
@@ -227,10 +295,9 @@ def _write_detections(explainer: Explainer, explanation, i: int, path: Path, pic
                                                                    captions[k:k + 1], found.classes[k:k + 1]),
                           f"{explainer.title(layer)} | {captions[k]}"))
     pictures = _save_pictures(stem, shown)
-    np.savez_compressed(stem.parent / f"{stem.name}.npz", boxes=boxes, scores=found.scores, classes=found.classes,
-                        **{f"{_safe(layer)}.raw": explanation.raw[layer][i][:len(found)] for layer in explainer.layers},
-                        **{f"{_safe(layer)}.map": explanation.maps[layer][i][:len(found)]
-                           for layer in explainer.layers})
+    save_npz(stem, boxes=boxes, scores=found.scores, classes=found.classes,
+             **{f"{_safe(layer)}.raw": explanation.raw[layer][i][:len(found)] for layer in explainer.layers},
+             **{f"{_safe(layer)}.map": explanation.maps[layer][i][:len(found)] for layer in explainer.layers})
     return {"image": str(path), "detections": [
         {"class": int(c), "label": labels[int(c)], "score": round(float(s), 6),
          "box": [round(float(v), 1) for v in box], "pointing": {layer: pointing[layer][k] for layer in pointing}}
@@ -262,9 +329,9 @@ def _write_segments(explainer: Explainer, explanation, i: int, path: Path, pictu
             suffix = "" if len(classes) == 1 else f".class{k + 1}"
             panels.append((f"{_safe(layer)}{suffix}", shown, f"{explainer.title(layer)} | {labels[int(cls)]}"))
     pictures = _save_pictures(stem, panels)
-    np.savez_compressed(stem.parent / f"{stem.name}.npz", classes=classes, regions=explanation.regions[i],
-                        **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
-                        **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers})
+    save_npz(stem, classes=classes, regions=explanation.regions[i],
+             **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
+             **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers})
     share = explanation.regions[i].reshape(len(classes), -1).mean(1)
     return {"image": str(path), "explained": [int(c) for c in classes],
             "explained_labels": [labels[int(c)] if c >= 0 else "" for c in classes],

@@ -73,6 +73,8 @@ class Explainer:
     more methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate). relu:
     clip rcam's raw map at 0 before normalising, as the Grad-CAM family does. precision, verify, fuse: as for
     augment(); the fused map is then maps["fused"] (and outputs' METHOD/fused/map), not one of `layers`.
+    threads: onnxruntime's threads for one run [default: one per core]; onnx_rcam.distributed gives each worker
+    its share of the machine's cores.
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
@@ -80,7 +82,7 @@ class Explainer:
                  preprocessing: Preprocessing | str | None = None, input_shape=None, method: str | None = None,
                  also=(), relu: bool = False, precision: str = "fp32", verify: bool = True, task: str = "classify",
                  scores: str | None = None, detections: int = 5, conf: float = 0.25, iou: float = 0.45,
-                 layout: str = "auto", fuse: bool = False):
+                 layout: str = "auto", fuse: bool = False, threads: int | None = None):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         if task not in TASKS:
@@ -100,7 +102,7 @@ class Explainer:
                             fuse=fuse)
         self.model = proto
         self.scopes = recorded_scopes(proto)  # layer key -> torch module path, for titles
-        self.session, self.provider, self.cuda_wanted = _session(proto, device)
+        self.session, self.provider, self.cuda_wanted = _session(proto, device, threads)
         self.input = next(i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, SEED_INPUT))
         outputs = [o.name for o in self.session.get_outputs()]
         keys = [name[len(f"{method}/"):-len("/map")] for name in outputs
@@ -270,10 +272,13 @@ def _picture(image) -> Image.Image:
     return load_image(image)
 
 
-def _session(model: onnx.ModelProto, device: str) -> tuple[ort.InferenceSession, str, bool]:
+def _session(model: onnx.ModelProto, device: str, threads: int | None = None) -> tuple[ort.InferenceSession, str,
+                                                                                       bool]:
     """The session, the provider that really runs it (onnxruntime falls back to the CPU silently), and whether
-    CUDA was tried."""
+    CUDA was tried. threads: intra-op threads (default: onnxruntime's, one per core)."""
     options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
     options.log_severity_level = 3  # the optional rcam/target input is reported as a warning on every load
     wants_cuda = device == "cuda" or (device == "auto" and "CUDAExecutionProvider" in ort.get_available_providers())
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():

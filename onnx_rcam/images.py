@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -188,10 +189,23 @@ def load_image(path: str | Path) -> Image.Image:
     """An RGB picture, upright as viewers show it (a phone photo's EXIF orientation applied); an unreadable file
     raises RcamError naming it."""
     try:
-        with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
         raise RcamError(f"{path}: cannot read the image ({exc})") from None
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """load_image for a file's bytes read elsewhere (onnx_rcam.distributed reads them from any filesystem); name
+    is the file's, for the error. Pillow's own message would name the buffer, so an undecodable file is described
+    in words that hold wherever its bytes came from."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except UnidentifiedImageError:
+        raise RcamError(f"{name}: cannot read the image (not a picture Pillow can decode)") from None
+    except (OSError, ValueError) as exc:
+        raise RcamError(f"{name}: cannot read the image ({exc})") from None
 
 
 def find_images(inputs) -> list[Path]:

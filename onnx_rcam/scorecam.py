@@ -53,15 +53,17 @@ class ScoreCamExplainer(Explainer):
     """
 
     def __init__(self, model, layers=("auto",), device: str = "auto", batch_size: int = 32,
-                 preprocessing=None, input_shape=None, progress: Callable[[int], None] | None = None):
+                 preprocessing=None, input_shape=None, progress: Callable[[int], None] | None = None,
+                 threads: int | None = None):
         proto = load(model)
         if {TARGET_INPUT, SEED_INPUT} & {i.name for i in proto.graph.input}:
             raise RcamError("Score-CAM runs the plain model: pass the model before augmentation")
         if batch_size < 1:
             raise RcamError(f"batch_size must be at least 1, got {batch_size}")
         # The augmented model gives the activations and the explained classes in one run; the plain one scores.
-        super().__init__(model, layers, device, preprocessing=preprocessing, input_shape=input_shape)
-        self.scorer = _session(proto, device)[0]
+        super().__init__(model, layers, device, preprocessing=preprocessing, input_shape=input_shape,
+                         threads=threads)
+        self.scorer = _session(proto, device, threads)[0]
         self.batch_size, self.progress = batch_size, progress
 
     @property
