@@ -376,6 +376,9 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
               "VOC .xml file or folder, a COCO .json, or a .csv with image,xmin,ymin,xmax,ymax.")
 @click.option("--steps", type=click.IntRange(min=2), default=32, show_default=True,
               help="Deletion and insertion: steps from no pixel changed to all.")
+@click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=50, show_default=True,
+              help="The binarised Average Drop and Increase in Confidence keep this share of each map's pixels, its "
+                   "most salient (the Relevance-CAM authors' evaluation keeps 50).")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N images only (sorted by path).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--mask-batch", type=click.IntRange(min=1), default=32, show_default=True,
@@ -395,12 +398,13 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
               help="detect: as for explain.")
 @input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
-def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_size, mask_batch, device, preprocess,
-             relu, task, detections, conf, iou, detect_layout, input_shape, force):
+def evaluate(model, inputs, outdir, methods, layers, boxes, steps, top_percent, limit, batch_size, mask_batch, device,
+             preprocess, relu, task, detections, conf, iou, detect_layout, input_shape, force):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
-    (Chattopadhay et al. 2018), deletion and insertion AUC (Petsiuk et al. 2018), and with --boxes the pointing
-    game and the energy-based pointing game. DATA is image files or folders. Without MODEL: the bundled model,
-    its photos and their boxes. With --task detect: the per-detection pointing games of a detector.
+    (Chattopadhay et al. 2018) with the soft map and with its top --top-percent pixels, deletion and insertion AUC
+    (Petsiuk et al. 2018), and with --boxes the pointing game and the energy-based pointing game, each with a
+    bootstrap 95% interval over the photos. DATA is image files or folders. Without MODEL: the bundled model, its
+    photos and their boxes. With --task detect: the per-detection pointing games of a detector.
 
     The explained class is each image's prediction; scores are its softmax probability.
     """
@@ -433,7 +437,8 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
                                          input_shape=input_shape)
         else:
             result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size,
-                                    steps, mask_batch, device, preprocess, bar.update, relu, input_shape)
+                                    steps, mask_batch, device, preprocess, bar.update, relu, input_shape,
+                                    top_percent)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

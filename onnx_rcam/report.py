@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 INDEX = "index.html"
@@ -56,13 +57,14 @@ def explain_index(outdir: Path, title: str, rows: list[dict], failed: list[dict]
 
 
 def evaluate_index(outdir: Path, title: str, rows: list[dict], columns: dict[str, tuple[str, str]],
-                   notes: list[str], plot: str | None) -> Path:
-    """The metrics table (columns: key -> (title, which is better)) and the plot of each metric against depth."""
+                   notes: list[str], plot: str | None, cell: Callable[[dict, str], str]) -> Path:
+    """The metrics table (columns: key -> (title, which is better); cell(row, key): the text of a value) and the
+    plot of each metric against depth."""
     shown = [c for c in columns if not all(isinstance(r.get(c), float) and math.isnan(r[c]) for r in rows)]
     head = "".join(f"<th>{html.escape(columns[c][0])}<br>({columns[c][1]} is better)</th>" for c in shown)
     lines = []
     for r in rows:
-        cells = "".join(f"<td>{r[c]:.3f}</td>" for c in shown)
+        cells = "".join(f"<td>{html.escape(cell(r, c))}</td>" for c in shown)
         lines.append(f"<tr><td>{html.escape(r['method'])}</td><td><code>{html.escape(r['layer'])}</code></td>"
                      f"{cells}</tr>")
     body = [f"<table><tr><th>method</th><th>layer</th>{head}</tr>{''.join(lines)}</table>"]

@@ -74,10 +74,10 @@ def test_evaluate_writes_the_table_csv_and_plot(capsys, setup, tmp_path):
 
 
 def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
-    """Average Drop, Increase in Confidence and the deletion AUC of Grad-CAM at layer4, from the maps of an
-    Explainer and plain model runs."""
+    """Average Drop, Increase in Confidence (soft, and binarised at the top 25 %) and the deletion AUC of Grad-CAM
+    at layer4, from the maps of an Explainer and plain model runs; the intervals from the per-image values."""
     path, photos, _ = setup
-    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "gradcam")
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "gradcam", "--top-percent", "25")
     assert code == 0, captured.err
     with (tmp_path / "out" / "results.csv").open() as handle:
         row = next(r for r in csv.DictReader(handle) if r["layer"] == "layer4")
@@ -95,6 +95,19 @@ def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
     full, masked = probability(x, classes), probability(x * heat[:, None], classes)
     assert float(row["average_drop"]) == pytest.approx(np.mean(np.maximum(0, full - masked) / full) * 100, rel=1e-4)
     assert float(row["increase_in_confidence"]) == pytest.approx(np.mean(masked > full) * 100)
+    # binarised: the 1024 most salient of the 64 x 64 pixels kept, the rest 0 in the normalised input
+    kept = np.zeros([len(x), SIZE * SIZE], np.float32)
+    for n, saliency in enumerate(heat):
+        kept[n, np.argsort(-saliency.ravel(), kind="stable")[:1024]] = 1
+    top = probability(x * kept.reshape(len(x), 1, SIZE, SIZE), classes)
+    drops = np.maximum(0, full - top) / full * 100
+    assert float(row["binarised_average_drop"]) == pytest.approx(drops.mean(), rel=1e-4)
+    assert float(row["binarised_increase_in_confidence"]) == pytest.approx(np.mean(top > full) * 100)
+    assert float(row["top_percent"]) == 25
+    draws = np.random.default_rng(0).integers(0, len(x), size=(2000, len(x)))
+    np.testing.assert_allclose([float(row["binarised_average_drop_low"]), float(row["binarised_average_drop_high"])],
+                               np.percentile(drops[draws].mean(axis=1), [2.5, 97.5]), rtol=1e-4)
+    assert "Average Drop, top 25% binarised (%)" in (tmp_path / "out" / "results.md").read_text()
     assert float(row["map_mean"]) == pytest.approx(heat.mean(), rel=1e-5)
     aucs = []
     for image, saliency, target in zip(x, heat, classes):
@@ -106,6 +119,12 @@ def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
             curve.append(probability(erased.reshape(1, 3, SIZE, SIZE), [target])[0])
         aucs.append(np.trapezoid(curve, dx=0.25))
     assert float(row["deletion_auc"]) == pytest.approx(np.mean(aucs), rel=1e-4)
+    assert float(row["deletion_auc_low"]) <= float(row["deletion_auc"]) <= float(row["deletion_auc_high"])
+    with (tmp_path / "out" / "per_image.csv").open() as handle:
+        per_image = [r for r in csv.DictReader(handle) if r["layer"] == "layer4"]
+    assert [r["image"] for r in per_image] == ["a.png", "b.png", "c.png"]
+    np.testing.assert_allclose([float(r["deletion_auc"]) for r in per_image], aucs, rtol=1e-4)
+    assert [r["pointing_game"] for r in per_image][2] == "nan"   # c.png has no box
 
 
 def test_insertion_and_pointing_games_recomputed_directly(capsys, setup, tmp_path):
