@@ -438,7 +438,7 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, top_percent, 
         else:
             result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size,
                                     steps, mask_batch, device, preprocess, bar.update, relu, input_shape,
-                                    top_percent)
+                                    top_percent=top_percent)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)
