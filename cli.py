@@ -55,6 +55,15 @@ input_shape_option = click.option(
     help="Fix the image input's shape, for models with a dynamic height and width, e.g. N,3,224,224 (a name keeps "
          "that dimension dynamic). The augmented model then takes this shape only.")
 
+# The relevance methods' rules and initial relevance: augment, explain and evaluate take them alike.
+composite_option = click.option(
+    "--composite", default="rcam", show_default=True, metavar="NAME|FILE",
+    help=f"LRP rules per op for the relevance methods: {', '.join(COMPOSITES)}, or a JSON file mapping op types "
+         "(and `input`, the first Conv) to rules.")
+initial_option = click.option(
+    "--initial", type=click.Choice(INITIAL_KINDS), default="contrastive", show_default=True,
+    help="Relevance at the logits for the relevance methods: contrastive (target 1, others -1/K), onehot, or logit.")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnx-rcam")
@@ -102,17 +111,15 @@ PREPROCESS_HELP = (
 @click.option("--method", "methods", multiple=True, type=click.Choice(list(METHODS)),
               help="CAM to add; repeat for several in one file [default: rcam]. rcam is Relevance-CAM; gradcam, "
                    "gradcampp, xgradcam, layercam and hirescam come from the gradient of the class score, computed "
-                   "in the same graph; lrp is the LRP heatmap, the relevance summed over channels. Each adds "
+                   "in the same graph; lrp is the LRP heatmap, the relevance summed over channels; lrp-pos, rcam-pos "
+                   "and rcam-elem are maps of the positive relevance (README, methods). Each adds "
                    "METHOD/L/map, METHOD/L/raw, METHOD/L/activation and METHOD/L/relevance (METHOD/L/gradient for "
                    "the gradient methods).")
-@click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE",
-              help=f"LRP rules per op for rcam and lrp: {', '.join(COMPOSITES)}, or a JSON file mapping op types "
-                   "(and `input`, the first Conv) to rules.")
+@composite_option
 @click.option("--preprocess", default=None, metavar="PRESET|FILE",
               help="How images are prepared for MODEL (as for explain), which bounds the image's values for the zbox "
                    "rule (epsilon_gamma_box) [default: MODEL's sidecar MODEL.preprocess.json, else imagenet].")
-@click.option("--initial", type=click.Choice(INITIAL_KINDS), default="contrastive", show_default=True,
-              help="Relevance at the logits for rcam and lrp: contrastive (target 1, others -1/K), onehot, or logit.")
+@initial_option
 @click.option("--relu", is_flag=True, help="Clip rcam's raw map at 0 before normalising (the Grad-CAM convention, "
               "which the gradient methods always follow).")
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
@@ -202,7 +209,8 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
                    "masked by each channel of the layer instead, one forward pass per channel: slow.")
 @click.option("--mask-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Score-CAM: masked images per onnxruntime run.")
-@click.option("--composite", default="rcam", show_default=True, metavar="NAME|FILE")
+@composite_option
+@initial_option
 @click.option("--task", type=click.Choice(TASKS), default="classify", show_default=True,
               help="classify: class scores [N, K]. detect: a YOLO detector's [N, A, 5+C] (YOLOv5) or [N, 4+C, A] "
                    "(YOLOv8/11) output: boxes decoded, NMS, the best --detections each explained, all in one run "
@@ -231,8 +239,8 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
 @click.option("--resume", is_flag=True, help="Continue a run that stopped part-way in the same output folder: the "
               "images whose maps (NAME.npz) it holds are skipped, and their rows kept in the summary.")
 def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
-            composite, task, scores, detections, conf, iou, detect_layout, box, mask_path, input_shape, precision,
-            verify, force, resume):
+            composite, initial, task, scores, detections, conf, iou, detect_layout, box, mask_path, input_shape,
+            precision, verify, force, resume):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
     MODEL is a plain or an already augmented ONNX classifier (or detector, segmenter: --task); without it, the
@@ -252,7 +260,7 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
                           Path(mask_path) if mask_path else None)
     _explain(_model_argument(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size,
              device, preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options,
-             resume)
+             resume, initial)
 
 
 @dataclass(frozen=True)
@@ -299,7 +307,7 @@ def demo(outdir, force):
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
              input_shape=None, method=None, mask_batch=32, precision="fp32", verify=True,
-             options: TaskOptions = TaskOptions(), resume: bool = False):
+             options: TaskOptions = TaskOptions(), resume: bool = False, initial: str = "contrastive"):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
     if outdir.exists() and any(outdir.iterdir()) and not (force or resume):
@@ -315,8 +323,8 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
                                       preprocessing=preprocess, input_shape=input_shape)
     else:
         explainer = Explainer(model, layers=layers, device=device, top_k=top_k, composite=composite,
-                              preprocessing=preprocess, input_shape=input_shape, method=method, precision=precision,
-                              verify=verify, task=options.task, scores=options.scores,
+                              initial=initial, preprocessing=preprocess, input_shape=input_shape, method=method,
+                              precision=precision, verify=verify, task=options.task, scores=options.scores,
                               detections=options.detections, conf=options.conf, iou=options.iou,
                               layout=options.layout)
     click.echo(f"model     {model}\nmethod    {explainer.name}\nlayers    {', '.join(explainer.layers)}\n"
@@ -387,6 +395,8 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @click.option("--preprocess", default=None, metavar="PRESET|FILE", help="As for explain.")
 @click.option("--relu", is_flag=True, help="Clip rcam's raw map at 0 before normalising, as the Grad-CAM family "
               "does (rcam's maps are signed by default, so they keep more of the image).")
+@composite_option
+@initial_option
 @click.option("--task", type=click.Choice(["classify", "detect"]), default="classify", show_default=True,
               help="detect: a YOLO detector (see `explain --task`); the per-detection pointing game over its best "
                    "--detections detections per image: is each map's maximum inside its own box, and what share "
@@ -399,7 +409,7 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def evaluate(model, inputs, outdir, methods, layers, boxes, steps, top_percent, limit, batch_size, mask_batch, device,
-             preprocess, relu, task, detections, conf, iou, detect_layout, input_shape, force):
+             preprocess, relu, composite, initial, task, detections, conf, iou, detect_layout, input_shape, force):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018) with the soft map and with its top --top-percent pixels, deletion and insertion AUC
     (Petsiuk et al. 2018), and with --boxes the pointing game and the energy-based pointing game, each with a
@@ -437,8 +447,8 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, top_percent, 
                                          input_shape=input_shape)
         else:
             result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size,
-                                    steps, mask_batch, device, preprocess, bar.update, relu, input_shape,
-                                    top_percent=top_percent)
+                                    steps, mask_batch, device, preprocess, bar.update, relu, input_shape, composite,
+                                    initial, top_percent)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

@@ -52,7 +52,8 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
     METHOD/L/...: `rcam` (Relevance-CAM, under `composite` and `initial`), and the Grad-CAM family `gradcam`,
     `gradcampp`, `xgradcam`, `layercam`, `hirescam`, from the gradient of the class score, whose outputs hold the
     gradient in place of the relevance (METHOD/L/gradient); `lrp`, the LRP heatmap sum_k R_k (at layer `input`,
-    the image itself: the input-level heatmap). input_bounds: (low, high), the least and greatest value of the
+    the image itself: the input-level heatmap); `lrp-pos`, `rcam-pos` and `rcam-elem`, maps of the positive
+    relevance (heads.py). input_bounds: (low, high), the least and greatest value of the
     image input, one per channel or one for all, for the zbox rule (epsilon_gamma_box); default: ImageNet's
     normalisation of pixel values in [0, 1] (images.Preprocessing.bounds gives them for other preprocessing).
     precision: the float type of the generated backward pass, `fp32` (default, whatever the model's own type) or

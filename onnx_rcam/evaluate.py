@@ -98,11 +98,11 @@ class Evaluation:
 def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), boxes: dict[str, list[Box]] | None = None,
              batch_size: int = 8, steps: int = 32, mask_batch: int = 32, device: str = "auto", preprocessing=None,
              progress: Callable[[int], None] | None = None, relu: bool = False, input_shape=None,
-             top_percent: float = metrics.TOP_PERCENT) -> Evaluation:
+             composite="rcam", initial: str = "contrastive", top_percent: float = metrics.TOP_PERCENT) -> Evaluation:
     """Metric rows per method and layer, in the order given (give layers shallow to deep: `depth` is that order).
     progress: called with the number of images after each batch. relu: clip rcam's raw map at 0, as the Grad-CAM
-    family does. top_percent: the share of each map's pixels that the binarised Average Drop and Increase in
-    Confidence keep."""
+    family does. composite, initial: the relevance methods' rules and initial relevance, as for augment().
+    top_percent: the share of each map's pixels that the binarised Average Drop and Increase in Confidence keep."""
     methods = list(dict.fromkeys(methods))
     graph_methods = [m for m in methods if m != SCORE_CAM]
     in_graph = [m.name for m in resolve_methods(graph_methods)] if graph_methods else []
@@ -113,7 +113,8 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
     explainers = {}
     if in_graph:
         explainers["graph"] = Explainer(model, layers, device, preprocessing=preprocessing, method=in_graph[0],
-                                        also=in_graph[1:], relu=relu, input_shape=input_shape)
+                                        also=in_graph[1:], relu=relu, input_shape=input_shape, composite=composite,
+                                        initial=initial)
         _check_methods(explainers["graph"], in_graph)
     if SCORE_CAM in methods:
         explainers[SCORE_CAM] = ScoreCamExplainer(model, layers, device, batch_size=mask_batch,

@@ -68,9 +68,9 @@ class Explanation:
 class Explainer:
     """Runs an augmented model: `model` may be plain (augmented here, in memory) or already augmented.
 
-    method: the CAM whose maps it returns (rcam, lrp or one of the Grad-CAM family; see heads.METHODS; default:
-    default_method(task), rcam for classifiers, lrp for detections and class regions). also: more
-    methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate). relu:
+    method: the CAM whose maps it returns (rcam, a relevance map such as lrp, or one of the Grad-CAM family; see
+    heads.METHODS; default: default_method(task), rcam for classifiers, lrp for detections and class regions). also:
+    more methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate). relu:
     clip rcam's raw map at 0 before normalising, as the Grad-CAM family does. precision, verify: as for augment().
     """
 

@@ -15,6 +15,21 @@ the method asks for one), resized to the image. Sums over h, w are per channel k
 - layercam: Jiang et al., "LayerCAM", IEEE TIP 2021: raw = sum_k ReLU(G_k) * A_k element-wise, ReLU.
 - hirescam: Draelos and Carin, "Use HiResCAM instead of Grad-CAM", 2020: raw = sum_k G_k * A_k
   element-wise, ReLU.
+
+Relevance candidates (issue 15: can a map from the same relevance beat the paper's head?). Under z+ a unit's
+relevance is its activation times a modified gradient, R_k = A_k * c_k with c_k = W+^T (R / z) (Montavon et al.
+2019, section 10.2.3), so R is already element-wise and already weighted by A:
+- lrp (above) is sum_k A_k c_k: the relevance analogue of HiResCAM's sum_k A_k G_k.
+- lrp-pos: raw = sum_k ReLU(R_k), each unit's positive evidence only, before negative units of other channels
+  cancel it: the analogue of LayerCAM's sum_k ReLU(G_k) A_k (for A >= 0, ReLU(R_k) = A_k ReLU(c_k)). ReLU.
+- rcam-pos: w_k = mean_hw ReLU(R_k), raw = sum_k w_k A_k, ReLU: the paper's channel weighting from the positive
+  relevance only, as Grad-CAM++ weighs by ReLU(G_k); no channel gets a negative weight, so the map has no signed
+  background of about 0.5 (reports/relevance-cam-comparison.md).
+- rcam-elem: raw = sum_k ReLU(R_k A_k) / mean_hw |A_k| (0 for a channel whose activation is 0 everywhere), ReLU:
+  the element-wise Relevance-CAM of issue 15, R_k A_k in place of the paper's mean_hw(R_k) A_k, as HiResCAM puts
+  G_k A_k in place of Grad-CAM's. R_k holds A_k already, so R_k A_k counts the activation twice; dividing by the
+  channel's mean |A_k| keeps the second factor a relative one (how much more active the unit is than its channel's
+  average) and the map in relevance units, so channels of large activation scale do not take it over.
 """
 
 from __future__ import annotations
@@ -37,9 +52,14 @@ class Method:
     relu: bool             # ReLU before normalising (rcam leaves it to the caller)
 
 
+def _channel_sum(b: Builder, x: str) -> str:
+    """sum_k x_k: [rows, C, h, w] -> [rows, h, w]."""
+    return b.node("ReduceSum", [x, b.ints([1])], keepdims=0)
+
+
 def _weighted_sum(b: Builder, weights: str, activation: str) -> str:
     """sum_k w_k A_k, for weights per channel [rows, C, 1, 1] or per unit [rows, C, h, w]."""
-    return b.node("ReduceSum", [b.mul(weights, activation), b.ints([1])], keepdims=0)
+    return _channel_sum(b, b.mul(weights, activation))
 
 
 def _mean_weighted(b, activation, signal, area):
@@ -47,7 +67,20 @@ def _mean_weighted(b, activation, signal, area):
 
 
 def _relevance_sum(b, activation, relevance, area):
-    return b.node("ReduceSum", [relevance, b.ints([1])], keepdims=0)
+    return _channel_sum(b, relevance)
+
+
+def _positive_relevance_sum(b, activation, relevance, area):
+    return _channel_sum(b, b.relu(relevance))
+
+
+def _positive_mean_weighted(b, activation, relevance, area):
+    return _mean_weighted(b, activation, b.relu(relevance), area)
+
+
+def _elementwise_relevance(b, activation, relevance, area):
+    mean_magnitude = b.scale(b.reduce_sum(b.node("Abs", [activation]), [2, 3]), 1.0 / area)
+    return _channel_sum(b, b.div_or_zero(b.relu(b.mul(relevance, activation)), mean_magnitude))
 
 
 def _gradcampp(b, activation, gradient, area):
@@ -78,6 +111,9 @@ def _hirescam(b, activation, gradient, area):
 METHODS = {m.name: m for m in (
     Method("rcam", "relevance", _mean_weighted, relu=False),
     Method("lrp", "relevance", _relevance_sum, relu=True),
+    Method("lrp-pos", "relevance", _positive_relevance_sum, relu=True),
+    Method("rcam-pos", "relevance", _positive_mean_weighted, relu=True),
+    Method("rcam-elem", "relevance", _elementwise_relevance, relu=True),
     Method("gradcam", "gradient", _mean_weighted, relu=True),
     Method("gradcampp", "gradient", _gradcampp, relu=True),
     Method("xgradcam", "gradient", _xgradcam, relu=True),

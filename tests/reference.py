@@ -480,3 +480,17 @@ def gradient_cams(A, G, size) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         "hirescam": (G * A).sum(1),
     }
     return {name: (raw, normalized_map(raw.clamp(min=0), size)) for name, raw in raws.items()}
+
+
+def relevance_cams(A, R, size) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The maps from the relevance besides Relevance-CAM (onnx_rcam/heads.py's docstring): method -> (raw map, map),
+    ReLU before normalising."""
+    A, R = torch.as_tensor(A), torch.as_tensor(R)
+    mean_magnitude = A.abs().mean(dim=(2, 3), keepdim=True)
+    raws = {
+        "lrp": R.sum(1),
+        "lrp-pos": R.clamp(min=0).sum(1),
+        "rcam-pos": (R.clamp(min=0).mean(dim=(2, 3), keepdim=True) * A).sum(1),
+        "rcam-elem": safe_divide((R * A).clamp(min=0), mean_magnitude).sum(1),
+    }
+    return {name: (raw, normalized_map(raw.clamp(min=0), size)) for name, raw in raws.items()}

@@ -189,6 +189,24 @@ def test_relu_clips_the_rcam_maps():
     assert rows[False]["map_mean"] != pytest.approx(rows[True]["map_mean"], rel=1e-3)
 
 
+@pytest.mark.parametrize("option, value", [("--initial", "onehot"), ("--composite", "epsilon_plus")])
+def test_initial_and_composite_reach_the_relevance_maps(capsys, setup, tmp_path, option, value):
+    """--initial and --composite (issue 15: onehot against contrastive, the composites against each other): the
+    maps evaluated are an Explainer's with the same setting, and differ from the default's (their mean, per layer)."""
+    path, photos, _ = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "lrp-pos", option, value)
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = {r["layer"]: float(r["map_mean"]) for r in csv.DictReader(handle)}
+    images = sorted(photos.glob("*.png"))
+    setting = {option.lstrip("-"): value}
+    for layer, mean in rows.items():
+        chosen = Explainer(path, layers=[layer], device="cpu", method="lrp-pos", **setting)(images).maps[layer]
+        default = Explainer(path, layers=[layer], device="cpu", method="lrp-pos")(images).maps[layer]
+        assert mean == pytest.approx(chosen.mean(), rel=1e-5)
+        assert np.abs(chosen - default).max() > 0.01, (layer, "the setting changed nothing")
+
+
 def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):
     code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "nope")
     assert code == 2 and "Invalid value" in captured.err
