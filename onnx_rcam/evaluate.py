@@ -249,7 +249,9 @@ def _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, explaine
     size = x.shape[1:3] if channels_last else x.shape[2:4]
     framed = [to_input_frame(boxes[name], explainer.preprocessing.crop_box(*picture.size), size)
               if boxes and name in boxes else None for name, picture in zip(names, pictures)]
-    blurred = [metrics.gaussian_blur(image, channels_last=channels_last) for image in x]
+    blurred = np.stack([metrics.gaussian_blur(image, channels_last=channels_last) for image in x])
+    # Every map's deletion ends at the baseline and its insertion starts at the blurred image: scored once.
+    emptied, blurred_scores = scorer(np.zeros_like(x), classes), scorer(blurred, classes)
     for key, heat in maps.items():
         tally = tallies[key]
         spread = heat[..., None] if channels_last else heat[:, None]
@@ -257,14 +259,17 @@ def _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, explaine
         top = top[..., None] if channels_last else top[:, None]
         tally.full += list(full)
         tally.coverage += list(heat.mean(axis=(1, 2)))
-        tally.masked += list(scorer(x * spread, classes))
-        tally.masked_top += list(scorer(x * top, classes))
+        masked = scorer(np.concatenate([x * spread, x * top]), np.concatenate([classes, classes]))
+        tally.masked += list(masked[:len(x)])
+        tally.masked_top += list(masked[len(x):])
         for n, image in enumerate(x):
-            for series, start, end in ((tally.deletion, image, np.zeros_like(image)),
-                                       (tally.insertion, blurred[n], image)):
-                steps_images = metrics.perturbation_series(image, start, end, heat[n], steps, channels_last)
-                curve = scorer(steps_images, np.full(len(steps_images), classes[n]))
-                series.append(metrics.area_under_curve(curve))
+            # the steps - 1 images between the ends of deletion, then of insertion, in one run
+            between = np.concatenate([
+                metrics.perturbation_series(image, image, np.zeros_like(image), heat[n], steps, channels_last)[1:-1],
+                metrics.perturbation_series(image, blurred[n], image, heat[n], steps, channels_last)[1:-1]])
+            scores = scorer(between, np.full(len(between), classes[n]))
+            tally.deletion.append(metrics.area_under_curve([full[n], *scores[:steps - 1], emptied[n]]))
+            tally.insertion.append(metrics.area_under_curve([blurred_scores[n], *scores[steps - 1:], full[n]]))
             boxed = framed[n] is not None
             tally.hits.append(metrics.pointing_hit(heat[n], framed[n]) if boxed else math.nan)
             tally.energy.append(metrics.energy_in_boxes(heat[n], framed[n]) if boxed else math.nan)
