@@ -59,7 +59,10 @@ input_shape_option = click.option(
 composite_option = click.option(
     "--composite", default="rcam", show_default=True, metavar="NAME|FILE",
     help=f"LRP rules per op for the relevance methods: {', '.join(COMPOSITES)}, or a JSON file mapping op types "
-         "(and `input`, the first Conv) to rules.")
+         "(and `input`, the first Conv; `depthwise`, Convs with one group per channel) to rules.")
+fuse_option = click.option(
+    "--fuse", is_flag=True, help="Also fuse each method's maps over the layers (two or more): METHOD/fused/map, the "
+                                 "min-max normalisation of the mean of the layers' maps (layer key `fused`).")
 initial_option = click.option(
     "--initial", type=click.Choice(INITIAL_KINDS), default="contrastive", show_default=True,
     help="Relevance at the logits for the relevance methods: contrastive (target 1, others -1/K), onehot, or logit.")
@@ -120,6 +123,7 @@ PREPROCESS_HELP = (
               help="How images are prepared for MODEL (as for explain), which bounds the image's values for the zbox "
                    "rule (epsilon_gamma_box) [default: MODEL's sidecar MODEL.preprocess.json, else imagenet].")
 @initial_option
+@fuse_option
 @click.option("--relu", is_flag=True, help="Clip rcam's raw map at 0 before normalising (the Grad-CAM convention, "
               "which the gradient methods always follow).")
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=1, show_default=True,
@@ -134,7 +138,7 @@ PREPROCESS_HELP = (
 @precision_option
 @verify_option
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-def augment(model, output, layers, methods, composite, preprocess, initial, relu, top_k, scores, input_shape,
+def augment(model, output, layers, methods, composite, preprocess, initial, fuse, relu, top_k, scores, input_shape,
             precision, verify, force):
     """Add Relevance-CAM outputs (or other CAMs, --method) to MODEL and write the augmented model.
 
@@ -152,7 +156,7 @@ def augment(model, output, layers, methods, composite, preprocess, initial, relu
         raise click.ClickException(f"{target} exists; pass --force to overwrite it")
     started = time.perf_counter()
     result = build(source, layers or ("auto",), composite, initial, relu, top_k, input_shape, methods,
-                   input_bounds(source, preprocess), precision, verify, scores)
+                   input_bounds(source, preprocess), precision, verify, scores, fuse)
     save(result.model, target, force=force)
     seconds = time.perf_counter() - started
 
@@ -397,6 +401,7 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
               "does (rcam's maps are signed by default, so they keep more of the image).")
 @composite_option
 @initial_option
+@fuse_option
 @click.option("--task", type=click.Choice(["classify", "detect"]), default="classify", show_default=True,
               help="detect: a YOLO detector (see `explain --task`); the per-detection pointing game over its best "
                    "--detections detections per image: is each map's maximum inside its own box, and what share "
@@ -409,7 +414,8 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 def evaluate(model, inputs, outdir, methods, layers, boxes, steps, top_percent, limit, batch_size, mask_batch, device,
-             preprocess, relu, composite, initial, task, detections, conf, iou, detect_layout, input_shape, force):
+             preprocess, relu, composite, initial, fuse, task, detections, conf, iou, detect_layout, input_shape,
+             force):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
     (Chattopadhay et al. 2018) with the soft map and with its top --top-percent pixels, deletion and insertion AUC
     (Petsiuk et al. 2018), and with --boxes the pointing game and the energy-based pointing game, each with a
@@ -448,7 +454,7 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, top_percent, 
         else:
             result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size,
                                     steps, mask_batch, device, preprocess, bar.update, relu, input_shape, composite,
-                                    initial, top_percent)
+                                    initial, fuse, top_percent)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

@@ -16,7 +16,7 @@ from .errors import LayerSelectionError, RcamError
 from .export import assemble, drift_note, record_layers, verify_runs
 from .forward_copies import forward_tensors, materialize
 from .fusion import protect_fusions
-from .heads import cam, grid_view, resolve_methods
+from .heads import FUSED_KEY, cam, fused_map, grid_view, resolve_methods
 from .initial import INITIAL_KINDS, explained_onehot, initial_relevance, seeded
 from .precision import cast_forward_reads
 from .load import default_opset, fix_input_shape, infer_shapes, load
@@ -39,7 +39,7 @@ class Augmented:
 def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), composite="rcam",
             initial: str = "contrastive", relu: bool = False, top_k: int = 1, input_shape=None,
             methods=("rcam",), input_bounds=IMAGENET_BOUNDS, precision: str = "fp32",
-            verify: bool = True, scores: str | None = None) -> onnx.ModelProto:
+            verify: bool = True, scores: str | None = None, fuse: bool = False) -> onnx.ModelProto:
     """Return `model` with Relevance-CAM outputs for `layers` added (docs/design.md section 2); `model` is not changed.
 
     layers: selectors, each `auto`, a tensor name, a node name, a torch module path prefix, or a negative index
@@ -65,9 +65,11 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
     input rcam/seed, which must then be fed: shaped like it ([N, top_k, ...] with top_k, top_k seeds per image),
     it is the initial relevance of every relevance method and the weights of the explained sum of scores for the
     gradient methods; rcam/target, rcam/class and `initial` are for class scores only.
+    fuse: also output METHOD/fused/map for every method, the min-max normalisation of the mean of its maps over the
+    layers (two or more; the layer key `fused` is then reserved).
     """
     result = build(model, layers, composite, initial, relu, top_k, input_shape, methods, input_bounds, precision,
-                   verify, scores)
+                   verify, scores, fuse)
     if result.drift:
         warnings.warn(drift_note(result.drift), RuntimeWarning, stacklevel=2)
     return result.model
@@ -75,7 +77,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, layers=("auto",), compos
 
 def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive", relu: bool = False,
           top_k: int = 1, input_shape=None, methods=("rcam",), input_bounds=IMAGENET_BOUNDS,
-          precision: str = "fp32", verify: bool = True, scores: str | None = None) -> Augmented:
+          precision: str = "fp32", verify: bool = True, scores: str | None = None, fuse: bool = False) -> Augmented:
     chosen_methods = resolve_methods(methods)
     if initial not in INITIAL_KINDS:
         raise RcamError(f"unknown initial relevance {initial!r}; choose one of {', '.join(INITIAL_KINDS)}")
@@ -86,6 +88,9 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
     chosen_rules = rules.composite(composite, input_bounds)
     original, canonical = _analyse(model, input_shape, scores)
     targets = resolve(canonical, layers)
+    if fuse and (len(targets) < 2 or any(t.key == FUSED_KEY for t in targets)):
+        raise RcamError(f"fusing maps needs two or more layers, none of them keyed {FUSED_KEY!r} (the fused maps' "
+                        f"key)")
     tensors = canonical.graph.tensors()
     logits = canonical.logits
     if canonical.classifier and not 1 <= top_k <= logits.shape[1]:
@@ -124,6 +129,7 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
                 f"no {signal} reaches {', '.join(map(repr, unreached))}: under these rules every path from it to "
                 f"the class scores goes through a gate or a divisor (as the sigmoid in x * sigmoid(x)), which LRP "
                 f"holds constant. Choose the tensor the gate scales, or another layer.")
+    maps = {method.name: [] for method in chosen_methods}
     for target in targets:
         activation, shape = target.tensor, list(tensors[target.tensor].shape)
         shown = activation
@@ -137,7 +143,11 @@ def build(model, layers=("auto",), composite="rcam", initial: str = "contrastive
             signal = signals[method.signal][target.tensor]
             if grid is not None:
                 signal = grid_view(b, signal, grid)
-            cam(b, method, activation, signal, shape, canonical.image_size, target.key, relu, top_k, shown)
+            maps[method.name].append(cam(b, method, activation, signal, shape, canonical.image_size, target.key, relu,
+                                         top_k, shown))
+    if fuse:
+        for method in chosen_methods:
+            fused_map(b, method, maps[method.name], batch, canonical.image_size, top_k)
     materialize(original, canonical, b)
     protect_fusions(original, canonical, b)
     repeat_forward_reads(original, canonical, b, top_k)

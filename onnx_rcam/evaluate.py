@@ -21,7 +21,7 @@ from . import metrics
 from .boxes import Box, to_input_frame
 from .errors import RcamError
 from .explainer import Explainer, _session, run_batched
-from .heads import resolve_methods
+from .heads import FUSED_KEY, resolve_methods
 from .images import load_image
 from .initial import CLASS_OUTPUT
 from .load import load
@@ -98,11 +98,15 @@ class Evaluation:
 def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), boxes: dict[str, list[Box]] | None = None,
              batch_size: int = 8, steps: int = 32, mask_batch: int = 32, device: str = "auto", preprocessing=None,
              progress: Callable[[int], None] | None = None, relu: bool = False, input_shape=None,
-             composite="rcam", initial: str = "contrastive", top_percent: float = metrics.TOP_PERCENT) -> Evaluation:
+             composite="rcam", initial: str = "contrastive", fuse: bool = False,
+             top_percent: float = metrics.TOP_PERCENT, measure=None) -> Evaluation:
     """Metric rows per method and layer, in the order given (give layers shallow to deep: `depth` is that order).
     progress: called with the number of images after each batch. relu: clip rcam's raw map at 0, as the Grad-CAM
-    family does. composite, initial: the relevance methods' rules and initial relevance, as for augment().
-    top_percent: the share of each map's pixels that the binarised Average Drop and Increase in Confidence keep."""
+    family does. composite, initial: the relevance methods' rules and initial relevance, as for augment(). fuse: also
+    each in-graph method's map fused over the layers (augment's fuse), as a row of layer `fused` after the others.
+    top_percent: the share of each map's pixels that the binarised Average Drop and Increase in Confidence keep.
+    measure: the layer keys to measure, of the layers and `fused` [default: all of them]; `depth` stays the key's
+    place among all of them."""
     methods = list(dict.fromkeys(methods))
     graph_methods = [m for m in methods if m != SCORE_CAM]
     in_graph = [m.name for m in resolve_methods(graph_methods)] if graph_methods else []
@@ -114,18 +118,23 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
     if in_graph:
         explainers["graph"] = Explainer(model, layers, device, preprocessing=preprocessing, method=in_graph[0],
                                         also=in_graph[1:], relu=relu, input_shape=input_shape, composite=composite,
-                                        initial=initial)
+                                        initial=initial, fuse=fuse)
         _check_methods(explainers["graph"], in_graph)
     if SCORE_CAM in methods:
         explainers[SCORE_CAM] = ScoreCamExplainer(model, layers, device, batch_size=mask_batch,
                                                   preprocessing=preprocessing, input_shape=input_shape)
     first = next(iter(explainers.values()))
     keys = first.layers
+    fused = "graph" in explainers and explainers["graph"].fused
+    if fused and SCORE_CAM in methods:
+        raise RcamError("scorecam's maps are not fused: evaluate it without fuse")
+    every_key = keys + [FUSED_KEY] if fused else keys  # the layers, then the fused maps
+    measured = [key for key in every_key if measure is None or key in measure]
     plain = load(model)
     # Score-CAM already holds a session of the plain model: one serves both.
     scorer = Scorer(plain, explainers[SCORE_CAM].scorer if SCORE_CAM in explainers else _session(plain, device)[0])
-    tallies = {(m, layer): Tally() for m in methods for layer in keys}
-    skipped, measured = [], []
+    tallies = {(m, layer): Tally() for m in methods for layer in measured}
+    skipped, read = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         pictures, names = [], []
@@ -137,15 +146,15 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
                 skipped.append(str(exc))
         if pictures:
             x = first.prepare(pictures)
-            maps, classes = _maps(explainers, x, methods, keys)
+            maps, classes = _maps(explainers, x, methods, measured)
             _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, first, steps, top_percent)
-            measured += names
+            read += names
         if progress:
             progress(len(batch))
-    if not measured:
+    if not read:
         raise RcamError("no image could be read")
-    rows = [tallies[m, layer].row(m, layer, depth, top_percent) for m in methods for depth, layer in enumerate(keys)]
-    return Evaluation(rows, skipped, measured, {key: tally.per_image() for key, tally in tallies.items()})
+    rows = [tallies[m, layer].row(m, layer, every_key.index(layer), top_percent) for m in methods for layer in measured]
+    return Evaluation(rows, skipped, read, {key: tally.per_image() for key, tally in tallies.items()})
 
 
 def evaluate_detections(model, images: list[Path], methods=("rcam",), layers=("auto",), batch_size: int = 8,

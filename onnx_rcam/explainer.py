@@ -20,7 +20,7 @@ from PIL import Image
 from .augment import augment
 from .errors import RcamError
 from .export import recorded_scopes
-from .heads import resolve_methods
+from .heads import FUSED_KEY, resolve_methods
 from .images import Preprocessing, input_bounds, input_layout, load_image, sidecar
 from .detection import Detections, detect, detection_seeds, output_layout
 from .initial import CLASS_OUTPUT, SEED_INPUT, TARGET_INPUT
@@ -71,7 +71,8 @@ class Explainer:
     method: the CAM whose maps it returns (rcam, a relevance map such as lrp, or one of the Grad-CAM family; see
     heads.METHODS; default: default_method(task), rcam for classifiers, lrp for detections and class regions). also:
     more methods for the augmented model to compute in the same run, read through `run` (onnx-rcam evaluate). relu:
-    clip rcam's raw map at 0 before normalising, as the Grad-CAM family does. precision, verify: as for augment().
+    clip rcam's raw map at 0 before normalising, as the Grad-CAM family does. precision, verify, fuse: as for
+    augment(); the fused map is then maps["fused"] (and outputs' METHOD/fused/map), not one of `layers`.
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, layers=("auto",), device: str = "auto",
@@ -79,7 +80,7 @@ class Explainer:
                  preprocessing: Preprocessing | str | None = None, input_shape=None, method: str | None = None,
                  also=(), relu: bool = False, precision: str = "fp32", verify: bool = True, task: str = "classify",
                  scores: str | None = None, detections: int = 5, conf: float = 0.25, iou: float = 0.45,
-                 layout: str = "auto"):
+                 layout: str = "auto", fuse: bool = False):
         if device not in DEVICES:
             raise RcamError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
         if task not in TASKS:
@@ -95,14 +96,17 @@ class Explainer:
             proto = augment(proto, layers=layers, composite=composite, initial=initial,
                             top_k=detections if task == "detect" else top_k, input_shape=input_shape,
                             methods=[method, *also], relu=relu, input_bounds=input_bounds(model, preprocessing),
-                            precision=precision, verify=verify, scores=None if task == "classify" else scores)
+                            precision=precision, verify=verify, scores=None if task == "classify" else scores,
+                            fuse=fuse)
         self.model = proto
         self.scopes = recorded_scopes(proto)  # layer key -> torch module path, for titles
         self.session, self.provider, self.cuda_wanted = _session(proto, device)
         self.input = next(i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, SEED_INPUT))
         outputs = [o.name for o in self.session.get_outputs()]
-        self.layers = [name[len(f"{method}/"):-len("/map")] for name in outputs
-                       if name.startswith(f"{method}/") and name.endswith("/map")]
+        keys = [name[len(f"{method}/"):-len("/map")] for name in outputs
+                if name.startswith(f"{method}/") and name.endswith("/map")]
+        self.layers = [key for key in keys if key != FUSED_KEY]
+        self.fused = FUSED_KEY in keys  # whether the model holds maps fused over the layers (augment's fuse)
         if not self.layers:
             held = sorted({name.split("/")[0] for name in outputs if name.endswith("/map")})
             raise RcamError(f"the augmented model has no {method} maps; it holds {', '.join(held) or 'none'}")
@@ -217,6 +221,8 @@ class Explainer:
             out = {name: value[:, None] if name.endswith(("/map", "/raw", "/relevance", "/gradient")) else value
                    for name, value in out.items()}
         explanation.maps = part("map")
+        if self.fused:
+            explanation.maps[FUSED_KEY] = out[f"{self.method.name}/{FUSED_KEY}/map"]
         if outputs:  # the other methods' maps too (`also`), for onnx-rcam evaluate
             explanation.outputs = out
         if extras:

@@ -44,6 +44,9 @@ from .builder import Builder
 from .errors import RcamError
 
 
+FUSED_KEY = "fused"  # the layer key of the maps fused over the layers (augment's fuse); no layer may take it
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -149,9 +152,27 @@ def output_names(method: Method, key: str) -> dict[str, str]:
     return {part: f"{method.name}/{key}/{part}" for part in ("map", "raw", method.signal, "activation")}
 
 
+def _publish(b: Builder, tensor: str, name: str, batch, top_k: int, dims: list) -> str:
+    """Output `name`: tensor's rows [N * top_k, *dims] as float32 [N, *dims], or [N, top_k, *dims] with top-k."""
+    if top_k == 1:
+        b.add_output(name, TensorProto.FLOAT, [batch, *dims])
+        return b.as_float32(tensor, out=b.claim(name))
+    b.add_output(name, TensorProto.FLOAT, [batch, top_k, *dims])
+    return b.as_float32(b.node("Reshape", [tensor, b.ints([-1, top_k, *dims])]), out=b.claim(name))
+
+
+def _min_max(b: Builder, x: str) -> str:
+    """Each row of x [rows, H, W] into [0, 1]; a constant row has no contrast to show: all zeros, never 0/0."""
+    low, high = b.reduce_min(x, [1, 2]), b.reduce_max(x, [1, 2])
+    span = b.sub(high, low)
+    varies = b.greater(span, b.const(0.0))
+    return b.where(varies, b.div(b.sub(x, low), b.where(varies, span, b.const(1.0))), b.const(0.0))
+
+
 def cam(b: Builder, method: Method, activation: str, signal: str, shape: list, image_size: tuple[int, int],
-        key: str, relu: bool = False, top_k: int = 1, shown: str | None = None) -> None:
-    """Emit `method`'s outputs for one layer. relu: clip rcam's raw map at 0 before normalising.
+        key: str, relu: bool = False, top_k: int = 1, shown: str | None = None) -> str:
+    """Emit `method`'s outputs for one layer, and return its map's rows [N * top_k, H, W] (for fuse). relu: clip
+    rcam's raw map at 0 before normalising.
 
     shape is A's [N, C, h, w]. With top_k > 1, the signal holds N * top_k rows (see batching.py), and the map, raw
     map and signal come out as [N, top_k, ...]. shown: what the activation output holds, computed per sample, where
@@ -162,24 +183,20 @@ def cam(b: Builder, method: Method, activation: str, signal: str, shape: list, i
     with b.per_sample():
         b.as_float32(shown or activation, out=b.claim(names["activation"]))
     b.add_output(names["activation"], TensorProto.FLOAT, [batch, channels, height, width])
-
-    def publish(tensor: str, part: str, dims: list) -> str:
-        if top_k == 1:
-            b.add_output(names[part], TensorProto.FLOAT, [batch, *dims])
-            return b.as_float32(tensor, out=b.claim(names[part]))
-        b.add_output(names[part], TensorProto.FLOAT, [batch, top_k, *dims])
-        return b.as_float32(b.node("Reshape", [tensor, b.ints([-1, top_k, *dims])]), out=b.claim(names[part]))
-
-    publish(signal, method.signal, [channels, height, width])
+    _publish(b, signal, names[method.signal], batch, top_k, [channels, height, width])
     raw = method.raw(b, activation, signal, height * width)
-    publish(raw, "raw", [height, width])
-    scored = b.relu(raw) if relu or method.relu else raw
-    low, high = b.reduce_min(scored, [1, 2]), b.reduce_max(scored, [1, 2])
-    span = b.sub(high, low)
-    varies = b.greater(span, b.const(0.0))
-    # A constant map has no contrast to show: all zeros, never 0/0.
-    normalised = b.where(varies, b.div(b.sub(scored, low), b.where(varies, span, b.const(1.0))), b.const(0.0))
+    _publish(b, raw, names["raw"], batch, top_k, [height, width])
+    normalised = _min_max(b, b.relu(raw) if relu or method.relu else raw)
     rows = b.node("Shape", [raw], end=1)
     sizes = b.concat([rows, b.ints([1, *image_size])], axis=0)
-    upsampled = b.resize_linear(b.unsqueeze(normalised, [1]), sizes)
-    publish(b.squeeze(upsampled, [1]), "map", list(image_size))
+    upsampled = b.squeeze(b.resize_linear(b.unsqueeze(normalised, [1]), sizes), [1])
+    _publish(b, upsampled, names["map"], batch, top_k, list(image_size))
+    return upsampled
+
+
+def fused_map(b: Builder, method: Method, maps: list[str], batch, image_size: tuple[int, int],
+              top_k: int = 1) -> None:
+    """Emit method/fused/map: the min-max normalisation of the mean of the layers' maps (each already at the
+    image's size and in [0, 1]), as pytorch-grad-cam combines several target layers."""
+    mean = b.scale(b.sum(maps), 1.0 / len(maps))
+    _publish(b, _min_max(b, mean), f"{method.name}/{FUSED_KEY}/map", batch, top_k, list(image_size))

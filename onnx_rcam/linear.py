@@ -1,8 +1,8 @@
 """The views through which rules see the ops they serve.
 
 A `LinearLayer` is y = sum_i W x_i + b for every linear op (Conv, Gemm, MatMul, pooling, residual joins): its
-constant weight, its bias, and two emitters, `forward` (W x + a constant offset, not the layer's bias) and
-`transpose` (W^T g, one result per input).
+constant weight, its bias, and two emitters, `forward` (W x + a constant offset, not the layer's bias: a scalar, or
+an array laid out as the bias is) and `transpose` (W^T g, one result per input).
 A rule asks for the same layer with modified weights (`with_weight`) and never learns which op it serves. Ops whose
 weights are implicit (pooling windows, joins) carry a 0-d weight 1 that modifiers scale: W+ = W, W- = 0.
 
@@ -61,14 +61,15 @@ class LinearLayer:
     def with_weight(self, array: np.ndarray) -> "LinearLayer":
         return replace(self, weight=WeightRef(np.asarray(array, dtype=np.float32)))
 
-    def forward(self, b: Builder, xs: list, offset: float = 0.0) -> str | None:
-        """sum_i W x_i + offset, without the layer's bias; None for an all-zero weight or all-None inputs."""
+    def forward(self, b: Builder, xs: list, offset: float | np.ndarray = 0.0) -> str | None:
+        """sum_i W x_i + offset, without the layer's bias; None for an all-zero weight or all-None inputs. offset: a
+        scalar, or an array in the bias's layout (one value per output channel of a Conv or Gemm)."""
         if self.weight.is_zero or all(x is None for x in xs):
             return None
         if self.offset_in_forward:
             return self.emit_forward(b, xs, self.weight, offset)
         y = self.emit_forward(b, xs, self.weight, 0.0)
-        return b.add(y, b.const(offset)) if offset else y
+        return b.add(y, b.const(offset)) if np.any(offset) else y
 
     def transpose(self, b: Builder, g: str | None) -> list:
         """W^T g for each input."""

@@ -1,8 +1,8 @@
 """LRP rules, each written once over the linear-layer view, and composites: which rule each op gets.
 
-A composite is data: op type -> rule spec, with "*" for every op not named and "input" for the linear layers that
-read the image (the first Conv). A rule spec is a rule name, or a dict with "rule" and the rule's parameters, e.g.
-{"rule": "epsilon", "eps": 0.25}. A zbox spec without bounds takes the image's (`input_bounds`: what the
+A composite is data: op type -> rule spec, with "*" for every op not named, "input" for the linear layers that
+read the image (the first Conv) and "depthwise" for depthwise Convs (Conv's rule where it names none). A rule spec
+is a rule name, or a dict with "rule" and the rule's parameters, e.g. {"rule": "epsilon", "eps": 0.25}. A zbox spec without bounds takes the image's (`input_bounds`: what the
 preprocessing maps pixel values 0 and 1 to, per channel).
 """
 
@@ -20,11 +20,12 @@ from .epsilon import Epsilon, Norm
 from .flat import Flat, WSquare
 from .gamma import Gamma
 from .zbox import ZBox
-from .zplus import ZPlus
+from .zplus import ZPlus, ZPlusBias
 
-RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, Epsilon, AlphaBeta, Norm, Pass, Gradient, Gamma, ZBox,
-                                                    Flat, WSquare)}
+RULES: dict[str, type[Rule]] = {r.name: r for r in (ZPlus, ZPlusBias, Epsilon, AlphaBeta, Norm, Pass, Gradient, Gamma,
+                                                    ZBox, Flat, WSquare)}
 INPUT = "input"  # the composite key for the layers that read the image
+DEPTHWISE = "depthwise"  # the composite key for depthwise Convs (one group per input channel)
 ATTENTION = "attention"  # the composite key for attention's A V, the weights A = softmax(...) held constant
 
 # Pools and resizing divide exactly (guarded); residual joins of signed values are stabilised (docs/design.md
@@ -54,6 +55,10 @@ COMPOSITES["epsilon_plus_flat"] = {**COMPOSITES["epsilon_plus"], INPUT: "flat"}
 _GAMMA = {"rule": "gamma", "gamma": 0.25}
 COMPOSITES["epsilon_gamma_box"] = {**COMPOSITES["epsilon_plus"], "Conv": _GAMMA, "ConvTranspose": _GAMMA,
                                    INPUT: "zbox"}
+# The paper's rules, except that a depthwise conv's positive bias is an input neuron whose relevance goes on to the
+# window (rules/zplus.py): z+ drops the relevance of units that only their bias drives, 78-84% of the bundled
+# model's by `_blocks.10` (README, Limits).
+COMPOSITES["rcam_bias"] = {**COMPOSITES["rcam"], DEPTHWISE: "zplus_bias"}
 _ALPHA2_BETA1 = {"rule": "alphabeta", "alpha": 2.0, "beta": 1.0}
 COMPOSITES["epsilon_alpha2_beta1"] = {**COMPOSITES["epsilon_plus"], "Conv": _ALPHA2_BETA1,
                                       "ConvTranspose": _ALPHA2_BETA1}
@@ -86,9 +91,11 @@ class Composite:
         """The rule of a product with attention weights held constant (A V); MatMul's where a table names none."""
         return self._rules.get(ATTENTION) or self.rule_for("MatMul")
 
-    def rule_for(self, op_type: str, reads_image: bool = False) -> Rule:
+    def rule_for(self, op_type: str, reads_image: bool = False, depthwise: bool = False) -> Rule:
         if reads_image and INPUT in self._rules:
             return self._rules[INPUT]
+        if depthwise and DEPTHWISE in self._rules:
+            return self._rules[DEPTHWISE]
         return self._rules.get(op_type, self._rules["*"])
 
 
@@ -114,5 +121,5 @@ def composite(name, input_bounds=None) -> Composite:
                          f"JSON file")
 
 
-__all__ = ["RULES", "COMPOSITES", "INPUT", "Composite", "Rule", "composite", "make_rule", "ZPlus", "Epsilon",
-           "AlphaBeta", "Norm", "Pass", "Gradient", "Gamma", "ZBox", "Flat", "WSquare"]
+__all__ = ["RULES", "COMPOSITES", "INPUT", "DEPTHWISE", "Composite", "Rule", "composite", "make_rule", "ZPlus",
+           "ZPlusBias", "Epsilon", "AlphaBeta", "Norm", "Pass", "Gradient", "Gamma", "ZBox", "Flat", "WSquare"]

@@ -46,12 +46,12 @@ def signed_parts(b, xs):
 # (it took three: ==, Cast, +). Quotients stay finite for any |R| below 1e18 (builder.py: fp16's tiny).
 
 
-def one_sign_sum(b, parts, sign: int):
-    """sign * b.tiny + sum of layer.forward(b, xs) over the (layer, xs) parts, whose terms all have `sign`; None when
-    every part is known to be zero."""
+def one_sign_sum(b, parts, sign: int, offset=0.0):
+    """sign * b.tiny + offset + sum of layer.forward(b, xs) over the (layer, xs) parts, whose terms all have `sign`
+    (as has offset: a scalar or an array in the layers' bias layout); None when every part is known to be zero."""
     total = None
     for layer, xs in parts:
-        total = b.add(total, layer.forward(b, xs, offset=0.0 if total is not None else sign * b.tiny))
+        total = b.add(total, layer.forward(b, xs, offset=0.0 if total is not None else offset + sign * b.tiny))
     return total
 
 

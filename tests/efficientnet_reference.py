@@ -6,15 +6,17 @@ rules to leaf modules by type, so the library's model is rebuilt from the same p
 does in functional code made into modules:
 
 - Conv2dStaticSamePadding (an nn.Conv2d subclass whose child pads TensorFlow's "same" way) becomes
-  Sequential(ZeroPad2d or Identity, nn.Conv2d): the pad routes relevance back (its gradient), the conv takes z+;
+  Sequential(ZeroPad2d or Identity, nn.Conv2d): the pad routes relevance back (its gradient), the conv takes z+; a
+  depthwise one pads inside its DepthwiseConv2d, as the ONNX file's Conv does once its Pad is folded in, so that a
+  rule that looks at the window (zplus_bias's flat spread) sees the zero padding as no input, as onnx_rcam does;
 - `x + inputs`, the residual join of an MBConv block, becomes zoo.Add (the proportional rule), where plain autograd
   would hand the whole relevance to both operands;
 - the one ReLU6 that the library shares between the stem, the head and every block call becomes one ReLU6 per use,
   so that the head's (`auto`) can be hooked alone; ReLU6 passes relevance either way;
 - a depthwise conv becomes DepthwiseConv2d, the same conv computed as a sum over its k x k taps: torch has no fast
   float64 depthwise conv on the CPU (its slow path loops over the channels: 50 of the 56 s that a reference on the
-  photos took; with the taps, 1.5 s on an idle machine). Its rule is reference.zplus_rule over that forward,
-  registered in the reference's `rcam` composite from here (a table entry for a type only this module makes).
+  photos took; with the taps, 1.5 s on an idle machine). The reference's rules use that forward (its
+  `without_bias`).
 
 Module paths are the library's (`_blocks.10`, `_conv_head`, ...), which are the scopes the ONNX file's node names
 carry, so a layer selector means the same tensor on both sides. `auto` is HEAD_ACTIVATION here. EfficientNet-Lite
@@ -27,6 +29,7 @@ import functools
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import reference
@@ -70,22 +73,20 @@ class Depthwise(torch.autograd.Function):
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise conv (groups = channels, no padding, no dilation) computed tap by tap: the same function as
-    F.conv2d (tests/test_efficientnet_reference.py), and fast in float64."""
+    """A depthwise conv (groups = channels, no dilation) after zero padding `pad` (left, right, top, bottom, as
+    F.pad takes it), computed tap by tap: the same function as F.conv2d of the padded input
+    (tests/test_efficientnet_reference.py), and fast in float64."""
+
+    def __init__(self, *args, pad=(0, 0, 0, 0), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pad = tuple(pad)
 
     def without_bias(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return Depthwise.apply(x, weight.detach(), tuple(self.stride))
+        return Depthwise.apply(F.pad(x, self.pad), weight.detach(), tuple(self.stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.without_bias(x, self.weight)
         return out if self.bias is None else out + self.bias[:, None, None]
-
-
-def depthwise_zplus(module, inputs, relevance):
-    return (reference.zplus_rule(module.without_bias, inputs[0], module.weight, relevance),)
-
-
-reference.COMPOSITES["rcam"][DepthwiseConv2d] = depthwise_zplus
 
 
 def plain_conv(conv) -> nn.Sequential:
@@ -93,13 +94,17 @@ def plain_conv(conv) -> nn.Sequential:
     same weight and bias tensors."""
     depthwise = conv.groups == conv.in_channels == conv.out_channels > 1
     assert conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups in (1, conv.in_channels)
-    copy = (DepthwiseConv2d if depthwise else nn.Conv2d)(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=conv.bias is not None)
+    pad = conv.static_padding if isinstance(conv.static_padding, nn.ZeroPad2d) else nn.Identity()
+    arguments = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                 conv.groups)
+    if depthwise:
+        copy = DepthwiseConv2d(*arguments, bias=conv.bias is not None, pad=getattr(pad, "padding", (0, 0, 0, 0)))
+        pad = nn.Identity()
+    else:
+        copy = nn.Conv2d(*arguments, bias=conv.bias is not None)
     copy.weight = conv.weight
     if conv.bias is not None:
         copy.bias = conv.bias
-    pad = conv.static_padding if isinstance(conv.static_padding, nn.ZeroPad2d) else nn.Identity()
     return nn.Sequential(pad, copy)
 
 
@@ -159,14 +164,14 @@ def module_path(selector: str) -> str:
 
 @functools.cache
 def bundled_reference(initial: str = "contrastive", targets: tuple[int, ...] | None = None,
-                      layers: tuple[str, ...] = STAGES) -> reference.Reference:
+                      layers: tuple[str, ...] = STAGES, composite: str = "rcam") -> reference.Reference:
     """reference.reference on the bundled photos (tests/photos.py), cached for the session; keyed by the ONNX
     file's selectors (`auto` included). targets None explains each photo's prediction."""
     from photos import bundled_batch
 
     result = reference.reference(bundled_torch_model(), bundled_batch(), [module_path(s) for s in layers],
                                  targets=None if targets is None else np.array(targets, dtype=np.int64),
-                                 initial=initial)
+                                 initial=initial, composite=composite)
     for part in (result.activations, result.relevance, result.raw, result.maps):
         for selector in layers:
             part[selector] = part.pop(module_path(selector))

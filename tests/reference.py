@@ -138,6 +138,22 @@ def zbox_rule(forward, x, weight, relevance, low, high):
     return x * back(weight, c) - low * back(w_pos, c) - high * back(w_neg, c)
 
 
+def zplus_bias_rule(forward_without_bias, x, weight, bias, relevance):
+    """z+ with the positive bias as an input neuron (rules/zplus.py, ZPlusBias): z = f(x+, W+) + f(x-, W-) + b+,
+    c = R / z (0 where z = 0); the x-terms as z+'s, and b+ c spread evenly over each output's window of inputs,
+    F^T (b+ c / F 1) with F the window's connectivity (weights 1, zero padding not counted)."""
+    bias = bias.clamp(min=0).reshape(1, -1, *([1] * (x.dim() - 2)))
+    ones, ones_weight = torch.ones_like(x), torch.ones_like(weight)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    with torch.no_grad():
+        z = forward_without_bias(x_pos, weight.clamp(min=0)) + forward_without_bias(x_neg, weight.clamp(max=0)) + bias
+        ratio = safe_divide(relevance, z)
+        spread = bias * ratio / forward_without_bias(ones, ones_weight)
+    return (x_pos * transposed(lambda v: forward_without_bias(v, weight.clamp(min=0)), [x_pos], ratio)[0]
+            + x_neg * transposed(lambda v: forward_without_bias(v, weight.clamp(max=0)), [x_neg], ratio)[0]
+            + transposed(lambda v: forward_without_bias(v, ones_weight), [ones], spread)[0])
+
+
 def connectivity_rule(forward, x, connection_weight, relevance):
     """flat (connection weights 1) and wsquare (W^2): R_in = V^T (R / V 1), whatever x holds."""
     ones = torch.ones_like(x)
@@ -155,13 +171,21 @@ def linear_without_bias(x, weight):
 
 
 # Each rule maps (module, inputs, relevance of the output) to the relevance of each input.
-def zplus(module, inputs, relevance):
-    forward = conv_without_bias(module) if isinstance(module, nn.Conv2d) else linear_without_bias
-    return (zplus_rule(forward, inputs[0], module.weight, relevance),)
-
-
 def forward_without_bias(module):
+    """(x, weight) -> the module's linear map of x under weight; a module that computes it its own way (a depthwise
+    conv tap by tap, tests/efficientnet_reference.py) says so with a `without_bias` method."""
+    if hasattr(module, "without_bias"):
+        return module.without_bias
     return conv_without_bias(module) if isinstance(module, nn.Conv2d) else linear_without_bias
+
+
+def zplus(module, inputs, relevance):
+    return (zplus_rule(forward_without_bias(module), inputs[0], module.weight, relevance),)
+
+
+def zplus_bias(module, inputs, relevance):
+    bias = torch.zeros_like(module.weight[:, 0, 0, 0]) if module.bias is None else module.bias
+    return (zplus_bias_rule(forward_without_bias(module), inputs[0], module.weight, bias, relevance),)
 
 
 def alphabeta(alpha, beta):
@@ -230,6 +254,8 @@ COMPOSITES = {
 }
 COMPOSITES["epsilon_plus"] = {**COMPOSITES["rcam"], nn.Linear: proportional}
 IMAGE_LAYER = "input"  # the composite key of the first Conv2d or Linear, which reads the image
+DEPTHWISE = "depthwise"  # the composite key of depthwise Conv2d layers (nn.Conv2d's rule where a composite has none)
+COMPOSITES["rcam_bias"] = {**COMPOSITES["rcam"], DEPTHWISE: zplus_bias}
 IMAGENET_BOUNDS = ([-m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))],
                    [(1 - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 COMPOSITES["epsilon_plus_flat"] = {**COMPOSITES["epsilon_plus"], IMAGE_LAYER: flat}
@@ -287,9 +313,15 @@ def attach_rules(model: nn.Module, composite: str) -> None:
     for path, module in model.named_modules():
         if list(module.children()):
             continue
-        if type(module) not in rules:
+        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1
+        if type(module) not in rules and not depthwise:
             raise NotImplementedError(f"no {composite} rule for {type(module).__name__} at {path!r}")
-        rule = rules.get(IMAGE_LAYER, rules[type(module)]) if module is first else rules[type(module)]
+        if module is first and IMAGE_LAYER in rules:
+            rule = rules[IMAGE_LAYER]
+        elif depthwise:
+            rule = rules.get(DEPTHWISE, rules[nn.Conv2d])
+        else:
+            rule = rules[type(module)]
         if rule is not GRADIENT:
             module.register_forward_hook(
                 lambda m, inputs, output, rule=rule: RelevanceFunction.apply(rule, m, output, *inputs))

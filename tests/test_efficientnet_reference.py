@@ -1,5 +1,6 @@
 """tests/efficientnet_reference.py, the bundled model as reference.py explains it, is the library's model: the same
-function as its own forward, and its depthwise convs the same as F.conv2d's, forward and transposed."""
+function as its own forward, and its depthwise convs (zero padding inside) the same as F.conv2d's of the padded
+input, forward and transposed."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from efficientnet_reference import DepthwiseConv2d, bundled_torch_model
 from photos import bundled_batch
 
 
-@pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
-def test_depthwise_conv_is_f_conv2d(kernel, stride):
-    conv = DepthwiseConv2d(6, 6, kernel, stride, groups=6).double()
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 1, (1, 1, 1, 1)), (3, 2, (0, 1, 0, 1)), (5, 1, (0, 0, 0, 0)),
+                                               (5, 2, (1, 2, 1, 2))])
+def test_depthwise_conv_is_f_conv2d(kernel, stride, pad):
+    conv = DepthwiseConv2d(6, 6, kernel, stride, groups=6, pad=pad).double()
     x = torch.randn(2, 6, 13, 12, dtype=torch.float64, requires_grad=True)
-    seed = torch.randn(2, 6, (13 - kernel) // stride + 1, (12 - kernel) // stride + 1, dtype=torch.float64)
+    height, width = 13 + pad[2] + pad[3], 12 + pad[0] + pad[1]
+    seed = torch.randn(2, 6, (height - kernel) // stride + 1, (width - kernel) // stride + 1, dtype=torch.float64)
     ours = conv(x)
-    expected = F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, 1, 6)
+    expected = F.conv2d(F.pad(x, pad), conv.weight, conv.bias, conv.stride, 0, 1, 6)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-13)
     torch.testing.assert_close(torch.autograd.grad(ours, x, seed)[0], torch.autograd.grad(expected, x, seed)[0],
                                rtol=0, atol=1e-13)

@@ -207,6 +207,27 @@ def test_initial_and_composite_reach_the_relevance_maps(capsys, setup, tmp_path,
         assert np.abs(chosen - default).max() > 0.01, (layer, "the setting changed nothing")
 
 
+def test_fuse_adds_a_row_of_the_fused_maps(capsys, setup, tmp_path):
+    """--fuse: after each method's layers, a row of layer `fused` measuring the Explainer's fused maps."""
+    path, photos, _ = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "rcam-pos", "--fuse")
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["layer"], r["depth"]) for r in rows] == [("layer3", "0"), ("layer4", "1"), ("fused", "2")]
+    explanation = Explainer(path, layers=["layer3", "layer4"], device="cpu", method="rcam-pos", fuse=True)(
+        sorted(photos.glob("*.png")))
+    assert float(rows[2]["map_mean"]) == pytest.approx(explanation.maps["fused"].mean(), rel=1e-5)
+    assert not np.allclose(explanation.maps["fused"], explanation.maps["layer4"], atol=1e-2)
+
+    # measure: the fused maps alone, the same values at the same depth
+    alone = run_evaluation(path, sorted(photos.glob("*.png")), ["rcam-pos"], ["layer3", "layer4"],
+                           read_boxes(setup[2]), steps=4, device="cpu", fuse=True, measure=["fused"])
+    assert [(r["layer"], r["depth"]) for r in alone.rows] == [("fused", 2)]
+    for column in ("deletion_auc", "binarised_average_drop", "energy_pointing_game", "energy_pointing_game_high"):
+        assert alone.rows[0][column] == pytest.approx(float(rows[2][column]), rel=1e-6)
+
+
 def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):
     code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "nope")
     assert code == 2 and "Invalid value" in captured.err

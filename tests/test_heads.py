@@ -176,3 +176,25 @@ def test_gradient_methods_on_token_layers_match_autograd(name, exporter, export_
                                                  for part in ("activation", "gradient")), (size, size))[method]
             assert_close(out[f"{method}/{layer}/raw"], raw.numpy(), f"{method} {layer} raw")
             assert_close(out[f"{method}/{layer}/map"], cam.numpy(), f"{method} {layer} map")
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_fused_maps_are_the_normalised_mean_of_the_layers_maps(export_dir, top_k):
+    """fuse: METHOD/fused/map is the per-map min-max of the mean of the layers' maps (numpy, from the same run's
+    map outputs), for a relevance and a gradient method, per class with top-k."""
+    _, path, layers, size, x, _, _ = case("resnet18", export_dir)
+    methods = ["rcam-elem", "layercam"]
+    fused = run_model(onnx_rcam.augment(path, layers=layers, methods=methods, fuse=True, top_k=top_k), {"input": x})
+    for method in methods:
+        mean = np.mean([fused[f"{method}/{layer}/map"].astype(np.float64) for layer in layers], axis=0)
+        low, high = mean.min(axis=(-2, -1), keepdims=True), mean.max(axis=(-2, -1), keepdims=True)
+        expected = (mean - low) / (high - low)
+        assert fused[f"{method}/fused/map"].shape == (BATCH, *([top_k] if top_k > 1 else []), size, size)
+        np.testing.assert_allclose(fused[f"{method}/fused/map"], expected, atol=1e-6, err_msg=method)
+        assert np.abs(expected - fused[f"{method}/{layers[-1]}/map"]).max() > 0.05  # not one layer's map alone
+
+
+def test_fusing_needs_two_layers(export_dir):
+    _, path, _, _, _, _, _ = case("resnet18", export_dir)
+    with pytest.raises(RcamError, match="two or more layers"):
+        onnx_rcam.augment(path, layers=["layer4"], fuse=True)

@@ -34,7 +34,12 @@ class Context:
     image_readers: frozenset = frozenset()  # names of the nodes that first compute on the image (select.py)
 
     def rule(self, node: gs.Node):
-        return self.composite.rule_for(node.op, node.name in self.image_readers)
+        return self.composite.rule_for(node.op, node.name in self.image_readers, depthwise(node))
+
+
+def depthwise(node: gs.Node) -> bool:
+    """A Conv with one group per input channel (its weight [C_out, 1, kh, kw]): the composite key `depthwise`."""
+    return node.op == "Conv" and node.attrs.get("group", 1) > 1 and node.inputs[1].shape[1] == 1
 
 
 def register(*op_types: str, sign: SignRule | None = None):

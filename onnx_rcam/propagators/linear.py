@@ -19,7 +19,7 @@ def conv(ctx: Context, node, relevance):
     in_sizes, out_sizes = spatial_sizes(x), spatial_sizes(node.outputs[0])
 
     def forward(b, xs, w, offset):
-        bias = [b.const(np.full(weight.shape[0], offset, np.float32), "offset")] if offset else []
+        bias = [b.const(np.full(weight.shape[0], offset, np.float32), "offset")] if np.any(offset) else []
         return b.conv(xs[0], w.name(b), *bias, group=group, **attrs)
 
     def transpose(b, g, w):
@@ -42,7 +42,7 @@ def conv_transpose(ctx: Context, node, relevance):
     out_channels = weight.shape[1] * group
 
     def forward(b, xs, w, offset):
-        bias = [b.const(np.full(out_channels, offset, np.float32), "offset")] if offset else []
+        bias = [b.const(np.full(out_channels, offset, np.float32), "offset")] if np.any(offset) else []
         return b.node("ConvTranspose", [xs[0], w.name(b), *bias], group=group, **attrs)
 
     def transpose(b, g, w):
@@ -69,7 +69,7 @@ def gemm(ctx: Context, node, relevance):
     bias = None if bias is None else node.attrs.get("beta", 1.0) * bias
 
     def forward(b, xs, w, offset):
-        return b.node("Gemm", [xs[0], w.name(b)] + ([b.const(offset)] if offset else []), transA=trans_a)
+        return b.node("Gemm", [xs[0], w.name(b)] + ([b.const(offset)] if np.any(offset) else []), transA=trans_a)
 
     def transpose(b, g, w):
         grad = b.node("Gemm", [g, w.name(b)], transB=1)
