@@ -15,7 +15,7 @@ from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.boxes import read_boxes
 from onnx_rcam.builder import PRECISIONS
-from onnx_rcam.evaluate import evaluate as run_evaluation, evaluate_detections, pyplot, write_results
+from onnx_rcam.evaluate import CONTROLS, evaluate as run_evaluation, evaluate_detections, pyplot, write_results
 from onnx_rcam.explain import explain_images
 from onnx_rcam.detection import LAYOUTS
 from onnx_rcam.explainer import TASKS, Explainer, held_methods
@@ -379,9 +379,11 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @click.argument("inputs", nargs=-1, metavar="[DATA...]")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-evaluation",
               show_default=True, help="Folder for results.md, results.csv and metrics.png.")
-@click.option("--method", "methods", multiple=True, type=click.Choice([*METHODS, "scorecam"]),
+@click.option("--method", "methods", multiple=True, type=click.Choice([*METHODS, "scorecam", *CONTROLS]),
               help="Method to evaluate; repeat for several [default: rcam and the Grad-CAM family; scorecam is "
-                   "slow: one forward pass per channel of each layer].")
+                   "slow: one forward pass per channel of each layer]. random and centre are controls that know "
+                   "nothing of the model (uniform noise; a Gaussian at the centre): what a map that explains "
+                   "nothing scores.")
 @click.option("--layer", "layers", multiple=True, metavar="SEL",
               help="Layer (as for augment); repeat for several, shallow to deep [default: auto].")
 @click.option("--boxes", type=click.Path(exists=True), help="Ground-truth boxes for the pointing games: a Pascal "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from .report import evaluate_index
 from .scorecam import ScoreCamExplainer
 
 SCORE_CAM = "scorecam"
+# Control maps that know nothing of the model: what a metric gives a map that explains nothing.
+CONTROLS = ("random", "centre")
 METRICS = {  # column -> (title, better); {p}: the binarised columns' top percent
     "average_drop": ("Average Drop (%)", "lower"),
     "increase_in_confidence": ("Increase in Confidence (%)", "higher"),
@@ -108,8 +111,10 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
     measure: the layer keys to measure, of the layers and `fused` [default: all of them]; `depth` stays the key's
     place among all of them."""
     methods = list(dict.fromkeys(methods))
-    graph_methods = [m for m in methods if m != SCORE_CAM]
+    graph_methods = [m for m in methods if m != SCORE_CAM and m not in CONTROLS]
     in_graph = [m.name for m in resolve_methods(graph_methods)] if graph_methods else []
+    if not in_graph and SCORE_CAM not in methods:
+        in_graph = ["rcam"]  # the controls alone: the augmented model's run still gives the explained classes
     if steps < 2:
         raise RcamError(f"steps must be at least 2, got {steps}")
     if not 0 < top_percent <= 100:
@@ -146,7 +151,7 @@ def evaluate(model, images: list[Path], methods=("rcam",), layers=("auto",), box
                 skipped.append(str(exc))
         if pictures:
             x = first.prepare(pictures)
-            maps, classes = _maps(explainers, x, methods, measured)
+            maps, classes = _maps(explainers, x, methods, measured, names)
             _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, first, steps, top_percent)
             read += names
         if progress:
@@ -238,18 +243,34 @@ class Scorer:
         return scores[np.arange(len(x)), classes]
 
 
-def _maps(explainers, x, methods, keys):
+def _maps(explainers, x, methods, keys, names):
     """(method, layer) -> maps [N, H, W], and the explained classes (the predictions)."""
     maps, classes = {}, None
     if "graph" in explainers:
         out = explainers["graph"].run(x)
         classes = out[CLASS_OUTPUT]
-        maps.update({(m, layer): out[f"{m}/{layer}/map"] for m in methods if m != SCORE_CAM for layer in keys})
+        maps.update({(m, layer): out[f"{m}/{layer}/map"] for m in methods if m != SCORE_CAM and m not in CONTROLS
+                     for layer in keys})
     if SCORE_CAM in explainers:
         explanation = explainers[SCORE_CAM](x, targets=classes)
         classes = explanation.classes
         maps.update({(SCORE_CAM, layer): explanation.maps[layer] for layer in keys})
+    size = x.shape[1:3] if explainers.get("graph", explainers.get(SCORE_CAM)).preprocessing.layout == "NHWC" \
+        else x.shape[2:4]
+    for control in (m for m in methods if m in CONTROLS):
+        heat = np.stack([control_map(control, name, size) for name in names])
+        maps.update({(control, layer): heat for layer in keys})
     return maps, np.asarray(classes)
+
+
+def control_map(control: str, name: str, size) -> np.ndarray:
+    """`random`: uniform noise in [0, 1], seeded by the image's name (the same map whatever the order or batch);
+    `centre`: a Gaussian at the image's centre, sigma a quarter of its shorter side, peak 1."""
+    if control == "random":
+        return np.random.default_rng(zlib.crc32(name.encode())).random(size, dtype=np.float32)
+    rows, cols = np.arange(size[0]) + 0.5 - size[0] / 2, np.arange(size[1]) + 0.5 - size[1] / 2
+    sigma = min(size) / 4
+    return np.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2) / (2 * sigma ** 2)).astype(np.float32)
 
 
 def _measure(scorer, x, maps, classes, pictures, names, boxes, tallies, explainer, steps, top_percent):

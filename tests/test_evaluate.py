@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -226,6 +228,26 @@ def test_fuse_adds_a_row_of_the_fused_maps(capsys, setup, tmp_path):
     assert [(r["layer"], r["depth"]) for r in alone.rows] == [("fused", 2)]
     for column in ("deletion_auc", "binarised_average_drop", "energy_pointing_game", "energy_pointing_game_high"):
         assert alone.rows[0][column] == pytest.approx(float(rows[2][column]), rel=1e-6)
+
+
+def test_control_maps(capsys, setup, tmp_path):
+    """random (noise seeded by the photo's name) and centre (a Gaussian at the centre), alone: the explained class
+    still comes from the augmented model's run."""
+    path, photos, _ = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "random", "--method", "centre")
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = {(r["method"], r["layer"]): r for r in csv.DictReader(handle)}
+    assert set(rows) == {(m, layer) for m in ("random", "centre") for layer in ("layer3", "layer4")}
+    noise = [np.random.default_rng(zlib.crc32(name.encode())).random((SIZE, SIZE), np.float32)
+             for name in ("a.png", "b.png", "c.png")]
+    assert float(rows["random", "layer3"]["map_mean"]) == pytest.approx(np.mean(noise), rel=1e-5)
+    # sigma 16 px: the mean of a Gaussian over the 64 x 64 square, (sqrt(2 pi) 16 erf(2 / sqrt(2)) / 64) ** 2
+    assert float(rows["centre", "layer4"]["map_mean"]) == pytest.approx(
+        (np.sqrt(2 * np.pi) * 16 * math.erf(2 / np.sqrt(2)) / 64) ** 2, rel=1e-3)
+    # a's box is the whole photo, b's a corner far from the centre's peak
+    assert float(rows["centre", "layer4"]["pointing_game"]) == 50.0
+    assert rows["random", "layer3"]["deletion_auc"] == rows["random", "layer4"]["deletion_auc"]
 
 
 def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):
