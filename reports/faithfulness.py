@@ -37,12 +37,12 @@ sys.path.insert(0, str(REPOSITORY))
 from models import build_default_model as build  # noqa: E402
 from onnx_rcam import default_model_path, metrics  # noqa: E402
 from onnx_rcam.boxes import read_boxes  # noqa: E402
-from onnx_rcam.evaluate import METRICS, evaluate, format_interval, metric_titles, summarise, write_results  # noqa: E402
-from onnx_rcam.heads import METHODS  # noqa: E402
+from onnx_rcam.evaluate import (CONTROLS, METRICS, evaluate, format_interval, metric_titles,  # noqa: E402
+                                summarise, write_results)
+from onnx_rcam.heads import FUSED_KEY, METHODS  # noqa: E402
 from onnx_rcam.images import find_images  # noqa: E402
 
-OUT = REPOSITORY / "reports" / "faithfulness"
-REPORT = REPOSITORY / "reports" / "faithfulness.md"
+OUT = REPOSITORY / "reports" / "faithfulness"   # the report is OUT.md
 MODELS = ("lite0", "lite1", "lite2")
 STAGES = (2, 3, 5)     # EfficientNet stages (1-7) whose last block is explained, then the last activation
 CROP_PADDING = 32      # TensorFlow EfficientNet's evaluation crop: size / (size + 32) of the shorter side
@@ -62,21 +62,30 @@ class Config:
     suffix: str = ""     # added to the methods' names in the report: rcam (onehot)
     depths: tuple[int, ...] = (0, 1, 2, 3)   # which of a model's four layers
     models: tuple[str, ...] = MODELS
+    everywhere: bool = False   # maps that do not depend on the layer: measured at one, shown at every one
 
     def label(self, method: str) -> str:
         return f"{method} ({self.suffix})" if self.suffix else method
 
 
 RELEVANCE_CANDIDATES = ("lrp-pos", "rcam-pos", "rcam-elem")
+RELEVANCE = ("rcam", "lrp", *RELEVANCE_CANDIDATES)
 CONFIGS = (
     Config("paper", ("rcam", "lrp", *GRADIENT)),
-    # One forward pass per channel: 1280 at the last layer of every Lite, too slow for this CPU.
-    Config("scorecam", ("scorecam",), depths=(0, 1, 2)),
     Config("candidates", RELEVANCE_CANDIDATES),
-    # The variants of the relevance maps on the bundled Lite0 only: this CPU cannot afford them on all three.
-    Config("onehot", ("rcam", "lrp", *RELEVANCE_CANDIDATES), {"initial": "onehot"}, "onehot", models=("lite0",)),
+    Config("onehot", RELEVANCE, {"initial": "onehot"}, "onehot"),
+    # rcam_bias differs from rcam in the depthwise convs only, and there are none between the last activation and
+    # the class scores: its maps there are rcam's.
+    Config("bias", RELEVANCE, {"composite": "rcam_bias"}, "bias", depths=(0, 1, 2)),
+    Config("bias-onehot", RELEVANCE, {"composite": "rcam_bias", "initial": "onehot"}, "bias, onehot",
+           depths=(0, 1, 2)),
+    # One forward pass per channel: 1280 at the last layer of every Lite, 10 minutes per model on this CPU.
+    Config("scorecam", ("scorecam",), depths=(0, 1, 2)),
+    Config("fused", ("rcam", "lrp", *GRADIENT, *RELEVANCE_CANDIDATES), {"fuse": True, "measure": [FUSED_KEY]}),
+    Config("controls", CONTROLS, suffix="control", depths=(0,), everywhere=True),
 )
-IN_ONE_RUN = "scorecam"  # the one map that is not computed in the augmented model's run
+EVERY_LAYER = "*"
+NOT_IN_THE_RUN = ("scorecam", *(f"{control} (control)" for control in CONTROLS))  # no candidates for the default
 
 
 def stage_layers(model) -> list[str]:
@@ -105,10 +114,10 @@ def prepare_model(variant: str, cache: Path, photos: list[Path]) -> dict:
             "top1": probabilities.argmax(axis=1), "top1_probability": probabilities.max(axis=1)}
 
 
-def measure(variant: str, model: dict, config: Config, photos: list[Path], boxes, steps: int, top_percent: float,
-            fresh: bool) -> Path:
+def measure(out: Path, variant: str, model: dict, config: Config, photos: list[Path], boxes, steps: int,
+            top_percent: float, fresh: bool) -> Path:
     """Run (or read back) one configuration on one model; its folder."""
-    folder = OUT / variant / config.folder
+    folder = out / variant / config.folder
     layers = [model["layers"][depth] for depth in config.depths]
     settings = {"model": variant, "methods": list(config.methods), "options": config.options, "layers": layers,
                 "steps": steps, "top_percent": top_percent, "photos": [p.name for p in photos]}
@@ -134,7 +143,7 @@ def read_per_image(folder: Path, config: Config) -> dict:
     values: dict = {}
     with (folder / "per_image.csv").open() as handle:
         for row in csv.DictReader(handle):
-            key = (row["layer"], config.label(row["method"]))
+            key = (EVERY_LAYER if config.everywhere else row["layer"], config.label(row["method"]))
             for column in METRICS:
                 values.setdefault(key, {}).setdefault(column, []).append(float(row[column]))
     return {key: {c: np.array(v) for c, v in columns.items()} for key, columns in values.items()}
@@ -196,12 +205,13 @@ def main():
                         choices=[c.folder for c in CONFIGS])
     parser.add_argument("--limit", type=int, help="the first N photos only (to time a run)")
     parser.add_argument("--fresh", action="store_true", help="measure again what is recorded")
+    parser.add_argument("--out", type=Path, default=OUT, help="the runs' folder; the report is OUT.md")
     args = parser.parse_args()
 
     photos = find_images([args.photos])[:args.limit]
     boxes = read_boxes(args.boxes or args.photos / "boxes.csv")
     configs = [c for c in CONFIGS if c.folder in args.configs]
-    unknown = [m for c in configs for m in c.methods if m not in METHODS and m != "scorecam"]
+    unknown = [m for c in configs for m in c.methods if m not in (*METHODS, "scorecam", *CONTROLS)]
     if unknown:
         raise SystemExit(f"methods not in this onnx-rcam: {', '.join(unknown)}")
     started = time.perf_counter()
@@ -210,12 +220,14 @@ def main():
         models[variant] = prepare_model(variant, args.cache, photos)
         values = {}
         for config in (c for c in configs if variant in c.models):
-            folder = measure(variant, models[variant], config, photos, boxes, args.steps, args.top_percent,
-                             args.fresh)
+            folder = measure(args.out, variant, models[variant], config, photos, boxes, args.steps,
+                             args.top_percent, args.fresh)
             values.update(read_per_image(folder, config))
             seconds[variant, config.folder] = json.loads((folder / "settings.json").read_text())["seconds"]
-        for layer in dict.fromkeys(layer for layer, _ in values):
-            cells.append(Cell(variant, layer, {label: v for (found, label), v in values.items() if found == layer}))
+        shared = {label: v for (found, label), v in values.items() if found == EVERY_LAYER}
+        for layer in dict.fromkeys(layer for layer, _ in values if layer != EVERY_LAYER):
+            cells.append(Cell(variant, layer, {**{label: v for (found, label), v in values.items() if found == layer},
+                                               **shared}))
     write_report(models, cells, seconds, photos, args, time.perf_counter() - started)
 
 
@@ -225,7 +237,7 @@ def write_report(models, cells: list[Cell], seconds, photos, args, elapsed):
     labels = list(dict.fromkeys(label for cell in cells for label in cell.values))
     wins = {label: 0 for label in labels}      # deciding cells won
     leading = {label: 0 for label in labels}   # deciding cells where no map is significantly better
-    for cell in cells:
+    for cell in (cell for cell in cells if cell.layer != FUSED_KEY):  # a method's default is per layer
         for column in DECIDING:
             best, won, against = cell.judged[column]
             wins[best] += won
@@ -233,8 +245,8 @@ def write_report(models, cells: list[Cell], seconds, photos, args, elapsed):
             for label, (_, low, high) in against.items():
                 leading[label] += low <= 0 <= high
     ranked = sorted(labels, key=lambda label: (-wins[label], -leading[label]))
-    chosen = next(label for label in ranked if label != IN_ONE_RUN)
-    with (OUT / "paired.csv").open("w", newline="") as handle:
+    chosen = next(label for label in ranked if label not in NOT_IN_THE_RUN)
+    with (args.out / "paired.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "layer", "metric", "first", "second", "first_minus_second", "low", "high",
                          "first_is"])
@@ -248,8 +260,9 @@ def write_report(models, cells: list[Cell], seconds, photos, args, elapsed):
                             writer.writerow([cell.variant, cell.layer, column, chosen, label,
                                              *cell.difference(chosen, label, column), "recommended"])
     lines = report_lines(models, cells, photos, args, titles, wins, leading, ranked, chosen, seconds, elapsed)
-    REPORT.write_text("\n".join(lines) + "\n")
-    print(f"wrote {REPORT} and {OUT / 'paired.csv'}")
+    report = args.out.with_suffix(".md")
+    report.write_text("\n".join(lines) + "\n")
+    print(f"wrote {report} and {args.out / 'paired.csv'}")
 
 
 def cell_table(cell: Cell, titles) -> list[str]:
@@ -303,7 +316,10 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
               + ".",
               "- Candidates (issue 15): " + ", ".join(f"`{m}`" for m in RELEVANCE_CANDIDATES) + " (onnx_rcam/heads.py "
               "says what each computes). " + " ".join(f"`({c.suffix})`: the relevance maps with {c.options}, "
-              f"{describe_config(c)}." for c in CONFIGS if c.suffix), "",
+              f"{describe_config(c)}." for c in CONFIGS if c.suffix and not c.everywhere),
+              "- Controls: `random (control)`, uniform noise, and `centre (control)`, a Gaussian at the centre "
+              "(`evaluate --method random|centre`): maps that know nothing of the model, the same at every layer. "
+              "Where a method does not beat them, the metric says nothing about it.", "",
               "## Which map wins", "",
               f"A cell is a model, a layer and one of the {len(DECIDING)} metrics that a map cannot win by its "
               "area (binarised AD and IC, deletion, insertion, pointing game, energy pointing game): "
@@ -338,6 +354,7 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
                 texts.append(f"{mean(cell.values[chosen][column]):.{digits}f}; {rival} "
                              f"{difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]")
             lines.append(f"| {cell.variant} | `{cell.layer}` | " + " | ".join(texts) + " |")
+    lines += fused_lines(cells, titles)
     lines += ["", "## Every map, model and layer", "",
               "Bold: the map that wins the cell. reports/faithfulness/MODEL/RUN/ holds each run's results "
               "(results.md, results.csv, per_image.csv, metrics.png); reports/faithfulness/paired.csv the paired "
@@ -345,6 +362,34 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
               *[line for cell in cells for line in cell_table(cell, titles)],
               "## Time per run", "", "| model | run | minutes |", "| --- | --- | ---: |"]
     lines += [f"| {variant} | {folder} | {value / 60:.1f} |" for (variant, folder), value in seconds.items()]
+    return lines
+
+
+def fused_lines(cells: list[Cell], titles) -> list[str]:
+    """Per model and metric: the best fused map against the best map of a single layer, paired."""
+    fused = {cell.variant: cell for cell in cells if cell.layer == FUSED_KEY}
+    if not fused:
+        return []
+    lines = ["", "### Fused maps against the best single layer", "",
+             "Per model and metric: the best map fused over the four layers (`--fuse`: the min-max of the mean of "
+             "the layers' maps) and the best map of any single layer, and the paired 95% interval of fused minus "
+             "single. Bold: the interval excludes 0.", "",
+             "| model | " + " | ".join(titles[c][0] for c in METRICS) + " |", "| --- |" + " --- |" * len(METRICS)]
+    for variant, fused_cell in fused.items():
+        texts = []
+        for column in METRICS:
+            pick = min if METRICS[column][1] == "lower" else max
+            best_fused = fused_cell.judged[column][0]
+            single = {(cell.layer, label): v[column] for cell in cells if cell.variant == variant
+                      and cell.layer != FUSED_KEY for label, v in cell.values.items()}
+            layer, label = pick(single, key=lambda key: mean(single[key]))
+            a, b = fused_cell.values[best_fused][column], single[layer, label]
+            low, high = metrics.paired_difference_interval(a, b)
+            digits = 3 if column.endswith("auc") else 1
+            text = (f"{best_fused} {mean(a):.{digits}f} vs {label} `{layer}` {mean(b):.{digits}f}: "
+                    f"{mean(a) - mean(b):+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]")
+            texts.append(f"**{text}**" if not low <= 0 <= high else text)
+        lines.append(f"| {variant} | " + " | ".join(texts) + " |")
     return lines
 
 
