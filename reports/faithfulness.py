@@ -85,6 +85,9 @@ CONFIGS = (
     Config("controls", CONTROLS, suffix="control", depths=(0,), everywhere=True),
 )
 EVERY_LAYER = "*"
+SHORT = {"binarised_average_drop": "binarised AD", "binarised_increase_in_confidence": "binarised IC",
+         "deletion_auc": "deletion", "insertion_auc": "insertion", "pointing_game": "pointing",
+         "energy_pointing_game": "energy"}
 NOT_IN_THE_RUN = ("scorecam", *(f"{control} (control)" for control in CONTROLS))  # no candidates for the default
 
 
@@ -329,7 +332,10 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
               "| map | cells won | cells where no map is significantly better |", "| --- | ---: | ---: |"]
     lines += [f"| {label} | {wins[label]} | {leading[label]} |" for label in ranked]
     lines += ["", f"The in-run map with the most cells won (then the most cells where no map is significantly "
-              f"better): **{chosen}**.", "", "### Where each map wins", "",
+              f"better): **{chosen}**.", ""]
+    lines += headline_lines(cells, chosen)
+    lines += rival_lines(cells, chosen, labels=list(wins))
+    lines += ["", "### Where each map wins", "",
               "The best map per cell, in bold where it wins (its paired intervals exclude 0); \"N tied\": N maps "
               "share the best mean.", "",
               "| metric | " + " | ".join(f"{cell.variant} `{cell.layer}`" for cell in cells) + " |",
@@ -362,6 +368,59 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
               *[line for cell in cells for line in cell_table(cell, titles)],
               "## Time per run", "", "| model | run | minutes |", "| --- | --- | ---: |"]
     lines += [f"| {variant} | {folder} | {value / 60:.1f} |" for (variant, folder), value in seconds.items()]
+    return lines
+
+
+def rival_lines(cells: list[Cell], chosen: str, labels: list[str]) -> list[str]:
+    """The recommended map against each other map, paired, over the deciding cells that hold both."""
+    lines = ["", f"### {chosen} against each other map", "",
+             f"Over the deciding cells (layers, not fused) that hold both: in how many the paired 95% interval of "
+             f"{chosen} minus the other map says {chosen} is better, says it is worse, or includes 0.", "",
+             f"| other map | {chosen} better | {chosen} worse | no difference | where {chosen} is worse |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for label in labels:
+        if label == chosen:
+            continue
+        counts, worse_where = [0, 0, 0], []
+        for cell in cells:
+            if cell.layer == FUSED_KEY or label not in cell.values or chosen not in cell.values:
+                continue
+            for column in DECIDING:
+                _, low, high = cell.difference(chosen, label, column)
+                if excludes_zero_on_the_better_side(column, low, high):
+                    counts[0] += 1
+                elif excludes_zero_on_the_better_side(column, -high, -low):
+                    counts[1] += 1
+                    worse_where.append(f"{cell.variant} `{cell.layer}` {SHORT[column]}")
+                else:
+                    counts[2] += 1
+        lines.append(f"| {label} | {counts[0]} | {counts[1]} | {counts[2]} | {', '.join(worse_where)} |")
+    return lines
+
+
+def headline_lines(cells: list[Cell], chosen: str) -> list[str]:
+    """The issue's table: rcam, the best gradient CAM (by deletion), lrp and the recommended map, per model and
+    layer: binarised AD, deletion / insertion, pointing / energy."""
+    def summary(cell, label):
+        if label not in cell.values:
+            return "not measured"
+        v = cell.values[label]
+        return (f"{mean(v['binarised_average_drop']):.1f}; {mean(v['deletion_auc']):.3f} / "
+                f"{mean(v['insertion_auc']):.3f}; {mean(v['pointing_game']):.0f} / "
+                f"{mean(v['energy_pointing_game']):.0f}")
+
+    lines = ["Each map as binarised AD; deletion / insertion; pointing / energy pointing (means over the photos; "
+             "the intervals are in the tables below):", "",
+             f"| model | layer | rcam | best gradient CAM (by deletion) | lrp | {chosen} | random (control) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for cell in cells:
+        if cell.layer == FUSED_KEY:
+            continue
+        gradient = min((m for m in GRADIENT if m in cell.values), key=lambda m: mean(cell.values[m]["deletion_auc"]),
+                       default="gradcam")
+        lines.append(f"| {cell.variant} | `{cell.layer}` | {summary(cell, 'rcam')} | {gradient}: "
+                     f"{summary(cell, gradient)} | {summary(cell, 'lrp')} | {summary(cell, chosen)} | "
+                     f"{summary(cell, 'random (control)')} |")
     return lines
 
 
