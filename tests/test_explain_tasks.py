@@ -138,6 +138,9 @@ def test_evaluate_detect_scores_the_pointing_game(capsys, tmp_path, photos, expo
     rows = list(csv.DictReader((tmp_path / "ev" / "results.csv").open()))
     assert [r["method"] for r in rows] == ["rcam", "gradcam"] and int(rows[0]["detections"]) > 0
     assert 0 <= float(rows[0]["pointing_game"]) <= 100 and rows[0]["deletion_auc"] == "nan"
+    # the interval draws images, each with all its detections
+    low, high = float(rows[0]["pointing_game_low"]), float(rows[0]["pointing_game_high"])
+    assert low <= float(rows[0]["pointing_game"]) <= high
 
 
 def test_a_segmenter_with_channels_last_scores(export_dir):

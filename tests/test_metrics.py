@@ -15,8 +15,65 @@ from onnx_rcam.errors import RcamError
 def test_average_drop_and_increase_in_confidence():
     full, masked = np.array([0.8, 0.5, 0.2, 0.4]), np.array([0.4, 0.5, 0.3, 0.1])
     # drops: 0.4 / 0.8 = 50 %, 0, 0 (an increase counts as 0), 0.3 / 0.4 = 75 %: mean 31.25 %
-    assert metrics.average_drop(full, masked) == pytest.approx(31.25)
-    assert metrics.increase_in_confidence(full, masked) == pytest.approx(25.0)
+    np.testing.assert_allclose(metrics.drops(full, masked), [50, 0, 0, 75])
+    assert metrics.drops(full, masked).mean() == pytest.approx(31.25)
+    np.testing.assert_array_equal(metrics.increases(full, masked), [0, 0, 100, 0])
+
+
+def test_top_mask_keeps_exactly_the_top_percent():
+    saliency = np.array([[0.1, 0.9], [0.5, 0.5]])
+    # (0, 1) first, then the tie (1, 0) / (1, 1) in raster order
+    np.testing.assert_array_equal(metrics.top_mask(saliency, 50), [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(metrics.top_mask(saliency, 25), [[0, 1], [0, 0]])
+    np.testing.assert_array_equal(metrics.top_mask(saliency, 75), [[0, 1], [1, 1]])
+    np.testing.assert_array_equal(metrics.top_mask(saliency, 100), np.ones([2, 2]))
+    # 2.5 of 5 pixels rounds up; a flat map keeps its first pixels, so covering everything earns nothing
+    np.testing.assert_array_equal(metrics.top_mask(np.ones([1, 5]), 50), [[1, 1, 1, 0, 0]])
+    flat = metrics.top_mask(np.full([4, 4], 0.5, np.float32), 50)
+    assert flat.dtype == np.float32 and flat[:2].all() and not flat[2:].any()
+
+
+def test_bootstrap_of_a_constant_has_zero_width():
+    assert metrics.bootstrap_interval([0.1] * 7) == (pytest.approx(0.1), pytest.approx(0.1))
+    low, high = metrics.bootstrap_interval([0.1] * 7)
+    assert low == high
+    assert metrics.bootstrap_interval([3.0, np.nan, 3.0]) == (3.0, 3.0)   # NaN (no boxes) left out
+    assert all(np.isnan(metrics.bootstrap_interval([np.nan, np.nan])))
+
+
+def test_bootstrap_percentiles_worked_by_hand():
+    # two photos, 0 and 1: resample means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
+    assert metrics.bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)
+    assert metrics.bootstrap_interval([0.0, 1.0], level=0.4) == (0.5, 0.5)
+    # four photos, one of them 1: the mean is Binomial(4, 1/4) / 4; P(mean <= 0.5) = 0.949 < 0.975 <= P(<= 0.75)
+    assert metrics.bootstrap_interval([0.0, 0.0, 1.0, 0.0]) == (0.0, 0.75)
+
+
+def test_bootstrap_matches_a_direct_numpy_computation():
+    values = np.array([0.31, 0.02, 0.77, 0.45, 0.12, 0.90, 0.05, 0.66, 0.38])
+    draws = np.random.default_rng(0).integers(0, values.size, size=(2000, values.size))
+    expected = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
+    np.testing.assert_allclose(metrics.bootstrap_interval(values), expected, rtol=1e-12)
+    assert metrics.bootstrap_interval(values, seed=1) != metrics.bootstrap_interval(values)
+
+
+def test_bootstrap_draws_photos_not_values():
+    # photo 0 holds two detections (1, 1), photo 1 one (0): a draw of both photos averages 3 values to 2/3, the
+    # draws of one photo twice give 1 or 0 (1/4 each)
+    assert metrics.bootstrap_interval([1.0, 1.0, 0.0], photos=[0, 0, 1], level=0.4) == (
+        pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert metrics.bootstrap_interval([1.0, 1.0, 0.0], photos=[0, 0, 1]) == (0.0, 1.0)
+
+
+def test_paired_difference_interval():
+    first = np.array([0.5, 0.2, 0.9, 0.4, 0.7])
+    # a constant lead on every photo is a sure win, whatever the spread between photos
+    assert metrics.paired_difference_interval(first + 0.1, first) == (pytest.approx(0.1), pytest.approx(0.1))
+    second = np.array([0.4, 0.3, 0.6, 0.4, 0.5])
+    np.testing.assert_allclose(metrics.paired_difference_interval(first, second),
+                               metrics.bootstrap_interval(first - second))
+    low, high = metrics.paired_difference_interval(first, second)
+    assert low < 0.1 < high and low < 0   # photo 1 goes the other way
 
 
 def test_area_under_curve_is_the_trapezoid_mean():
