@@ -254,6 +254,7 @@ def augment(model, output, layers, methods, composite, preprocess, initial, fuse
               help="Score-CAM: masked images per onnxruntime run.")
 @composite_option
 @initial_option
+@fuse_option
 @click.option("--task", type=click.Choice(TASKS), default="classify", show_default=True,
               help="classify: class scores [N, K]. detect: a YOLO detector's [N, A, 5+C] (YOLOv5) or [N, 4+C, A] "
                    "(YOLOv8/11) output: boxes decoded, NMS, the best --detections each explained, all in one run "
@@ -285,7 +286,7 @@ def augment(model, output, layers, methods, composite, preprocess, initial, fuse
               "--ray they are always written; on a cluster the maps alone are the default).")
 @_cluster_options
 def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, method, mask_batch,
-            composite, initial, task, scores, detections, conf, iou, detect_layout, box, mask_path, input_shape,
+            composite, initial, fuse, task, scores, detections, conf, iou, detect_layout, box, mask_path, input_shape,
             precision, verify, force, resume, overlays, ray_address, workers, cpus_per_worker, gpus_per_worker):
     """Explain photos: overlays per layer, one sheet per image, raw maps (.npz), summary.csv and summary.json.
 
@@ -307,11 +308,13 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
             raise click.UsageError("--ray explains classifiers with the in-graph methods; --task, --method scorecam, "
                                    "--device and --no-verify are for runs without it (--gpus-per-worker picks CUDA)")
         _explain_on_ray(_model_argument(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k,
-                        batch_size, preprocess, labels, method, composite, initial, input_shape, precision, force,
-                        resume, overlays, ray_address, workers, cpus_per_worker, gpus_per_worker)
+                        batch_size, preprocess, labels, method, composite, initial, fuse, input_shape, precision,
+                        force, resume, overlays, ray_address, workers, cpus_per_worker, gpus_per_worker)
         return
     if task != "classify" and method == "scorecam":
         raise click.UsageError("--method scorecam explains classifiers only")
+    if fuse and (task != "classify" or method == "scorecam"):
+        raise click.UsageError("--fuse fuses a classifier's in-graph maps: leave out --task and --method scorecam")
     if (box is not None or mask_path is not None) and task != "segment":
         raise click.UsageError("--box and --mask are for --task segment")
     if box is not None and mask_path is not None:
@@ -320,7 +323,7 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
                           Path(mask_path) if mask_path else None)
     _explain(_model_argument(model), list(inputs), Path(outdir), layers or ("auto",), target, top_k, batch_size,
              device, preprocess, labels, composite, force, input_shape, method, mask_batch, precision, verify, options,
-             resume, initial)
+             resume, initial, fuse)
 
 
 @dataclass(frozen=True)
@@ -357,8 +360,8 @@ def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
 
 
 def _explain_on_ray(model, inputs, outdir, layers, target, top_k, batch_size, preprocess, labels, method, composite,
-                    initial, input_shape, precision, force, resume, overlays, ray_address, workers, cpus_per_worker,
-                    gpus_per_worker):
+                    initial, fuse, input_shape, precision, force, resume, overlays, ray_address, workers,
+                    cpus_per_worker, gpus_per_worker):
     from onnx_rcam.distributed import check_output, explain_dataset, list_images, quiet_ray_data
 
     if target is not None and top_k > 1:
@@ -374,7 +377,8 @@ def _explain_on_ray(model, inputs, outdir, layers, target, top_k, batch_size, pr
         run = explain_dataset(model, images, outdir, layers, (method or "rcam",), top_k, preprocess, batch_size,
                               workers, gpus_per_worker, cpus_per_worker,
                               None if ray_address == LOCAL_CLUSTER else ray_address, composite, target, labels,
-                              overlays, input_shape, precision, max(5, top_k), resume, force, bar.update, initial)
+                              overlays, input_shape, precision, max(5, top_k), resume, force, bar.update, initial,
+                              fuse)
     resumed = f" ({run.resumed} from the earlier run)" if run.resumed else ""
     click.echo(f"explained {run.explained} of {run.images + run.resumed} images{resumed} in {run.seconds:.1f} s "
                f"({run.images_per_second:.1f} img/s) on {', '.join(sorted(run.providers)) or 'no worker'}; wrote "
@@ -398,7 +402,8 @@ def demo(outdir, force):
 
 def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, preprocess, labels, composite, force,
              input_shape=None, method=None, mask_batch=32, precision="fp32", verify=True,
-             options: TaskOptions = TaskOptions(), resume: bool = False, initial: str = "contrastive"):
+             options: TaskOptions = TaskOptions(), resume: bool = False, initial: str = "contrastive",
+             fuse: bool = False):
     if target is not None and top_k > 1:
         raise click.UsageError("--target and --top-k > 1 exclude each other")
     if outdir.exists() and any(outdir.iterdir()) and not (force or resume):
@@ -417,7 +422,7 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
                               initial=initial, preprocessing=preprocess, input_shape=input_shape, method=method,
                               precision=precision, verify=verify, task=options.task, scores=options.scores,
                               detections=options.detections, conf=options.conf, iou=options.iou,
-                              layout=options.layout)
+                              layout=options.layout, fuse=fuse)
     click.echo(f"model     {model}\nmethod    {explainer.name}\nlayers    {', '.join(explainer.layers)}\n"
                f"provider  {explainer.provider_note}")
     started = time.perf_counter()

@@ -315,13 +315,13 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
                     cpus_per_worker: int = 1, address: str | None = None, composite="rcam", target: int | None = None,
                     labels: str | Path | None = None, overlays: bool = False, input_shape=None,
                     precision: str = "fp32", shown_classes: int = 5, resume: bool = False, force: bool = False,
-                    progress=None, initial: str = "contrastive") -> DatasetRun:
+                    progress=None, initial: str = "contrastive", fuse: bool = False) -> DatasetRun:
     """Explain every image under `source` (a path or URI, a list of them, or their ImageList) on Ray, writing into the
     folder `output` what `onnx-rcam explain` writes per image (NAME.npz, and with overlays=True the overlays and
     sheet), and summary.parquet (summary_schema) and run.json for the run. `output` must be a folder every worker
     can write: this machine's for a local cluster, a shared filesystem for a cluster of machines.
 
-    model: a plain model (augmented here once, with layers, methods, top_k, composite, initial, input_shape,
+    model: a plain model (augmented here once, with layers, methods, top_k, composite, initial, fuse, input_shape,
     precision) or an already augmented one. methods: the first is the one whose maps the .npz holds as LAYER.map and
     LAYER.raw, as `explain` writes them; the others add METHOD.LAYER.map and METHOD.LAYER.raw. preprocess: as for
     explain (default: the model's sidecar, else imagenet). shown_classes: the top classes per image in the summary.
@@ -339,7 +339,7 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
     methods = tuple(methods) or ("rcam",)
     images = image_list(source)
     explainer = Explainer(model, layers, "cpu", top_k, composite, preprocessing=preprocess, input_shape=input_shape,
-                          method=methods[0], also=methods[1:], precision=precision, initial=initial)
+                          method=methods[0], also=methods[1:], precision=precision, initial=initial, fuse=fuse)
     if explainer.task != "classify":
         raise RcamError("explain_dataset explains classifiers; explain detectors and segmenters with `onnx-rcam "
                         "explain --task` on one machine")

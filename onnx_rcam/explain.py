@@ -17,6 +17,7 @@ from PIL import Image
 
 from .errors import RcamError
 from .explainer import Explainer
+from .heads import FUSED_KEY
 from .images import load_image
 from .metrics import pointing_hit
 from .models_path import models_folder
@@ -214,8 +215,13 @@ class BatchWriter:
         return rows, failed
 
     def _other_maps(self, explanation, i: int) -> dict[str, np.ndarray]:
+        if not self.also:
+            return {}
+        parts = [(layer, part) for layer in self.explainer.layers for part in ("map", "raw")]
+        if self.explainer.fused:  # a fused map has no raw map
+            parts.append((FUSED_KEY, "map"))
         return {f"{method}.{_safe(layer)}.{part}": explanation.outputs[f"{method}/{layer}/{part}"][i]
-                for method in self.also for layer in self.explainer.layers for part in ("map", "raw")}
+                for method in self.also for layer, part in parts}
 
 
 def batches(items: list, size: int) -> Iterator[list]:
@@ -228,9 +234,10 @@ def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture,
     stem.parent.mkdir(parents=True, exist_ok=True)
     classes = np.atleast_1d(explanation.classes[i])
     pictures = _classify_overlays(explainer, explanation, i, picture, stem, labels, classes) if overlays else []
+    # explanation.maps holds the fused map too, where the model has one (it has no raw map)
     save_npz(stem, classes=classes,
              **{f"{_safe(layer)}.raw": explanation.raw[layer][i] for layer in explainer.layers},
-             **{f"{_safe(layer)}.map": explanation.maps[layer][i] for layer in explainer.layers}, **(other_maps or {}))
+             **{f"{_safe(layer)}.map": maps[i] for layer, maps in explanation.maps.items()}, **(other_maps or {}))
     scores = explanation.scores[i]
     best = np.argsort(-scores)[:top_k]
     return {"image": str(path), "explained": [int(c) for c in classes],
@@ -241,10 +248,11 @@ def _write_image(explainer: Explainer, explanation, i: int, path: Path, picture,
 
 def _classify_overlays(explainer: Explainer, explanation, i: int, picture, stem: Path, labels: list[str],
                        classes: np.ndarray) -> list[dict]:
-    """Per layer and explained class its map over the photo, and the sheet of all."""
+    """Per layer (and the fused map, where there is one) and explained class its map over the photo, and the sheet
+    of all."""
     box = explainer.preprocessing.crop_box(picture.width, picture.height)
     shown = []
-    for layer in explainer.layers:
+    for layer in explanation.maps:
         maps = explanation.maps[layer][i].reshape(len(classes), *explanation.maps[layer].shape[-2:])
         for rank, (heat, cls) in enumerate(zip(maps, classes)):
             suffix = "" if len(classes) == 1 else f".class{rank + 1}"

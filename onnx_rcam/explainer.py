@@ -136,6 +136,8 @@ class Explainer:
 
     def title(self, layer: str) -> str:
         """The method and the layer, with its module path where that says more (`auto` -> the module it chose)."""
+        if layer == FUSED_KEY:
+            return f"{self.name} fused ({', '.join(self.layers)})"
         scope = self.scopes.get(layer, "")
         return f"{self.name} {layer}" + (f" ({scope})" if scope and scope != layer else "")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import onnx_rcam
@@ -100,3 +101,23 @@ def test_a_model_with_a_fixed_batch_of_one_explains_any_number(tmp_path):
     free = Explainer(onnx_rcam.default_model_path(), layers=["_blocks.10"])(photos)
     np.testing.assert_array_equal(fixed.classes, free.classes)
     np.testing.assert_allclose(fixed.maps["_blocks.10"], free.maps["_blocks.10"], atol=1e-5)
+
+
+def test_fuse_writes_the_fused_map_of_each_method(capsys, tmp_path):
+    """explain --fuse: NAME.npz holds fused.map, the min-max normalisation of the mean of the layers' maps, and the
+    fused map gets its own overlay, titled with the layers it fuses. Detectors and Score-CAM are refused."""
+    photo = onnx_rcam.default_model_path().parent / "images" / "chelsea.jpg"
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "explain", str(photo), "-o", str(out), "--layer", "_blocks.4", "--layer", "auto",
+                       "--method", "lrp-pos", "--fuse")
+    assert code == 0, err
+    saved = np.load(out / "chelsea.npz")
+    mean = (saved["_blocks.4.map"] + saved["auto.map"]) / 2
+    expected = (mean - mean.min()) / (mean.max() - mean.min())
+    np.testing.assert_allclose(saved["fused.map"], expected, atol=1e-6)
+    assert "fused.raw" not in saved and (out / "chelsea.fused.png").is_file()
+    assert Explainer(onnx_rcam.default_model_path(), layers=["_blocks.4", "auto"], fuse=True).title("fused") == \
+        "rcam fused (_blocks.4, auto)"
+    for refused in (["--task", "detect"], ["--method", "scorecam"]):
+        code, _, err = cli(capsys, "explain", str(photo), "-o", str(tmp_path / "no"), "--fuse", *refused)
+        assert code == 2 and "--fuse" in err
