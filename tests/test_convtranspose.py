@@ -98,7 +98,7 @@ class Probe(Rule):
         self.layer = layer
         return [None]
 
-    def rule_for(self, op_type, reads_image=False):  # serves as the composite too
+    def rule_for(self, op_type, reads_image=False, depthwise=False):  # serves as the composite too
         return self
 
 
