@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,9 +27,16 @@ PHOTOS = 104
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local Ray cluster for the module: two cores, as CI has; its temporary files under /tmp/ray."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+def cluster(tmp_path_factory):
+    """One local Ray cluster for the module: two cores, as CI has; its temporary files under /tmp/ray. Started from
+    a folder of its own: Ray puts the driver's working folder first on its workers' sys.path, and the checkout's
+    onnx_rcam/ (without rules/, which installs inside the package) would shadow the installed package there."""
+    started_in = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray_driver"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    finally:
+        os.chdir(started_in)
     yield
     ray.shutdown()
 
