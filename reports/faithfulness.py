@@ -322,8 +322,13 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
               "augmented model's run, at " + ", ".join(describe_config(c) for c in CONFIGS if c.folder == "scorecam")
               + ".",
               "- Candidates (issue 15): " + ", ".join(f"`{m}`" for m in RELEVANCE_CANDIDATES) + " (onnx_rcam/heads.py "
-              "says what each computes). " + " ".join(f"`({c.suffix})`: the relevance maps with {c.options}, "
-              f"{describe_config(c)}." for c in CONFIGS if c.suffix and not c.everywhere),
+              "says what each computes). " + " ".join(f"`({c.suffix})`: the relevance maps with "
+              + " ".join(f"`--{key} {value}`" for key, value in c.options.items()) + f", {describe_config(c)}."
+              for c in CONFIGS if c.suffix and not c.everywhere)
+              + " rcam_bias changes the depthwise convs' rule only, and there are none after the last activation: "
+              "its maps there are rcam's.",
+              "- `fused`: each in-run map's mean over the four layers, min-max normalised (`--fuse`), a cell of its "
+              "own per model.",
               "- Controls: `random (control)`, uniform noise, and `centre (control)`, a Gaussian at the centre "
               "(`evaluate --method random|centre`): maps that know nothing of the model, the same at every layer. "
               "Where a method does not beat them, the metric says nothing about it.", "",
