@@ -429,8 +429,8 @@ def markdown(report: dict, command: str) -> str:
              "interleaved turns (untimed runs for 50 ms, then one timed run, each) after one warm-up; from batch "
              f"{SHRINK_FROM_BATCH} on, each onnxruntime run returns its memory arena when it ends, so that the "
              "sessions fit in memory side by side (plain and augmented alike). Peak memory: "
-             "what one fresh process adds to its resident memory by creating the session (or torch model) and running one "
-             "batch.", "",
+             "what one fresh process adds to its resident memory by creating the session (or torch model) and "
+             "running one batch.", "",
              "Columns: time ratio augmented / plain; FLOP floor = (forward + generated FLOPs) / forward FLOPs; "
              "vs floor = time ratio / FLOP floor; torch = the same maps by torch autograd in eager mode (set up "
              "once); speed-up = torch time / onnxruntime time; max map diff vs torch = max |onnxruntime - torch| of "

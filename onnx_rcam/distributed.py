@@ -310,7 +310,7 @@ class DatasetRun:
         return self.images / self.seconds if self.seconds else 0.0
 
 
-def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), top_k: int = 1,
+def explain_dataset(model, source, output, layers=("auto",), methods=(), top_k: int = 1,
                     preprocess=None, batch_size: int = 8, workers: int = 1, gpus_per_worker: float = 0,
                     cpus_per_worker: int = 1, address: str | None = None, composite="rcam", target: int | None = None,
                     labels: str | Path | None = None, overlays: bool = False, input_shape=None,
@@ -323,7 +323,8 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
 
     model: a plain model (augmented here once, with layers, methods, top_k, composite, initial, fuse, input_shape,
     precision) or an already augmented one. methods: the first is the one whose maps the .npz holds as LAYER.map and
-    LAYER.raw, as `explain` writes them; the others add METHOD.LAYER.map and METHOD.LAYER.raw. preprocess: as for
+    LAYER.raw, as `explain` writes them [default: the Explainer's]; the others add METHOD.LAYER.map and
+    METHOD.LAYER.raw. preprocess: as for
     explain (default: the model's sidecar, else imagenet). shown_classes: the top classes per image in the summary.
     Unreadable images are recorded in the summary, never fatal. resume: skip the images whose .npz the folder holds
     and the earlier summary lists, keeping their rows; without it (or force) a folder with files is refused.
@@ -336,10 +337,12 @@ def explain_dataset(model, source, output, layers=("auto",), methods=("rcam",), 
 
     outdir = Path(output).absolute()
     check_output(outdir, force, resume)
-    methods = tuple(methods) or ("rcam",)
+    methods = tuple(methods)
     images = image_list(source)
     explainer = Explainer(model, layers, "cpu", top_k, composite, preprocessing=preprocess, input_shape=input_shape,
-                          method=methods[0], also=methods[1:], precision=precision, initial=initial, fuse=fuse)
+                          method=methods[0] if methods else None, also=methods[1:], precision=precision,
+                          initial=initial, fuse=fuse)
+    methods = (explainer.name, *methods[1:])  # none given: the Explainer's default, or what the model holds
     if explainer.task != "classify":
         raise RcamError("explain_dataset explains classifiers; explain detectors and segmenters with `onnx-rcam "
                         "explain --task` on one machine")

@@ -61,7 +61,6 @@ class Config:
     options: dict = field(default_factory=dict)
     suffix: str = ""     # added to the methods' names in the report: rcam (onehot)
     depths: tuple[int, ...] = (0, 1, 2, 3)   # which of a model's four layers
-    models: tuple[str, ...] = MODELS
     everywhere: bool = False   # maps that do not depend on the layer: measured at one, shown at every one
 
     def label(self, method: str) -> str:
@@ -79,7 +78,7 @@ CONFIGS = (
     Config("bias", RELEVANCE, {"composite": "rcam_bias"}, "bias", depths=(0, 1, 2)),
     Config("bias-onehot", RELEVANCE, {"composite": "rcam_bias", "initial": "onehot"}, "bias, onehot",
            depths=(0, 1, 2)),
-    # One forward pass per channel: 1280 at the last layer of every Lite, 10 minutes per model on this CPU.
+    # One forward pass per channel: 1280 at the last layer of every Lite, 7 times the 176-192 of the three others.
     Config("scorecam", ("scorecam",), depths=(0, 1, 2)),
     Config("fused", ("rcam", "lrp", *GRADIENT, *RELEVANCE_CANDIDATES), {"fuse": True, "measure": [FUSED_KEY]}),
     Config("controls", CONTROLS, suffix="control", depths=(0,), everywhere=True),
@@ -88,7 +87,8 @@ EVERY_LAYER = "*"
 SHORT = {"binarised_average_drop": "binarised AD", "binarised_increase_in_confidence": "binarised IC",
          "deletion_auc": "deletion", "insertion_auc": "insertion", "pointing_game": "pointing",
          "energy_pointing_game": "energy"}
-NOT_IN_THE_RUN = ("scorecam", *(f"{control} (control)" for control in CONTROLS))  # no candidates for the default
+CONTROL_LABELS = tuple(f"{control} (control)" for control in CONTROLS)
+NOT_IN_THE_RUN = ("scorecam", *CONTROL_LABELS)  # no candidates for the default
 
 
 def stage_layers(model) -> list[str]:
@@ -222,7 +222,7 @@ def main():
     for variant in args.models:
         models[variant] = prepare_model(variant, args.cache, photos)
         values = {}
-        for config in (c for c in configs if variant in c.models):
+        for config in configs:
             folder = measure(args.out, variant, models[variant], config, photos, boxes, args.steps,
                              args.top_percent, args.fresh)
             values.update(read_per_image(folder, config))
@@ -282,14 +282,15 @@ def cell_table(cell: Cell, titles) -> list[str]:
 
 
 def report_lines(models, cells, photos, args, titles, wins, leading, ranked, chosen, seconds, elapsed) -> list[str]:
-    deciding_cells = len(cells) * len(DECIDING)
+    deciding_cells = sum(cell.layer != FUSED_KEY for cell in cells) * len(DECIDING)
     classes = (REPOSITORY / "models" / "imagenet_classes.txt").read_text().splitlines()
     first = next(iter(models.values()))
     lines = [f"# Which map: every method at four depths of {len(models)} trained EfficientNet-Lites, on "
              f"{len(photos)} photos", "",
-             "Reproduce (the test extras installed): `python reports/faithfulness.py`. This run took "
-             f"{elapsed / 60:.0f} minutes on a shared 2-core CPU; measuring took {sum(seconds.values()) / 60:.0f} "
-             "minutes (a rerun reads back each run whose settings match, [Time per run](#time-per-run)).", "",
+             "Reproduce (the test extras installed): `python reports/faithfulness.py`. The measuring took "
+             f"{sum(seconds.values()) / 60:.0f} minutes of runs on a shared 2-core CPU ([Time per run]"
+             "(#time-per-run)); a rerun reads back each run whose settings match (`--fresh` measures all again): "
+             f"this one took {elapsed / 60:.1f} minutes.", "",
              f"Photos: `{display(args.photos)}`, {len(photos)} of them, boxes from "
              f"`{display(args.boxes or args.photos / 'boxes.csv')}`; each photo explained at the model's prediction. "
              f"Deletion and insertion in {args.steps} steps (the CPU's budget; `onnx-rcam evaluate` defaults to 32); "
@@ -297,6 +298,7 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
              "photos, in brackets its 95% interval, a percentile bootstrap over the photos "
              f"({metrics.BOOTSTRAP_RESAMPLES} resamples, seed {metrics.BOOTSTRAP_SEED}). The definitions are in the "
              "README, \"Comparing methods\", and `onnx_rcam/metrics.py`.", "",
+             *summary_lines(cells, chosen), "",
              "## The models", "",
              "| model | input | layers: end of stages " + ", ".join(map(str, STAGES)) + ", last activation | "
              "top-1 agrees with Lite0 | median top-1 probability |", "| --- | --- | --- | ---: | ---: |"]
@@ -318,15 +320,21 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
               "augmented model's run, at " + ", ".join(describe_config(c) for c in CONFIGS if c.folder == "scorecam")
               + ".",
               "- Candidates (issue 15): " + ", ".join(f"`{m}`" for m in RELEVANCE_CANDIDATES) + " (onnx_rcam/heads.py "
-              "says what each computes). " + " ".join(f"`({c.suffix})`: the relevance maps with {c.options}, "
-              f"{describe_config(c)}." for c in CONFIGS if c.suffix and not c.everywhere),
+              "says what each computes). " + " ".join(f"`({c.suffix})`: the relevance maps with "
+              + " ".join(f"`--{key} {value}`" for key, value in c.options.items()) + f", {describe_config(c)}."
+              for c in CONFIGS if c.suffix and not c.everywhere)
+              + " rcam_bias changes the depthwise convs' rule only, and there are none after the last activation: "
+              "its maps there are rcam's.",
+              "- `fused`: each in-run map's mean over the four layers, min-max normalised (`--fuse`), a cell of its "
+              "own per model.",
               "- Controls: `random (control)`, uniform noise, and `centre (control)`, a Gaussian at the centre "
               "(`evaluate --method random|centre`): maps that know nothing of the model, the same at every layer. "
               "Where a method does not beat them, the metric says nothing about it.", "",
               "## Which map wins", "",
               f"A cell is a model, a layer and one of the {len(DECIDING)} metrics that a map cannot win by its "
               "area (binarised AD and IC, deletion, insertion, pointing game, energy pointing game): "
-              f"{deciding_cells} cells. A map wins a cell when it has the best mean and the paired 95% interval of "
+              f"{deciding_cells} cells (the fused maps are compared apart, [below](#fused-maps-against-the-best-single-"
+              "layer)). A map wins a cell when it has the best mean and the paired 95% interval of "
               "its difference to every other map measured there excludes 0. The soft AD and IC are in the tables "
               "but not counted: a map nearer all ones wins them whatever it shows.", "",
               "| map | cells won | cells where no map is significantly better |", "| --- | ---: | ---: |"]
@@ -335,6 +343,7 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
               f"better): **{chosen}**.", ""]
     lines += headline_lines(cells, chosen)
     lines += rival_lines(cells, chosen, labels=list(wins))
+    lines += best_counts_lines(cells, titles)
     lines += ["", "### Where each map wins", "",
               "The best map per cell, in bold where it wins (its paired intervals exclude 0); \"N tied\": N maps "
               "share the best mean.", "",
@@ -371,30 +380,94 @@ def report_lines(models, cells, photos, args, titles, wins, leading, ranked, cho
     return lines
 
 
+def summary_lines(cells: list[Cell], chosen: str) -> list[str]:
+    """The recommendation in numbers, and what the metrics can and cannot tell."""
+    layer_cells = [cell for cell in cells if cell.layer != FUSED_KEY]
+    total = len(layer_cells) * len(DECIDING)
+
+    def against(other: str) -> str:
+        better, worse, even, _ = paired_counts(cells, chosen, other)
+        return f"better in {better}, worse in {worse}, no different in {even}"
+
+    strongest = max((label for label in GRADIENT), key=lambda label: paired_counts(cells, label, chosen)[0])
+    noise, centre = CONTROL_LABELS
+    noise_beats_rcam = sum(mean(cell.values[noise]["deletion_auc"]) < mean(cell.values["rcam"]["deletion_auc"])
+                           for cell in layer_cells)
+    return ["## Summary", "",
+            f"- Recommended default: **{chosen}**, the map that no other map beats significantly in the most of the "
+            f"{total} model x layer x metric cells ([Which map wins](#which-map-wins)). Paired against the paper's "
+            f"rcam it is {against('rcam')} of the cells; against {strongest}, the gradient CAM that beats it most "
+            f"often, {against(strongest)}.",
+            "- No map wins everywhere ([Which map is best on each metric](#which-map-is-best-on-each-metric)). "
+            "Almost no cell has a map that beats every other one significantly: near-identical variants (lrp and "
+            "lrp-pos, one composite and another) share the lead, and 42 photos leave intervals of several points.",
+            "- The random and centre controls show what each metric can tell. The centre control, which knows "
+            f"nothing of the model, has the best soft Average Drop in {best_in(layer_cells, centre, 'average_drop')} "
+            f"and the best soft Increase in Confidence in {best_in(layer_cells, centre, 'increase_in_confidence')} "
+            f"of the {len(layer_cells)} model x layer cells: those two reward a map for keeping the middle of the "
+            f"photo, and are not counted. Uniform noise deletes better than the paper's rcam in {noise_beats_rcam}"
+            " of them (scattered pixels hurt the classifier more than a region does): deletion favours "
+            "fine-grained maps.",
+            "- Deletion and insertion use coarse steps (see above), the same for every map; Score-CAM and the "
+            "bias-keeping composite are measured at the three shallower layers only (see The maps). Every model is "
+            "an EfficientNet-Lite: the evidence is for that family."]
+
+
+def best_in(cells: list[Cell], label: str, column: str) -> int:
+    """In how many cells the map has the best mean on the column (ties included)."""
+    pick = min if METRICS[column][1] == "lower" else max
+    return sum(mean(cell.values[label][column]) == pick(mean(v[column]) for v in cell.values.values())
+               for cell in cells)
+
+
+def paired_counts(cells: list[Cell], first: str, second: str) -> tuple[int, int, int, list[str]]:
+    """Over the deciding cells (layers, not fused) that hold both maps: in how many the paired interval of first
+    minus second says first is better, says it is worse, or includes 0; and where it is worse."""
+    better = worse = even = 0
+    worse_where = []
+    for cell in cells:
+        if cell.layer == FUSED_KEY or first not in cell.values or second not in cell.values:
+            continue
+        for column in DECIDING:
+            _, low, high = cell.difference(first, second, column)
+            if excludes_zero_on_the_better_side(column, low, high):
+                better += 1
+            elif excludes_zero_on_the_better_side(column, -high, -low):
+                worse += 1
+                worse_where.append(f"{cell.variant} `{cell.layer}` {SHORT[column]}")
+            else:
+                even += 1
+    return better, worse, even, worse_where
+
+
 def rival_lines(cells: list[Cell], chosen: str, labels: list[str]) -> list[str]:
-    """The recommended map against each other map, paired, over the deciding cells that hold both."""
+    """The recommended map against each other map, paired."""
     lines = ["", f"### {chosen} against each other map", "",
              f"Over the deciding cells (layers, not fused) that hold both: in how many the paired 95% interval of "
              f"{chosen} minus the other map says {chosen} is better, says it is worse, or includes 0.", "",
              f"| other map | {chosen} better | {chosen} worse | no difference | where {chosen} is worse |",
              "| --- | ---: | ---: | ---: | --- |"]
     for label in labels:
-        if label == chosen:
-            continue
-        counts, worse_where = [0, 0, 0], []
-        for cell in cells:
-            if cell.layer == FUSED_KEY or label not in cell.values or chosen not in cell.values:
-                continue
-            for column in DECIDING:
-                _, low, high = cell.difference(chosen, label, column)
-                if excludes_zero_on_the_better_side(column, low, high):
-                    counts[0] += 1
-                elif excludes_zero_on_the_better_side(column, -high, -low):
-                    counts[1] += 1
-                    worse_where.append(f"{cell.variant} `{cell.layer}` {SHORT[column]}")
-                else:
-                    counts[2] += 1
-        lines.append(f"| {label} | {counts[0]} | {counts[1]} | {counts[2]} | {', '.join(worse_where)} |")
+        if label != chosen:
+            better, worse, even, worse_where = paired_counts(cells, chosen, label)
+            lines.append(f"| {label} | {better} | {worse} | {even} | {', '.join(worse_where)} |")
+    return lines
+
+
+def best_counts_lines(cells: list[Cell], titles) -> list[str]:
+    """Per metric, how many layer cells each map is best in (by its mean, significant or not)."""
+    lines = ["", "### Which map is best on each metric", "",
+             "Per metric, over the model x layer cells (not fused): how often each map has the best mean (ties "
+             "count for every tied map), significant or not.", "", "| metric | best most often |", "| --- | --- |"]
+    for column in METRICS:
+        counts: dict = {}
+        for cell in (cell for cell in cells if cell.layer != FUSED_KEY):
+            means = {label: mean(v[column]) for label, v in cell.values.items()}
+            top = min(means.values()) if METRICS[column][1] == "lower" else max(means.values())
+            for label, value in means.items():
+                counts[label] = counts.get(label, 0) + (value == top)
+        ranked = sorted((item for item in counts.items() if item[1]), key=lambda item: -item[1])
+        lines.append(f"| {titles[column][0]} | " + ", ".join(f"{label} {count}" for label, count in ranked) + " |")
     return lines
 
 
@@ -411,16 +484,18 @@ def headline_lines(cells: list[Cell], chosen: str) -> list[str]:
 
     lines = ["Each map as binarised AD; deletion / insertion; pointing / energy pointing (means over the photos; "
              "the intervals are in the tables below):", "",
-             f"| model | layer | rcam | best gradient CAM (by deletion) | lrp | {chosen} | random (control) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | layer | rcam | best gradient CAM (by deletion) | lrp |"
+             + ("" if chosen in ("rcam", "lrp") else f" {chosen} |") + " random (control) |",
+             "| --- | --- | --- | --- | --- |" + ("" if chosen in ("rcam", "lrp") else " --- |") + " --- |"]
     for cell in cells:
         if cell.layer == FUSED_KEY:
             continue
         gradient = min((m for m in GRADIENT if m in cell.values), key=lambda m: mean(cell.values[m]["deletion_auc"]),
                        default="gradcam")
         lines.append(f"| {cell.variant} | `{cell.layer}` | {summary(cell, 'rcam')} | {gradient}: "
-                     f"{summary(cell, gradient)} | {summary(cell, 'lrp')} | {summary(cell, chosen)} | "
-                     f"{summary(cell, 'random (control)')} |")
+                     f"{summary(cell, gradient)} | {summary(cell, 'lrp')} | "
+                     + ("" if chosen in ("rcam", "lrp") else f"{summary(cell, chosen)} | ")
+                     + f"{summary(cell, 'random (control)')} |")
     return lines
 
 
@@ -431,16 +506,17 @@ def fused_lines(cells: list[Cell], titles) -> list[str]:
         return []
     lines = ["", "### Fused maps against the best single layer", "",
              "Per model and metric: the best map fused over the four layers (`--fuse`: the min-max of the mean of "
-             "the layers' maps) and the best map of any single layer, and the paired 95% interval of fused minus "
-             "single. Bold: the interval excludes 0.", "",
+             "the layers' maps) and the best map of any single layer (controls left out), and the paired 95% "
+             "interval of fused minus single. Bold: the interval excludes 0.", "",
              "| model | " + " | ".join(titles[c][0] for c in METRICS) + " |", "| --- |" + " --- |" * len(METRICS)]
     for variant, fused_cell in fused.items():
         texts = []
         for column in METRICS:
             pick = min if METRICS[column][1] == "lower" else max
-            best_fused = fused_cell.judged[column][0]
+            maps = [label for label in fused_cell.values if label not in CONTROL_LABELS]
+            best_fused = pick(maps, key=lambda label: mean(fused_cell.values[label][column]))
             single = {(cell.layer, label): v[column] for cell in cells if cell.variant == variant
-                      and cell.layer != FUSED_KEY for label, v in cell.values.items()}
+                      and cell.layer != FUSED_KEY for label, v in cell.values.items() if label not in CONTROL_LABELS}
             layer, label = pick(single, key=lambda key: mean(single[key]))
             a, b = fused_cell.values[best_fused][column], single[layer, label]
             low, high = metrics.paired_difference_interval(a, b)
@@ -455,8 +531,7 @@ def fused_lines(cells: list[Cell], titles) -> list[str]:
 def describe_config(config: Config) -> str:
     layers = "all four layers" if len(config.depths) == 4 else \
         "the layers at the end of stages " + ", ".join(str(STAGES[d]) for d in config.depths)
-    models = "every model" if config.models == MODELS else ", ".join(config.models) + " only"
-    return f"{layers} of {models}"
+    return f"{layers} of every model"
 
 
 def display(path: Path) -> str:

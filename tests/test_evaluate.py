@@ -139,7 +139,7 @@ def test_insertion_and_pointing_games_recomputed_directly(capsys, setup, tmp_pat
     with (tmp_path / "out" / "results.csv").open() as handle:
         row = next(r for r in csv.DictReader(handle) if r["layer"] == "layer3")
 
-    explainer = Explainer(path, layers=["layer3"], device="cpu")
+    explainer = Explainer(path, layers=["layer3"], device="cpu", method="rcam")
     names = sorted(p.name for p in photos.glob("*.png"))
     pictures = [Image.open(photos / name).convert("RGB") for name in names]
     x = explainer.prepare(pictures)
@@ -182,11 +182,12 @@ def test_relu_clips_the_rcam_maps():
     """relu: rcam's maps are those of an Explainer with relu, which differ from the signed ones where the raw map
     has negative values (the bundled model's _blocks.4 on the cat)."""
     model, images = onnx_rcam.default_model_path(), [sample_images()[1]]
-    assert Explainer(model, layers=["_blocks.4"], device="cpu")(images, extras=True).raw["_blocks.4"].min() < 0
+    signed = Explainer(model, layers=["_blocks.4"], device="cpu", method="rcam")(images, extras=True).raw["_blocks.4"]
+    assert signed.min() < 0
     rows = {relu: run_evaluation(model, images, ["rcam"], ["_blocks.4"], steps=2, device="cpu", relu=relu).rows[0]
             for relu in (False, True)}
     for relu, row in rows.items():
-        explainer = Explainer(model, layers=["_blocks.4"], device="cpu", relu=relu)
+        explainer = Explainer(model, layers=["_blocks.4"], device="cpu", method="rcam", relu=relu)
         assert row["map_mean"] == pytest.approx(explainer(images).maps["_blocks.4"].mean(), rel=1e-5)
     assert rows[False]["map_mean"] != pytest.approx(rows[True]["map_mean"], rel=1e-3)
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def explainer():
-    return Explainer(onnx_rcam.default_model_path(), layers=["auto", "_blocks.10"], device="cpu")
+    return Explainer(onnx_rcam.default_model_path(), layers=["auto", "_blocks.10"], device="cpu", method="rcam")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_explain_folder_reports_a_corrupt_file_and_goes_on(capsys, tmp_path, pla
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "out"
     code, stdout, stderr = cli(capsys, "explain", str(onnx_rcam.default_model_path()), str(photos), "-o", str(out),
-                               "--layer", "_blocks.10", "--batch-size", "2", "--device", "cpu")
+                               "--layer", "_blocks.10", "--batch-size", "2", "--device", "cpu", "--method", "rcam")
     assert code == 1 and "broken.jpg" in stderr and "explained 5 of 6 images" in stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["provider"] == "CPUExecutionProvider" and len(summary["failed"]) == 1
@@ -194,8 +194,8 @@ def test_demo_prints_the_predictions(capsys, tmp_path, monkeypatch):
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys, plain_logits):
     """The README's Explainer example, exactly as written there: it prints what its comment says (the provider, and
-    the photos' predicted classes), its heat is chelsea's `_blocks.10` map of the reference, and it saves the
-    overlay."""
+    the photos' predicted classes), its heat is chelsea's `_blocks.10` map of the default method, lrp, from the
+    reference's relevance, and it saves the overlay."""
     readme = (ROOT / "README.md").read_text()
     example = readme.split("<!-- explainer-example -->")[1].split("```python")[1].split("```")[0]
     claimed = re.search(r"^print\(explainer\.provider, explanation\.classes\)\s+# (.+)$", example, re.M)[1].strip()
@@ -207,7 +207,9 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys, plain_logits)
     assert provider in ort.get_available_providers()
     assert printed == claimed.replace("CPUExecutionProvider", provider)
     assert printed.endswith(f" {plain_logits.argmax(1)}")
-    assert_close(namespace["heat"], bundled_reference("contrastive").maps["_blocks.10"][1], "chelsea map")
+    ref = bundled_reference("contrastive")
+    lrp = reference.relevance_cams(ref.activations["_blocks.10"], ref.relevance["_blocks.10"], (224, 224))["lrp"]
+    assert_close(namespace["heat"], lrp[1][1].numpy(), "chelsea lrp map")
     assert (tmp_path / "chelsea-overlay.png").is_file()
 
 

@@ -172,8 +172,9 @@ def test_a_segmenter_with_channels_last_scores(export_dir):
                                rtol=1e-5, atol=1e-7)
 
 
-def test_the_default_method_follows_the_task_and_the_model(exported, tmp_path):
-    """lrp for detections and regions, rcam for classes; an augmented model without lrp maps falls back to rcam."""
+def test_the_default_method_is_lrp_unless_the_model_holds_other_maps(exported, tmp_path):
+    """lrp for every task (reports/faithfulness.md; README, Detectors and segmenters); an augmented model without lrp
+    maps falls back to rcam."""
     import onnx
     import onnx_rcam
     path = exported("yolov5")
@@ -181,7 +182,7 @@ def test_the_default_method_follows_the_task_and_the_model(exported, tmp_path):
     augmented = tmp_path / "rcam-only.onnx"
     onnx.save(onnx_rcam.augment(path, scores="logits", top_k=5), augmented)
     assert Explainer(augmented, task="detect", preprocessing="yolo").name == "rcam"
-    assert Explainer(onnx_rcam.default_model_path()).name == "rcam"
+    assert Explainer(onnx_rcam.default_model_path()).name == "lrp"
 
 
 def test_class_names_come_from_the_models_metadata(exported):
