@@ -117,7 +117,7 @@ def test_fuse_writes_the_fused_map_of_each_method(capsys, tmp_path):
     np.testing.assert_allclose(saved["fused.map"], expected, atol=1e-6)
     assert "fused.raw" not in saved and (out / "chelsea.fused.png").is_file()
     assert Explainer(onnx_rcam.default_model_path(), layers=["_blocks.4", "auto"], fuse=True).title("fused") == \
-        "rcam fused (_blocks.4, auto)"
+        "lrp fused (_blocks.4, auto)"
     for refused in (["--task", "detect"], ["--method", "scorecam"]):
         code, _, err = cli(capsys, "explain", str(photo), "-o", str(tmp_path / "no"), "--fuse", *refused)
         assert code == 2 and "--fuse" in err
