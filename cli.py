@@ -16,7 +16,7 @@ from onnx_rcam.augment import build, candidate_layers
 from onnx_rcam.boxes import read_boxes
 from onnx_rcam.builder import PRECISIONS
 from onnx_rcam.evaluate import CONTROLS, evaluate as run_evaluation, evaluate_detections, pyplot, write_results
-from onnx_rcam.explain import explain_images
+from onnx_rcam.explain import check_output, explain_images
 from onnx_rcam.detection import LAYOUTS
 from onnx_rcam.explainer import DEFAULT_METHOD, TASKS, Explainer, held_methods
 from onnx_rcam.heads import METHODS
@@ -305,6 +305,8 @@ def explain(model, inputs, outdir, layers, target, top_k, batch_size, device, pr
         raise click.UsageError("give the images to explain (INPUT...), after the model if any")
     _ray_only(ray_address, **{"--overlays": (overlays, False), "--workers": (workers, 1),
                               "--cpus-per-worker": (cpus_per_worker, 1), "--gpus-per-worker": (gpus_per_worker, 0)})
+    if target is not None and top_k > 1:
+        raise click.UsageError("--target and --top-k > 1 exclude each other")
     if ray_address is not None:
         if task != "classify" or method == "scorecam" or device != "auto" or verify is False:
             raise click.UsageError("--ray explains classifiers with the in-graph methods; --task, --method scorecam, "
@@ -364,10 +366,8 @@ def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
 def _explain_on_ray(model, inputs, outdir, layers, target, top_k, batch_size, preprocess, labels, method, composite,
                     initial, fuse, input_shape, precision, force, resume, overlays, ray_address, workers,
                     cpus_per_worker, gpus_per_worker):
-    from onnx_rcam.distributed import check_output, explain_dataset, list_images, quiet_ray_data
+    from onnx_rcam.distributed import explain_dataset, list_images, quiet_ray_data
 
-    if target is not None and top_k > 1:
-        raise click.UsageError("--target and --top-k > 1 exclude each other")
     check_output(outdir, force, resume)
     images = list_images(inputs)
     click.echo(f"model     {model}\nmethod    {method or DEFAULT_METHOD}\nlayers    {', '.join(layers)}\n"
@@ -407,11 +407,7 @@ def _explain(model, inputs, outdir, layers, target, top_k, batch_size, device, p
              input_shape=None, method=None, mask_batch=32, precision="fp32", verify=True,
              options: TaskOptions = TaskOptions(), resume: bool = False, initial: str = "contrastive",
              fuse: bool = False):
-    if target is not None and top_k > 1:
-        raise click.UsageError("--target and --top-k > 1 exclude each other")
-    if outdir.exists() and any(outdir.iterdir()) and not (force or resume):
-        raise click.ClickException(f"{outdir} already holds files; pass --force to write into it, or --resume to "
-                                   f"continue the run that wrote them")
+    check_output(outdir, force, resume)
     images = find_images(inputs)
     if not images:
         raise click.ClickException("no images found (JPEG, PNG, WebP or BMP)")

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import RcamError
 from .evaluate import Evaluation, Evaluator, add_tallies
-from .explain import BatchWriter, batches, input_folders, output_stem, split_done, timed_run
+from .explain import BatchWriter, batches, check_output, input_folders, output_stem, split_done, timed_run
 from .explainer import Explainer
 from .images import IMAGE_SUFFIXES, decode_image, find_images
 from .load import load
@@ -324,10 +324,10 @@ def explain_dataset(model, source, output, layers=("auto",), methods=(), top_k: 
     model: a plain model (augmented here once, with layers, methods, top_k, composite, initial, fuse, input_shape,
     precision) or an already augmented one. methods: the first is the one whose maps the .npz holds as LAYER.map and
     LAYER.raw, as `explain` writes them [default: the Explainer's]; the others add METHOD.LAYER.map and
-    METHOD.LAYER.raw. preprocess: as for
-    explain (default: the model's sidecar, else imagenet). shown_classes: the top classes per image in the summary.
-    Unreadable images are recorded in the summary, never fatal. resume: skip the images whose .npz the folder holds
-    and the earlier summary lists, keeping their rows; without it (or force) a folder with files is refused.
+    METHOD.LAYER.raw. preprocess: as for explain (default: the model's sidecar, else imagenet). shown_classes: the
+    top classes per image in the summary. Unreadable images are recorded in the summary, never fatal. resume: skip
+    the images whose .npz the folder holds and the earlier summary lists, keeping their rows; without it (or force)
+    a folder with files is refused.
     progress: called with the number of images after each batch (and first with the number resumed). See
     ClusterSettings for the cluster arguments."""
     cluster = ClusterSettings(workers, cpus_per_worker, gpus_per_worker)
@@ -391,13 +391,6 @@ def _resumed(images: ImageList, outdir: Path) -> tuple[list[str], list[str]]:
     listed = {image for image, status in zip(earlier["image"], earlier["status"]) if status == "ok"}
     done = {name for name in with_maps if name in listed}
     return [name for name in images.names if name in done], [name for name in images.names if name not in done]
-
-
-def check_output(outdir: Path, force: bool, resume: bool) -> None:
-    """A folder with files is written into only when asked (force, or resume to continue the run that wrote it)."""
-    if outdir.exists() and any(outdir.iterdir()) and not (force or resume):
-        raise RcamError(f"{outdir} already holds files; pass force (--force) to write into it, or resume (--resume) "
-                        "to continue the run that wrote them")
 
 
 def _keep_earlier_rows(summary: Path, done: set[str], writer) -> None:
@@ -471,12 +464,12 @@ def evaluate_dataset(model, source, methods=("rcam",), layers=("auto",), boxes=N
         refs = [ray.put(graph.model.SerializeToString()), ray.put(load(model).SerializeToString())]
         for table in _stream(chunks, images.filesystem, EvaluateWorker, (refs, graph.preprocessing, settings),
                              cluster):
-            for batch_tallies, unreadable, names, count in zip(
+            for batch_tallies, unreadable, measured, count in zip(
                     table["tallies"].to_pylist(), table["skipped"].to_pylist(), table["measured"].to_pylist(),
                     table["images"].to_pylist()):
                 add_tallies(tallies, pickle.loads(batch_tallies))
                 skipped += unreadable
-                read += names
+                read += measured
                 if progress:
                     progress(count)
     return evaluator.evaluation(tallies, skipped, read)

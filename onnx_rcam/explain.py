@@ -103,6 +103,13 @@ def input_folders(roots: list[Path]) -> list[Path]:
     return [root for root in roots if root.is_dir()]
 
 
+def check_output(outdir: Path, force: bool, resume: bool) -> None:
+    """A folder with files is written into only when asked (force, or resume to continue the run that wrote it)."""
+    if outdir.exists() and any(outdir.iterdir()) and not (force or resume):
+        raise RcamError(f"{outdir} already holds files; pass --force (force=True) to write into it, or --resume "
+                        "(resume=True) to continue the run that wrote them")
+
+
 def split_done(images: list, folders: list, outdir: Path) -> tuple[list, list]:
     """(the images whose maps, NAME.npz, an earlier run wrote, the rest) for resume: the .npz is written last and
     atomically, so its presence means the image is done."""
