@@ -86,8 +86,7 @@ class Tally:
 def summarise(column: str, values: np.ndarray, photos=None) -> dict:
     """The column's mean over the values that are not NaN and its bootstrap 95 % interval over photos."""
     low, high = metrics.bootstrap_interval(values, photos)
-    mean = float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
-    return {column: mean, f"{column}_low": low, f"{column}_high": high}
+    return {column: metrics.known_mean(values), f"{column}_low": low, f"{column}_high": high}
 
 
 TALLY_FIELDS = tuple(f.name for f in fields(Tally))

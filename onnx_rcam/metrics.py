@@ -114,6 +114,12 @@ def gaussian_blur(image: np.ndarray, sigma: float = 5.0, size: int = 11, channel
     return np.moveaxis(blurred, 0, -1) if channels_last else blurred
 
 
+def known_mean(values) -> float:
+    """The mean of the values that are not NaN (a photo without boxes has no pointing value); NaN if none is."""
+    values = np.asarray(values, np.float64)
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
+
+
 def bootstrap_interval(values, photos=None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-photo values: `resamples` times, as many photos as there are

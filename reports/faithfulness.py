@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 from models import build_default_model as build  # noqa: E402
 from onnx_rcam import default_model_path, metrics  # noqa: E402
+from onnx_rcam.metrics import known_mean as mean  # noqa: E402
 from onnx_rcam.boxes import read_boxes  # noqa: E402
 from onnx_rcam.evaluate import (CONTROLS, METRICS, evaluate, format_interval, metric_titles,  # noqa: E402
                                 summarise, write_results)
@@ -150,10 +150,6 @@ def read_per_image(folder: Path, config: Config) -> dict:
             for column in METRICS:
                 values.setdefault(key, {}).setdefault(column, []).append(float(row[column]))
     return {key: {c: np.array(v) for c, v in columns.items()} for key, columns in values.items()}
-
-
-def mean(values: np.ndarray) -> float:
-    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
 
 
 def excludes_zero_on_the_better_side(column: str, low: float, high: float) -> bool:
